@@ -1,0 +1,120 @@
+"""Settings for every stage, read from environment variables and overridden by serve_config.yaml args.
+
+Precedence: serve_config.yaml `args` > environment (`VOICE_*`, plus `OPENAI_API_KEY` / `OPENAI_BASE_URL`) >
+defaults. Engines left on "auto" pick OpenAI when an API key is set and the offline engines otherwise.
+Secrets are never passed through Serve's bound arguments: each replica reads them from its own environment.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Literal
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+log = logging.getLogger(__name__)
+
+SECRET_FIELDS = frozenset({"openai_api_key", "api_keys"})
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="VOICE_", extra="forbid", populate_by_name=True)
+
+    # --- engines -----------------------------------------------------------------------------------
+    stt_engine: Literal["auto", "pocketsphinx", "openai"] = "auto"
+    stt_model: str = ""  # "" = the engine's default
+    llm_engine: Literal["auto", "openai", "llamacpp"] = "auto"
+    llm_model: str = ""
+    llm_base_url: str | None = None  # any OpenAI-compatible server; defaults to openai_base_url
+    tts_engine: Literal["auto", "espeak", "openai"] = "auto"
+    tts_model: str = ""
+    tts_voice: str = ""
+    tts_rate_wpm: int = Field(default=175, ge=80, le=450)
+    openai_api_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("openai_api_key", "OPENAI_API_KEY", "VOICE_OPENAI_API_KEY")
+    )
+    openai_base_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("openai_base_url", "OPENAI_BASE_URL", "VOICE_OPENAI_BASE_URL"),
+    )
+    llama_model_path: str | None = None  # any GGUF; default: the packaged Gemma 3 270M
+    llama_threads: int = Field(default=2, ge=1, le=64)
+
+    # --- conversation --------------------------------------------------------------------------------
+    system_prompt: str = (
+        "You are a helpful voice assistant. Answer in one or two short spoken sentences, "
+        "without lists or markdown."
+    )
+    llm_max_tokens: int = Field(default=120, ge=1, le=4096)
+    llm_temperature: float = Field(default=0.7, ge=0.0, le=2.0)
+    history_turns: int = Field(default=8, ge=0, le=100)  # past exchanges kept in the prompt
+
+    # --- turn detection (defaults for server VAD; clients change them with session.update) ------------
+    vad_threshold: float = Field(default=0.5, gt=0.0, lt=1.0)
+    vad_silence_ms: int = Field(default=500, ge=100, le=5000)
+    vad_prefix_padding_ms: int = Field(default=300, ge=0, le=2000)
+    vad_min_speech_ms: int = Field(default=96, ge=32, le=2000)
+
+    # --- transport and limits -------------------------------------------------------------------------
+    stt_chunk_ms: int = Field(default=100, ge=20, le=1000)  # audio per STT call (DESIGN §4: ≥100 ms)
+    audio_lead_ms: int = Field(default=500, ge=0, le=60_000)  # reply audio sent ahead of real time
+    max_append_bytes: int = Field(default=1024 * 1024, ge=1024)
+    max_text_chars: int = Field(default=4000, ge=1)
+    max_event_bytes: int = Field(default=2 * 1024 * 1024, ge=1024)
+    api_keys: SecretStr | None = None  # comma-separated bearer keys; unset = no auth (local use)
+
+    def resolved(self) -> Settings:
+        """Return a copy with every 'auto' engine and empty model replaced by a concrete choice."""
+        online = self.openai_api_key is not None or self.openai_base_url is not None
+        update: dict[str, Any] = {}
+        if self.stt_engine == "auto":
+            update["stt_engine"] = "openai" if online else "pocketsphinx"
+        if self.llm_engine == "auto":
+            update["llm_engine"] = "openai" if online or self.llm_base_url else "llamacpp"
+        if self.tts_engine == "auto":
+            update["tts_engine"] = "openai" if online else "espeak"
+        merged = self.model_copy(update=update)
+        defaults = {
+            ("stt", "openai"): "gpt-4o-mini-transcribe",
+            ("stt", "pocketsphinx"): "en-us",
+            ("llm", "openai"): "gpt-4o-mini",
+            ("llm", "llamacpp"): "gemma3-270m-q4_k_m",
+            ("tts", "openai"): "gpt-4o-mini-tts",
+            ("tts", "espeak"): "espeak-ng",
+        }
+        models: dict[str, Any] = {}
+        for stage in ("stt", "llm", "tts"):
+            if not getattr(merged, f"{stage}_model"):
+                models[f"{stage}_model"] = defaults[(stage, getattr(merged, f"{stage}_engine"))]
+        if not merged.tts_voice:
+            models["tts_voice"] = "alloy" if merged.tts_engine == "openai" else "en-us"
+        if merged.llm_base_url is None and merged.llm_engine == "openai":
+            models["llm_base_url"] = merged.openai_base_url
+        return merged.model_copy(update=models)
+
+    def shareable(self) -> dict[str, Any]:
+        """Settings safe to pass through Serve (no secrets): replicas re-read secrets from their env."""
+        return self.model_dump(exclude=set(SECRET_FIELDS), exclude_unset=True)
+
+    @property
+    def bearer_keys(self) -> frozenset[str]:
+        if self.api_keys is None:
+            return frozenset()
+        return frozenset(k.strip() for k in self.api_keys.get_secret_value().split(",") if k.strip())
+
+    @property
+    def openai_key(self) -> str | None:
+        return self.openai_api_key.get_secret_value() if self.openai_api_key else None
+
+    def describe_engines(self) -> str:
+        return (
+            f"stt={self.stt_engine}:{self.stt_model} llm={self.llm_engine}:{self.llm_model}"
+            f"{' @' + self.llm_base_url if self.llm_base_url else ''} "
+            f"tts={self.tts_engine}:{self.tts_model}/{self.tts_voice}"
+        )
+
+
+def load_settings(overrides: dict[str, Any] | None = None) -> Settings:
+    """Settings from the environment with serve_config.yaml args on top, engines resolved."""
+    return Settings(**(overrides or {})).resolved()

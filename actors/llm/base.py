@@ -1,0 +1,26 @@
+"""The LLM engine interface: chat messages in, text deltas out as they are generated."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+from typing import TypedDict
+
+
+class ChatMessage(TypedDict):
+    role: str  # "system" | "user" | "assistant"
+    content: str
+
+
+class LLMEngine(ABC):
+    name: str
+    model: str
+
+    @abstractmethod
+    def stream(
+        self, messages: list[ChatMessage], *, max_tokens: int, temperature: float
+    ) -> AsyncIterator[str]:
+        """Yield text deltas. Closing the iterator early (barge-in) must stop generation."""
+
+    async def warmup(self) -> None:  # noqa: B027 - optional hook
+        """Load the model ahead of the first request."""

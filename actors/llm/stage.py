@@ -1,0 +1,43 @@
+"""LLM stage: engine tokens → speakable phrases, so only phrases cross process boundaries."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+
+from actors.chunker import ChunkerConfig, PhraseChunker
+from actors.llm.base import LLMEngine
+from actors.pipeline import LLMEvent, LLMRequest
+
+log = logging.getLogger(__name__)
+
+
+class LLMStage:
+    def __init__(self, engine: LLMEngine, chunker_config: ChunkerConfig | None = None) -> None:
+        self.engine = engine
+        self.chunker_config = chunker_config
+
+    async def stream_phrases(self, request: LLMRequest) -> AsyncIterator[LLMEvent]:
+        chunker = PhraseChunker(self.chunker_config)
+        started = time.perf_counter()
+        first = True
+        tokens = self.engine.stream(
+            request["messages"], max_tokens=request["max_tokens"], temperature=request["temperature"]
+        )
+        try:
+            async for delta in tokens:
+                if not delta:
+                    continue
+                if first:
+                    first = False
+                    log.info("llm ttft %.1f ms (%s:%s)", (time.perf_counter() - started) * 1000,
+                             self.engine.name, self.engine.model)
+                    yield {"type": "first_token", "text": delta}
+                for phrase in chunker.push(delta):
+                    yield {"type": "phrase", "text": phrase}
+            rest = chunker.flush()
+            if rest:
+                yield {"type": "phrase", "text": rest}
+        finally:
+            await tokens.aclose()  # type: ignore[attr-defined]

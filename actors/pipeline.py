@@ -1,0 +1,39 @@
+"""The three stage contracts a voice session depends on.
+
+The same session runs against in-process stages (tests, benchmarks, a single process) and against
+Ray Serve deployment handles (`serve_app.stage_clients`); only these signatures cross that boundary.
+Items are plain dicts and bytes so they pickle cheaply between deployments.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Literal, Protocol, TypedDict
+
+from actors.llm.base import ChatMessage
+from actors.stt.base import STTStream
+
+
+class LLMRequest(TypedDict):
+    messages: list[ChatMessage]
+    max_tokens: int
+    temperature: float
+
+
+class LLMEvent(TypedDict):
+    """`first_token` is sent once (its text is repeated in the first phrase); then one item per phrase."""
+
+    type: Literal["first_token", "phrase"]
+    text: str
+
+
+class TranscriberClient(Protocol):
+    def open_stream(self) -> STTStream: ...
+
+
+class PhraseLLMClient(Protocol):
+    def stream_phrases(self, request: LLMRequest) -> AsyncIterator[LLMEvent]: ...
+
+
+class SynthesizerClient(Protocol):
+    def synthesize(self, text: str, sample_rate: int) -> AsyncIterator[bytes]: ...

@@ -1,0 +1,33 @@
+"""The STT engine interface: one stream per utterance, fed 16 kHz PCM16 chunks."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+
+class STTStream(ABC):
+    """Transcribes one utterance incrementally. Not safe for concurrent use."""
+
+    @abstractmethod
+    async def feed(self, pcm16: bytes) -> str | None:
+        """Add 16 kHz mono PCM16 audio; return the new interim transcript if it changed."""
+
+    @abstractmethod
+    async def finish(self) -> str:
+        """End of audio: return the final transcript ('' when nothing was recognised)."""
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook
+        """Release resources without producing a transcript."""
+
+
+class STTEngine(ABC):
+    """Creates utterance streams. `name` and `model` appear in the startup log."""
+
+    name: str
+    model: str
+
+    @abstractmethod
+    def open_stream(self) -> STTStream: ...
+
+    async def warmup(self) -> None:  # noqa: B027 - optional hook
+        """Load models ahead of the first request."""

@@ -1,0 +1,172 @@
+"""The turn state machine, endpointing, barge-in and latency accounting, with fakes on virtual time."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from actors.events import (
+    AudioCommitted,
+    ResponseAudioDelta,
+    ResponseFinished,
+    ResponseStarted,
+    ResponseTextDelta,
+    SessionError,
+    SpeechStarted,
+    SpeechStopped,
+    TranscriptCompleted,
+)
+from actors.llm.stage import LLMStage
+from actors.memory_sink import RecentTurnsSink
+from actors.session import SessionLimits, SessionOptions, VoiceSession
+from actors.stt.simulated import SimulatedSTTEngine
+from actors.tts.simulated import SimulatedTTSEngine
+from actors.tts.stage import TTSStage
+from actors.vad import VadConfig
+from tests.fakes import EnergySpeechDetector, FakeLLMEngine, silence, tone
+
+pytestmark = pytest.mark.looptime
+
+QUESTION = "what time is it"
+
+
+class Harness:
+    def __init__(self, reply: str = "Hello there. How are you today?", *, vad: bool = True,
+                 stt_delay_ms: float = 150, ttft_ms: float = 300, tts_ttfb_ms: float = 100,
+                 audio_lead_ms: int = 500) -> None:
+        self.events: list[object] = []
+        self.llm = FakeLLMEngine(reply, ttft_ms=ttft_ms, tokens_per_s=50)
+        self.sink = RecentTurnsSink()
+        self.session = VoiceSession(
+            stt=SimulatedSTTEngine(QUESTION, finalize_delay_ms=stt_delay_ms),
+            llm=LLMStage(self.llm),
+            tts=TTSStage(SimulatedTTSEngine(ttfb_ms=tts_ttfb_ms, realtime_factor=1000)),
+            emit=self._emit,
+            options=SessionOptions(instructions="Be brief.",
+                                   turn_detection=VadConfig(silence_ms=500) if vad else None),
+            limits=SessionLimits(audio_lead_ms=audio_lead_ms),
+            speech_detector=EnergySpeechDetector,
+            memory_sink=self.sink,
+        )
+
+    async def _emit(self, event: object) -> None:
+        self.events.append(event)
+
+    def of(self, kind: type) -> list:
+        return [e for e in self.events if isinstance(e, kind)]
+
+    async def stream(self, pcm: bytes, frame_ms: int = 20, rate: int = 24_000) -> None:
+        """Send audio in real-time 20 ms frames, like a microphone."""
+        step = rate * frame_ms // 1000 * 2
+        for i in range(0, len(pcm), step):
+            await self.session.append_audio(pcm[i : i + step])
+            await asyncio.sleep(frame_ms / 1000)
+
+    async def wait_for(self, kind: type, count: int = 1, timeout: float = 30.0) -> None:
+        async with asyncio.timeout(timeout):
+            while len(self.of(kind)) < count:
+                await asyncio.sleep(0.005)
+
+
+async def test_spoken_turn_events_in_order_and_latency_adds_up() -> None:
+    h = Harness()
+    await h.stream(tone(1000) + silence(800))
+    await h.wait_for(ResponseFinished)
+    kinds = [type(e) for e in h.events]
+    for earlier, later in [(SpeechStarted, SpeechStopped), (SpeechStopped, AudioCommitted),
+                           (AudioCommitted, TranscriptCompleted), (TranscriptCompleted, ResponseStarted),
+                           (ResponseStarted, ResponseAudioDelta), (ResponseAudioDelta, ResponseFinished)]:
+        assert kinds.index(earlier) < kinds.index(later), (earlier, later)
+    assert h.of(TranscriptCompleted)[0].transcript == QUESTION
+    done = h.of(ResponseFinished)[0]
+    assert done.status == "completed"
+    assert done.text == "Hello there. How are you today?"
+    assert "".join(e.delta for e in h.of(ResponseTextDelta)) == done.text
+
+    m = done.metrics
+    # Endpointing waits for the configured silence (within one 32 ms VAD frame).
+    assert 500 <= m["end_of_turn_delay"] <= 500 + 32 + 20
+    # STT finalisation is the only work between commit and transcript.
+    assert m["transcription_delay"] == pytest.approx(m["end_of_turn_delay"] + 150, abs=0.01)
+    assert m["llm_ttft"] == pytest.approx(300, abs=0.01)
+    # "Hello there." is two tokens at 50 tok/s: the phrase is released on the second one.
+    assert m["llm_ttfs"] == pytest.approx(320, abs=0.01)
+    assert m["tts_ttfb"] == pytest.approx(100, abs=0.01)
+    assert m["e2e_latency"] == pytest.approx(
+        m["transcription_delay"] + m["llm_ttfs"] + m["tts_ttfb"], abs=0.01)
+
+    turn = h.sink.turns[0]
+    assert (turn.user_text, turn.assistant_text, turn.interrupted) == (QUESTION, done.text, False)
+    assert h.llm.requests[0][-1] == {"role": "user", "content": QUESTION}
+
+
+async def test_barge_in_cancels_llm_and_tts_and_next_turn_works() -> None:
+    long_reply = " ".join(f"This is sentence number {i} of a long answer." for i in range(30))
+    h = Harness(long_reply, audio_lead_ms=200)
+    await h.stream(tone(800) + silence(700))
+    await h.wait_for(ResponseAudioDelta)
+    await asyncio.sleep(0.5)  # the reply is playing
+    speech_at = asyncio.get_running_loop().time()
+    interrupt = asyncio.create_task(h.stream(tone(600) + silence(700)))
+    await h.wait_for(ResponseFinished)
+    cancelled_at = asyncio.get_running_loop().time()
+    first = h.of(ResponseFinished)[0]
+    assert first.status == "cancelled" and first.reason == "turn_detected"
+    assert (cancelled_at - speech_at) * 1000 <= 300
+    assert h.llm.cancelled == 1
+    assert len(first.text) < len(long_reply)  # only what was played is kept
+    audio_before = len(h.of(ResponseAudioDelta))
+    await interrupt
+    await h.wait_for(ResponseStarted, 2)
+    await h.wait_for(ResponseAudioDelta, audio_before + 1)  # the next turn speaks
+    await h.session.cancel_response()
+    await h.wait_for(ResponseFinished, 2)
+    assert h.of(ResponseFinished)[1].reason == "client_cancelled"
+    assert h.sink.turns[0].interrupted is True
+
+
+async def test_typed_turns_keep_history_and_response_cancel() -> None:
+    h = Harness("Sure. Paris is the capital.", vad=False)
+    await h.session.add_user_text("What is the capital of France?")
+    await h.session.create_response()
+    await h.wait_for(ResponseFinished)
+    done = h.of(ResponseFinished)[0]
+    assert done.status == "completed" and done.text == "Sure. Paris is the capital."
+    assert "transcription_delay" not in done.metrics and done.metrics["e2e_latency"] > 0
+
+    await h.session.add_user_text("And of Spain?")
+    await h.session.create_response()
+    await h.wait_for(ResponseStarted, 2)
+    await h.session.create_response()  # one response at a time
+    assert h.of(SessionError)[-1].code == "conversation_already_has_active_response"
+    await h.session.cancel_response()
+    await h.wait_for(ResponseFinished, 2)
+    assert h.of(ResponseFinished)[1].status == "cancelled"
+    assert h.of(ResponseFinished)[1].reason == "client_cancelled"
+    history = h.llm.requests[1]
+    assert [m["role"] for m in history] == ["system", "user", "assistant", "user"]
+    assert history[2]["content"] == "Sure. Paris is the capital."
+
+    await h.session.cancel_response()
+    assert h.of(SessionError)[-1].code == "response_cancel_not_active"
+
+
+async def test_manual_commit_mode() -> None:
+    h = Harness("Okay.", vad=False)
+    await h.session.commit()
+    assert h.of(SessionError)[-1].code == "input_audio_buffer_commit_empty"
+    await h.stream(tone(500))
+    await h.session.commit()
+    await h.wait_for(TranscriptCompleted)
+    await asyncio.sleep(1)
+    assert not h.of(ResponseStarted)  # the client decides when to respond
+    await h.session.create_response()
+    await h.wait_for(ResponseFinished)
+    assert h.llm.requests[0][-1]["content"] == QUESTION
+
+
+async def test_short_click_does_not_start_a_turn() -> None:
+    h = Harness()
+    await h.stream(tone(40) + silence(1000))
+    assert not h.of(SpeechStarted)
