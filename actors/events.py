@@ -49,6 +49,7 @@ class TranscriptDelta:
 class TranscriptCompleted:
     item_id: str
     transcript: str
+    audio_seconds: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -65,6 +65,7 @@ class SessionOptions:
     turn_detection: VadConfig | None = field(default_factory=VadConfig)  # None: the client commits
     max_tokens: int = 120
     temperature: float = 0.7
+    output_audio: bool = True  # False: text-only replies, no TTS
 
 
 @dataclass(frozen=True)
@@ -91,11 +92,13 @@ class _Utterance:
         self._chunk_bytes = chunk_bytes
         self._on_interim = on_interim
         self._pending = bytearray()
+        self.audio_bytes = 0
         self._wake = asyncio.Event()
         self._closing = False
         self._task = asyncio.create_task(self._feed_loop())
 
     def push(self, pcm16k: bytes) -> None:
+        self.audio_bytes += len(pcm16k)
         self._pending += pcm16k
         if len(self._pending) >= self._chunk_bytes:
             self._wake.set()
@@ -335,7 +338,8 @@ class VoiceSession:
             await self._emit(SessionError("transcription_failed", f"speech-to-text failed: {exc}"))
             return
         timeline.transcript = _now()
-        await self._emit(TranscriptCompleted(utterance.item_id, transcript))
+        seconds = utterance.audio_bytes / (PCM_SAMPLE_WIDTH * STT_SAMPLE_RATE)
+        await self._emit(TranscriptCompleted(utterance.item_id, transcript, seconds))
         if not transcript:
             return  # nothing recognisable: no response, like a cough
         if self.options.turn_detection is None:
@@ -416,7 +420,9 @@ class VoiceSession:
         }
         phrases: asyncio.Queue[str | None] = asyncio.Queue()
         timeline.llm_start = _now()
-        speaker = asyncio.create_task(self._speak(response_id, item_id, phrases, timeline, spoken))
+        speaker = None
+        if self.options.output_audio:
+            speaker = asyncio.create_task(self._speak(response_id, item_id, phrases, timeline, spoken))
         events = self._llm.stream_phrases(request)
         try:
             async for event in events:
@@ -425,12 +431,18 @@ class VoiceSession:
                     continue
                 if timeline.first_phrase is None:
                     timeline.first_phrase = _now()
-                phrases.put_nowait(event["text"])
+                if speaker is None:  # text-only session: the phrase is the output
+                    spoken.append(event["text"])
+                    delta = event["text"] if len(spoken) == 1 else " " + event["text"]
+                    await self._emit(ResponseTextDelta(response_id, item_id, delta))
+                else:
+                    phrases.put_nowait(event["text"])
             phrases.put_nowait(None)
-            await speaker
+            if speaker is not None:
+                await speaker
         finally:
             await _aclose(events)
-            if not speaker.done():
+            if speaker is not None and not speaker.done():
                 speaker.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await speaker

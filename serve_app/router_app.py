@@ -1,0 +1,107 @@
+"""The router's Starlette app: `WS /v1/realtime`, `GET /healthz`, `GET /metrics`.
+
+Plain ASGI with no Ray imports, so it runs under Serve (see `serve_app.deployments.Router`), under
+uvicorn, or in Starlette's TestClient with in-process stages.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket
+
+from actors.config import Settings
+from actors.memory_sink import MemorySink
+from actors.pipeline import PhraseLLMClient, SynthesizerClient, TranscriberClient
+from actors.session import SessionLimits, SessionOptions, VoiceSession
+from actors.vad import SileroSpeechDetector, SpeechDetector, VadConfig
+from serve_app.protocol import ProtocolLimits
+from serve_app.realtime import RealtimeConnection
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RouterDeps:
+    settings: Settings
+    stt: TranscriberClient
+    llm: PhraseLLMClient
+    tts: SynthesizerClient
+    memory_sink: MemorySink | None = None
+    speech_detector: Callable[[], SpeechDetector] = SileroSpeechDetector
+
+
+def default_options(settings: Settings) -> SessionOptions:
+    return SessionOptions(
+        instructions=settings.system_prompt,
+        turn_detection=VadConfig(
+            threshold=settings.vad_threshold,
+            silence_ms=settings.vad_silence_ms,
+            prefix_padding_ms=settings.vad_prefix_padding_ms,
+            min_speech_ms=settings.vad_min_speech_ms,
+        ),
+        max_tokens=settings.llm_max_tokens,
+        temperature=settings.llm_temperature,
+    )
+
+
+def _bearer(headers_auth: str | None, query_key: str | None) -> str | None:
+    if headers_auth and headers_auth.lower().startswith("bearer "):
+        return headers_auth[7:].strip()
+    return query_key
+
+
+def _authorized(keys: frozenset[str], presented: str | None) -> bool:
+    if not keys:
+        return True
+    return presented is not None and any(hmac.compare_digest(presented, k) for k in keys)
+
+
+def build_router_app(deps: RouterDeps) -> Starlette:
+    settings = deps.settings
+    limits = ProtocolLimits(settings.max_event_bytes, settings.max_append_bytes, settings.max_text_chars)
+    session_limits = SessionLimits(stt_chunk_ms=settings.stt_chunk_ms, audio_lead_ms=settings.audio_lead_ms,
+                                   history_turns=settings.history_turns)
+    keys = settings.bearer_keys
+
+    async def realtime(websocket: WebSocket) -> None:
+        presented = _bearer(websocket.headers.get("authorization"), websocket.query_params.get("api_key"))
+        if not _authorized(keys, presented):
+            await websocket.close(code=1008, reason="invalid or missing API key")
+            return
+        await websocket.accept()
+        user_id = websocket.query_params.get("user") or "anonymous"
+
+        def make_session(emit: Callable) -> VoiceSession:
+            return VoiceSession(
+                stt=deps.stt, llm=deps.llm, tts=deps.tts, emit=emit, options=default_options(settings),
+                limits=session_limits, speech_detector=deps.speech_detector, memory_sink=deps.memory_sink,
+                user_id=user_id,
+            )
+
+        model = websocket.query_params.get("model") or settings.llm_model
+        await RealtimeConnection(websocket, make_session, limits, model).run()
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok", "engines": settings.describe_engines()})
+
+    async def metrics(request: Request) -> Response:
+        presented = _bearer(request.headers.get("authorization"), None)
+        if not _authorized(keys, presented):
+            return JSONResponse({"error": {"message": "invalid or missing API key", "type": "auth_error"}},
+                                status_code=401)
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return Starlette(routes=[
+        WebSocketRoute("/v1/realtime", realtime),
+        Route("/healthz", healthz),
+        Route("/metrics", metrics),
+    ])
