@@ -1,0 +1,88 @@
+"""Utterance streams held by an STT replica, keyed by stream id, with an offset check.
+
+Each call says at which byte offset of the utterance its audio starts. A replica that does not hold
+the stream at that offset (restarted, evicted, or the request was routed elsewhere) answers `resync`,
+and the caller resends the utterance from the start: affinity is an optimisation, never a correctness
+requirement.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass, field
+from typing import TypedDict
+
+from actors.stt.base import STTEngine, STTStream
+
+
+class FeedResult(TypedDict):
+    interim: str | None
+    resync: bool
+
+
+class FinishResult(TypedDict):
+    text: str | None
+    resync: bool
+
+
+@dataclass
+class _Held:
+    stream: STTStream
+    received: int = 0
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    last_used: float = field(default_factory=time.monotonic)
+
+
+class STTStreamRegistry:
+    def __init__(self, engine: STTEngine, idle_timeout_s: float = 120.0) -> None:
+        self.engine = engine
+        self.idle_timeout_s = idle_timeout_s
+        self._streams: dict[str, _Held] = {}
+
+    def __len__(self) -> int:
+        return len(self._streams)
+
+    async def feed(self, stream_id: str, offset: int, pcm16: bytes) -> FeedResult:
+        await self._expire_idle()
+        held = self._streams.get(stream_id)
+        if offset == 0 and held is not None and held.received:
+            await self.close(stream_id)  # a resend from the start replaces what we had
+            held = None
+        if held is None:
+            if offset != 0:
+                return {"interim": None, "resync": True}
+            held = self._streams[stream_id] = _Held(self.engine.open_stream())
+        async with held.lock:
+            if held.received != offset:
+                await self.close(stream_id)
+                return {"interim": None, "resync": True}
+            interim = await held.stream.feed(pcm16)
+            held.received += len(pcm16)
+            held.last_used = time.monotonic()
+        return {"interim": interim, "resync": False}
+
+    async def finish(self, stream_id: str, total_bytes: int) -> FinishResult:
+        held = self._streams.get(stream_id)
+        if held is None or held.received != total_bytes:
+            if held is not None:
+                await self.close(stream_id)
+            return {"text": None, "resync": True}
+        async with held.lock:
+            try:
+                text = await held.stream.finish()
+            finally:
+                self._streams.pop(stream_id, None)
+        return {"text": text, "resync": False}
+
+    async def close(self, stream_id: str) -> None:
+        held = self._streams.pop(stream_id, None)
+        if held is not None:
+            with contextlib.suppress(Exception):
+                await held.stream.aclose()
+
+    async def _expire_idle(self) -> None:
+        now = time.monotonic()
+        for stream_id in [s for s, h in self._streams.items() if now - h.last_used > self.idle_timeout_s]:
+            await self.close(stream_id)

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Set up and start the voice agent with `serve run serve_config.yaml`.
+# No OPENAI_API_KEY: offline engines (pocketsphinx, llama.cpp + Gemma 3 270M, eSpeak NG).
+# VOICE_PORT=8100 scripts/run.sh serves on another port than the config's 8000.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+config=serve_config.yaml
+if [[ -n "${VOICE_PORT:-}" ]]; then
+  config="$(mktemp -d)/serve_config.yaml"
+  .venv/bin/python - "$config" <<'PY'
+import sys, os, yaml
+cfg = yaml.safe_load(open("serve_config.yaml"))
+cfg["http_options"]["port"] = int(os.environ["VOICE_PORT"])
+yaml.safe_dump(cfg, open(sys.argv[1], "w"), sort_keys=False)
+PY
+fi
+export RAY_USAGE_STATS_ENABLED=0
+echo "voice agent: ws://127.0.0.1:${VOICE_PORT:-8000}/v1/realtime  (Ctrl-C to stop)"
+exec .venv/bin/serve run "$config"

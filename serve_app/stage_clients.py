@@ -1,0 +1,76 @@
+"""Stage clients backed by Serve deployment handles (the router's side of each hop).
+
+Hop design (DESIGN §4: ~3 ms per call, ~0.6 ms per streamed item):
+- STT: one call per ≥100 ms of utterance audio (the session batches), routed to the same replica with
+  Serve model multiplexing keyed by the stream id; a replica without the stream asks for a resync.
+- LLM: one streaming call per response; items are phrases (plus one first-token marker), not tokens.
+- TTS: one streaming call per phrase; items are ≥120 ms of audio after the first chunk.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from actors.pipeline import LLMEvent, LLMRequest
+from actors.session import new_id
+from actors.stt.base import STTStream
+
+
+class RemoteSTTStream(STTStream):
+    def __init__(self, handle: Any) -> None:
+        self.stream_id = new_id("stt")
+        self._handle = handle.options(multiplexed_model_id=self.stream_id)
+        self._audio = bytearray()  # kept for a resync
+
+    async def feed(self, pcm16: bytes) -> str | None:
+        offset = len(self._audio)
+        self._audio += pcm16
+        result = await self._handle.feed.remote(self.stream_id, offset, pcm16)
+        if result["resync"]:
+            result = await self._handle.feed.remote(self.stream_id, 0, bytes(self._audio))
+        return result["interim"]
+
+    async def finish(self) -> str:
+        result = await self._handle.finish.remote(self.stream_id, len(self._audio))
+        if result["resync"]:
+            await self._handle.feed.remote(self.stream_id, 0, bytes(self._audio))
+            result = await self._handle.finish.remote(self.stream_id, len(self._audio))
+        return result["text"] or ""
+
+    async def aclose(self) -> None:
+        self._handle.close.remote(self.stream_id)  # fire and forget
+
+
+class RemoteTranscriber:
+    def __init__(self, handle: Any) -> None:
+        self._handle = handle
+
+    def open_stream(self) -> STTStream:
+        return RemoteSTTStream(self._handle)
+
+
+class RemotePhraseLLM:
+    def __init__(self, handle: Any) -> None:
+        self._handle = handle.options(stream=True)
+
+    async def stream_phrases(self, request: LLMRequest) -> AsyncIterator[LLMEvent]:
+        response = self._handle.stream_phrases.remote(request)
+        try:
+            async for event in response:
+                yield event
+        finally:
+            response.cancel()  # barge-in: stop generation on the replica
+
+
+class RemoteSynthesizer:
+    def __init__(self, handle: Any) -> None:
+        self._handle = handle.options(stream=True)
+
+    async def synthesize(self, text: str, sample_rate: int) -> AsyncIterator[bytes]:
+        response = self._handle.synthesize.remote(text, sample_rate)
+        try:
+            async for chunk in response:
+                yield chunk
+        finally:
+            response.cancel()
