@@ -22,17 +22,18 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="VOICE_", extra="forbid", populate_by_name=True)
 
     # --- engines -----------------------------------------------------------------------------------
-    stt_engine: Literal["auto", "pocketsphinx", "openai"] = "auto"
+    stt_engine: Literal["auto", "pocketsphinx", "openai", "simulated"] = "auto"
     stt_model: str = ""  # "" = the engine's default
     llm_engine: Literal["auto", "openai", "llamacpp"] = "auto"
     llm_model: str = ""
     llm_base_url: str | None = None  # any OpenAI-compatible server; defaults to openai_base_url
-    tts_engine: Literal["auto", "espeak", "openai"] = "auto"
+    tts_engine: Literal["auto", "espeak", "openai", "simulated"] = "auto"
     tts_model: str = ""
     tts_voice: str = ""
     tts_rate_wpm: int = Field(default=175, ge=80, le=450)
     openai_api_key: SecretStr | None = Field(
-        default=None, validation_alias=AliasChoices("openai_api_key", "OPENAI_API_KEY", "VOICE_OPENAI_API_KEY")
+        default=None,
+        validation_alias=AliasChoices("openai_api_key", "OPENAI_API_KEY", "VOICE_OPENAI_API_KEY"),
     )
     openai_base_url: str | None = Field(
         default=None,
@@ -40,6 +41,10 @@ class Settings(BaseSettings):
     )
     llama_model_path: str | None = None  # any GGUF; default: the packaged Gemma 3 270M
     llama_threads: int = Field(default=2, ge=1, le=64)
+    # Latency-faithful stand-ins, for benchmarks only (engine "simulated"; never chosen by "auto").
+    sim_stt_transcript: str = "what is the weather like tomorrow"
+    sim_stt_delay_ms: float = Field(default=150.0, ge=0)
+    sim_tts_ttfb_ms: float = Field(default=100.0, ge=0)
 
     # --- conversation --------------------------------------------------------------------------------
     system_prompt: str = (
@@ -76,6 +81,8 @@ class Settings(BaseSettings):
             update["tts_engine"] = "openai" if online else "espeak"
         merged = self.model_copy(update=update)
         defaults = {
+            ("stt", "simulated"): "simulated",
+            ("tts", "simulated"): "simulated",
             ("stt", "openai"): "gpt-4o-mini-transcribe",
             ("stt", "pocketsphinx"): "en-us",
             ("llm", "openai"): "gpt-4o-mini",
@@ -88,7 +95,7 @@ class Settings(BaseSettings):
             if not getattr(merged, f"{stage}_model"):
                 models[f"{stage}_model"] = defaults[(stage, getattr(merged, f"{stage}_engine"))]
         if not merged.tts_voice:
-            models["tts_voice"] = "alloy" if merged.tts_engine == "openai" else "en-us"
+            models["tts_voice"] = {"openai": "alloy", "simulated": "tone"}.get(merged.tts_engine, "en-us")
         if merged.llm_base_url is None and merged.llm_engine == "openai":
             models["llm_base_url"] = merged.openai_base_url
         return merged.model_copy(update=models)

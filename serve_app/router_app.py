@@ -6,10 +6,11 @@ uvicorn, or in Starlette's TestClient with in-process stages.
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
@@ -37,6 +38,7 @@ class RouterDeps:
     tts: SynthesizerClient
     memory_sink: MemorySink | None = None
     speech_detector: Callable[[], SpeechDetector] = SileroSpeechDetector
+    warmups: list[Callable[[], Awaitable[None]]] = field(default_factory=list)  # run before serving
 
 
 def default_options(settings: Settings) -> SessionOptions:
@@ -100,7 +102,13 @@ def build_router_app(deps: RouterDeps) -> Starlette:
                                 status_code=401)
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
-    return Starlette(routes=[
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        for warmup in deps.warmups:
+            await warmup()
+        yield
+
+    return Starlette(lifespan=lifespan, routes=[
         WebSocketRoute("/v1/realtime", realtime),
         Route("/healthz", healthz),
         Route("/metrics", metrics),

@@ -1,0 +1,45 @@
+"""TTS through OpenAI's speech endpoint, streamed as raw 24 kHz PCM16 while it is generated."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from openai import AsyncOpenAI
+
+from actors.audio import PCM_SAMPLE_WIDTH
+from actors.tts.base import TTSEngine
+
+
+class OpenAITTSEngine(TTSEngine):
+    name = "openai"
+    sample_rate = 24_000  # response_format="pcm" is always 24 kHz mono PCM16 little-endian
+
+    def __init__(
+        self,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        model: str = "gpt-4o-mini-tts",
+        voice: str = "alloy",
+    ) -> None:
+        self.model = model
+        self.voice = voice
+        if api_key is None and base_url is not None:
+            api_key = "unused"  # local compatible servers need no key; the client wants one
+        self._client = AsyncOpenAI(api_key=api_key, base_url=base_url)
+
+    async def synthesize(self, text: str) -> AsyncIterator[bytes]:
+        if not text.strip():
+            return
+        # The streaming response is an HTTP body read as it arrives; leaving the `async with`
+        # (also when the consumer closes us early) closes the connection and stops the transfer.
+        async with self._client.audio.speech.with_streaming_response.create(
+            model=self.model, voice=self.voice, input=text, response_format="pcm"
+        ) as response:
+            carry = b""
+            async for chunk in response.iter_bytes():
+                # HTTP chunk boundaries ignore samples: hold an odd trailing byte for the next chunk.
+                data = carry + chunk
+                cut = len(data) - len(data) % PCM_SAMPLE_WIDTH
+                carry = data[cut:]
+                if cut:
+                    yield data[:cut]

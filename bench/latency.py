@@ -1,0 +1,288 @@
+"""Per-turn latency and orchestration overhead, side by side in one run.
+
+    .venv/bin/python -m bench.latency               # everything (~6 min on 2 cores)
+    .venv/bin/python -m bench.latency --quick       # fewer turns
+
+Scenarios (each a real server process, driven over `WS /v1/realtime` by clients that stream an eSpeak
+utterance in 20 ms frames in real time, then silence):
+- `single-process`: the router app with in-process stages under uvicorn (no Ray): the no-hop baseline;
+- `ray-serve`: `serve run serve_config.yaml` on a private Ray cluster (router + 3 stage deployments);
+- `offline`: `serve run` with the real offline engines (pocketsphinx, llama.cpp Gemma 3 270M, eSpeak).
+The first two use latency-faithful simulated providers: STT final 150 ms after end of audio, an
+OpenAI-compatible SSE server with TTFT 300 ms and 50 tok/s, TTS first byte after 100 ms.
+
+Client-side e2e = first reply audio received − the moment the last speech frame was sent.
+Overhead = e2e − the providers' critical path (VAD silence window + STT final + TTFT + tokens of the first
+phrase + TTS first byte). For the offline engines, whose latencies are not fixed, the table shows
+e2e − (transcription_delay + llm_ttfs + tts_ttfb) instead: the hand-offs between stages.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import websockets
+
+from bench.serve_cluster import ROOT, ServeRun, free_port
+from bench.speech import espeak_speech, silence, speech_end_byte
+
+RATE = 24_000
+FRAME_MS = 20
+SILENCE_MS = 500  # vad_silence_ms (the default)
+STT_DELAY_MS = 150
+TTFT_MS = 300
+TOKENS_PER_S = 50
+TTS_TTFB_MS = 100
+REPLY = "It will be sunny tomorrow."  # the simulated server's tokens: "It", " will", ..., " tomorrow."
+FIRST_PHRASE_TOKENS = 5
+QUESTION = "What is the weather like tomorrow?"
+PROVIDERS_MS = SILENCE_MS + STT_DELAY_MS + TTFT_MS + (FIRST_PHRASE_TOKENS - 1) * 1000 / TOKENS_PER_S + TTS_TTFB_MS
+
+SIM_ARGS = {"stt_engine": "simulated", "tts_engine": "simulated", "llm_engine": "openai",
+            "sim_stt_delay_ms": STT_DELAY_MS, "sim_tts_ttfb_ms": TTS_TTFB_MS, "sim_stt_transcript": QUESTION}
+
+
+@dataclass
+class TurnResult:
+    e2e_client_ms: float
+    server: dict[str, float]
+
+
+@dataclass
+class ScenarioResult:
+    name: str
+    sessions: int
+    turns: list[TurnResult] = field(default_factory=list)
+    failures: int = 0
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+async def run_session(url: str, turns: int, utterance: bytes, start_delay: float, out: ScenarioResult) -> None:
+    await asyncio.sleep(start_delay)
+    lead, tail = silence(300), silence(1500)
+    audio = lead + utterance + tail
+    end_of_speech = len(lead) + speech_end_byte(utterance)
+    frame = RATE * 2 * FRAME_MS // 1000
+    async with websockets.connect(f"{url}/realtime", max_size=None) as ws:
+        json.loads(await ws.recv())  # session.created
+        for _ in range(turns):
+            first_audio: float | None = None
+            speech_end_sent: float | None = None
+            done: dict[str, Any] | None = None
+
+            async def receive() -> None:
+                nonlocal first_audio, done
+                while True:
+                    event = json.loads(await ws.recv())
+                    if event["type"] == "response.output_audio.delta" and first_audio is None:
+                        first_audio = time.perf_counter()
+                    elif event["type"] == "response.done":
+                        done = event["response"]
+                        return
+                    elif event["type"] == "error":
+                        raise RuntimeError(event["error"])
+
+            receiver = asyncio.create_task(receive())
+            start = time.perf_counter()
+            for i, offset in enumerate(range(0, len(audio), frame)):
+                # Absolute schedule: real-time pacing without drift.
+                await asyncio.sleep(max(0.0, start + i * FRAME_MS / 1000 - time.perf_counter()))
+                await ws.send(json.dumps({"type": "input_audio_buffer.append",
+                                          "audio": base64.b64encode(audio[offset : offset + frame]).decode()}))
+                if speech_end_sent is None and offset + frame >= end_of_speech:
+                    speech_end_sent = time.perf_counter()
+            try:
+                await asyncio.wait_for(receiver, 60)
+            except Exception:
+                out.failures += 1
+                receiver.cancel()
+                continue
+            if done is None or done.get("status") != "completed" or first_audio is None or speech_end_sent is None:
+                out.failures += 1
+                continue
+            server = {k: float(v) for k, v in (done.get("metadata") or {}).items()}
+            out.turns.append(TurnResult((first_audio - speech_end_sent) * 1000, server))
+
+
+async def run_scenario(name: str, url: str, sessions: int, turns: int, utterance: bytes) -> ScenarioResult:
+    result = ScenarioResult(name, sessions)
+    await asyncio.gather(*(run_session(url, turns, utterance, i * 0.37, result) for i in range(sessions)))
+    return result
+
+
+def overhead_ms(turn: TurnResult, simulated: bool) -> float:
+    if simulated:
+        return turn.e2e_client_ms - PROVIDERS_MS
+    s = turn.server
+    return turn.e2e_client_ms - (s["transcription_delay"] + s["llm_ttfs"] + s["tts_ttfb"])
+
+
+def summarize(result: ScenarioResult, simulated: bool) -> dict[str, Any]:
+    e2e = [t.e2e_client_ms for t in result.turns]
+    over = [overhead_ms(t, simulated) for t in result.turns]
+    server_e2e = [t.server.get("e2e_latency", float("nan")) for t in result.turns]
+    parts = {k: statistics.median([t.server[k] for t in result.turns if k in t.server] or [float("nan")])
+             for k in ("end_of_turn_delay", "transcription_delay", "llm_ttft", "llm_ttfs", "tts_ttfb")}
+    return {
+        "scenario": result.name, "sessions": result.sessions, "turns": len(result.turns),
+        "failures": result.failures,
+        "e2e_p50": percentile(e2e, 50), "e2e_p95": percentile(e2e, 95),
+        "server_e2e_p50": percentile(server_e2e, 50),
+        "overhead_p50": percentile(over, 50), "overhead_p95": percentile(over, 95),
+        "overhead_kind": "above providers" if simulated else "stage hand-offs",
+        **{f"{k}_p50": v for k, v in parts.items()},
+    }
+
+
+def start_sim_llm(workdir: Path) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bench.sim_openai_server", "--port", str(port), "--ttft-ms", str(TTFT_MS),
+         "--tokens-per-s", str(TOKENS_PER_S), "--reply", REPLY],
+        cwd=ROOT, stdout=(workdir / "sim_llm.log").open("wb"), stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}/v1"
+    wait_http(f"{base}/models", process)
+    return process, base
+
+
+def wait_http(url: str, process: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{url}: server exited")
+        try:
+            if httpx.get(url, timeout=2).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise TimeoutError(url)
+
+
+def start_single_process(workdir: Path, llm_base: str) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    env = {**os.environ, "OPENAI_API_KEY": "sim", "VOICE_LLM_BASE_URL": llm_base,
+           **{f"VOICE_{k.upper()}": str(v) for k, v in SIM_ARGS.items()}}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "--factory", "serve_app.local:create_app", "--host", "127.0.0.1",
+         "--port", str(port), "--log-level", "warning"],
+        cwd=ROOT, env=env, stdout=(workdir / "single.log").open("wb"), stderr=subprocess.STDOUT)
+    wait_http(f"http://127.0.0.1:{port}/healthz", process)
+    return process, f"ws://127.0.0.1:{port}/v1"
+
+
+def print_table(rows: list[dict[str, Any]]) -> str:
+    header = ("| scenario | sessions | turns | e2e p50 | e2e p95 | overhead p50 | overhead p95 | overhead of |"
+              " eot | stt | ttft | ttfs | tts |")
+    lines = [header, "|" + "---|" * 13]
+    for r in rows:
+        lines.append(
+            f"| {r['scenario']} | {r['sessions']} | {r['turns']}{' (' + str(r['failures']) + ' failed)' if r['failures'] else ''}"
+            f" | {r['e2e_p50']:.0f} | {r['e2e_p95']:.0f} | {r['overhead_p50']:.1f} | {r['overhead_p95']:.1f}"
+            f" | {r['overhead_kind']} | {r['end_of_turn_delay_p50']:.0f} | {r['transcription_delay_p50']:.0f}"
+            f" | {r['llm_ttft_p50']:.0f} | {r['llm_ttfs_p50']:.0f} | {r['tts_ttfb_p50']:.0f} |")
+    table = "\n".join(lines)
+    print(table)
+    return table
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"{r['scenario']}\n{r['sessions']} session{'s' if r['sessions'] > 1 else ''}" for r in rows]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    x = range(len(rows))
+    ax1.bar([i - 0.2 for i in x], [r["overhead_p50"] for r in rows], 0.4, label="p50")
+    ax1.bar([i + 0.2 for i in x], [r["overhead_p95"] for r in rows], 0.4, label="p95")
+    ax1.axhline(10, color="green", ls="--", lw=1, label="target p50 10 ms")
+    ax1.axhline(25, color="red", ls="--", lw=1, label="target p95 25 ms")
+    ax1.set_xticks(list(x), labels, fontsize=8)
+    ax1.set_ylabel("ms")
+    ax1.set_title("orchestration overhead (ms)")
+    ax1.legend(fontsize=8)
+    ax2.bar([i - 0.2 for i in x], [r["e2e_p50"] for r in rows], 0.4, label="p50")
+    ax2.bar([i + 0.2 for i in x], [r["e2e_p95"] for r in rows], 0.4, label="p95")
+    ax2.set_xticks(list(x), labels, fontsize=8)
+    ax2.set_title("end of speech → first reply audio (ms, client side)")
+    ax2.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix="voice-bench-"))
+    utterance = espeak_speech(QUESTION)
+    turns_1, turns_10 = (4, 2) if args.quick else (15, 5)
+    rows: list[dict[str, Any]] = []
+    sim_llm, llm_base = start_sim_llm(workdir)
+    try:
+        single, url = start_single_process(workdir, llm_base)
+        try:
+            for sessions, turns in ((1, turns_1), (10, turns_10)):
+                rows.append(summarize(await run_scenario("single-process", url, sessions, turns, utterance), True))
+        finally:
+            single.terminate()
+            single.wait()
+        serve_dir = workdir / "serve-sim"
+        serve_dir.mkdir()
+        run = ServeRun(serve_dir, args={**SIM_ARGS, "llm_base_url": llm_base}, env={"OPENAI_API_KEY": "sim"})
+        try:
+            run.wait_ready()
+            for sessions, turns in ((1, turns_1), (10, turns_10)):
+                rows.append(summarize(await run_scenario("ray-serve", run.ws_url, sessions, turns, utterance), True))
+        finally:
+            run.stop()
+    finally:
+        sim_llm.terminate()
+        sim_llm.wait()
+    if not args.skip_offline:
+        offline_dir = workdir / "serve-offline"
+        offline_dir.mkdir()
+        run = ServeRun(offline_dir)
+        try:
+            run.wait_ready()
+            rows.append(summarize(await run_scenario("offline engines", run.ws_url, 1, 4 if args.quick else 8,
+                                                     utterance), False))
+        finally:
+            run.stop()
+    table = print_table(rows)
+    (out / "latency.json").write_text(json.dumps(rows, indent=2))
+    (out / "latency.md").write_text(table + "\n")
+    plot(rows, out / "latency.png")
+    print(f"providers' critical path (simulated): {PROVIDERS_MS:.0f} ms; results in {out}/")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer turns")
+    parser.add_argument("--skip-offline", action="store_true", help="skip the offline-engine scenario")
+    parser.add_argument("--out", default=str(ROOT / "bench" / "out"))
+    asyncio.run(main_async(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()

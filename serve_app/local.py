@@ -1,0 +1,40 @@
+"""The whole agent in one process, without Ray: the router app with in-process stages.
+
+    uvicorn --factory serve_app.local:create_app --port 8100
+
+Same settings (environment variables) and the same protocol as the Serve application; useful for
+development and as the no-hop baseline in the benchmarks.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from starlette.applications import Starlette
+
+from actors.config import load_settings
+from actors.engines import create_llm_engine, create_stt_engine, create_tts_engine
+from actors.llm.stage import LLMStage
+from actors.memory_sink import RecentTurnsSink
+from actors.tts.stage import TTSStage
+from serve_app.router_app import RouterDeps, build_router_app
+
+log = logging.getLogger(__name__)
+
+
+def create_app() -> Starlette:
+    settings = load_settings()
+    if settings.llm_engine == "llamacpp":
+        # llama.cpp and the Silero VAD each ship their own libggml; one process cannot load both.
+        raise RuntimeError("single-process mode cannot run the llama.cpp engine next to the VAD: use "
+                           "`serve run serve_config.yaml`, or an OpenAI-compatible LLM (VOICE_LLM_BASE_URL)")
+    log.info("voice agent (single process) engines: %s", settings.describe_engines())
+    stt, llm, tts = create_stt_engine(settings), create_llm_engine(settings), create_tts_engine(settings)
+    return build_router_app(RouterDeps(
+        settings=settings,
+        stt=stt,
+        llm=LLMStage(llm),
+        tts=TTSStage(tts),
+        memory_sink=RecentTurnsSink(),
+        warmups=[stt.warmup, llm.warmup, tts.warmup],
+    ))

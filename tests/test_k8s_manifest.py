@@ -1,0 +1,38 @@
+"""k8s/rayservice.yaml validates against the KubeRay RayService CRD and serves serve_config.yaml."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+from serve_app.config_check import check_serve_config
+
+ROOT = Path(__file__).resolve().parent.parent
+# KubeRay v1.7.0's own CRD (Apache-2.0), vendored so the check needs nothing outside the repository.
+CRD = ROOT / "k8s" / "crd" / "ray.io_rayservices.v1.7.0.yaml"
+MANIFEST = yaml.safe_load((ROOT / "k8s" / "rayservice.yaml").read_text())
+
+
+def crd_schema() -> dict:
+    crd = yaml.safe_load(CRD.read_text())
+    version = next(v for v in crd["spec"]["versions"] if v["name"] == MANIFEST["apiVersion"].split("/")[1])
+    return version["schema"]["openAPIV3Schema"]
+
+
+def test_manifest_validates_against_the_rayservice_crd() -> None:
+    assert MANIFEST["kind"] == "RayService"
+    jsonschema.validate(MANIFEST, crd_schema())
+    # The validator is strict enough to catch a misplaced field.
+    broken = yaml.safe_load((ROOT / "k8s" / "rayservice.yaml").read_text())
+    broken["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["maxReplicas"] = "eight"
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(broken, crd_schema())
+
+
+def test_serve_config_v2_is_serve_config_yaml() -> None:
+    embedded = yaml.safe_load(MANIFEST["spec"]["serveConfigV2"])
+    assert embedded == yaml.safe_load((ROOT / "serve_config.yaml").read_text())
+    assert check_serve_config(embedded) == []
