@@ -27,5 +27,9 @@ class RecentTurnsSink:
         self.turns.append(turn)
         log.info(
             "turn %s user=%s interrupted=%s user_text=%r assistant_text=%r",
-            turn.turn_id, turn.user_id, turn.interrupted, turn.user_text[:80], turn.assistant_text[:80],
+            turn.turn_id,
+            turn.user_id,
+            turn.interrupted,
+            turn.user_text[:80],
+            turn.assistant_text[:80],
         )

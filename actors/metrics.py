@@ -8,8 +8,30 @@ from prometheus_client import Counter, Histogram
 
 # 5 ms resolution at the low end, up to 10 s.
 LATENCY_BUCKETS_MS = (
-    5, 10, 15, 20, 25, 30, 40, 50, 75, 100, 150, 200, 250, 300, 400, 500, 750,
-    1000, 1500, 2000, 3000, 5000, 7500, 10000,
+    5,
+    10,
+    15,
+    20,
+    25,
+    30,
+    40,
+    50,
+    75,
+    100,
+    150,
+    200,
+    250,
+    300,
+    400,
+    500,
+    750,
+    1000,
+    1500,
+    2000,
+    3000,
+    5000,
+    7500,
+    10000,
 )
 TURN_METRIC_NAMES = (
     "end_of_turn_delay",
@@ -21,8 +43,9 @@ TURN_METRIC_NAMES = (
 )
 
 HISTOGRAMS = {
-    name: Histogram(f"voice_{name}_ms", f"Per-turn {name.replace('_', ' ')} in milliseconds",
-                    buckets=LATENCY_BUCKETS_MS)
+    name: Histogram(
+        f"voice_{name}_ms", f"Per-turn {name.replace('_', ' ')} in milliseconds", buckets=LATENCY_BUCKETS_MS
+    )
     for name in TURN_METRIC_NAMES
 }
 TURNS = Counter("voice_turns", "Finished responses by status", ["status"])

@@ -236,7 +236,7 @@ class VoiceSession:
 
         async def on_interim(text: str) -> None:
             previous = holder.get("text", "")
-            delta = text[len(previous):] if text.startswith(previous) else text
+            delta = text[len(previous) :] if text.startswith(previous) else text
             holder["text"] = text
             if delta:
                 await self._emit(TranscriptDelta(utterance.item_id, delta))
@@ -271,8 +271,12 @@ class VoiceSession:
     # ---------------------------------------------------------------- client commands
     async def commit(self) -> None:
         if self._utterance is None:
-            await self._emit(SessionError("input_audio_buffer_commit_empty",
-                                          "the input audio buffer is empty: append audio before committing"))
+            await self._emit(
+                SessionError(
+                    "input_audio_buffer_commit_empty",
+                    "the input audio buffer is empty: append audio before committing",
+                )
+            )
             return
         now = _now()
         await self._commit_utterance(TurnTimeline(speech_end=now, committed=now))
@@ -294,9 +298,12 @@ class VoiceSession:
 
     async def create_response(self) -> None:
         if self.responding:
-            await self._emit(SessionError(
-                "conversation_already_has_active_response",
-                "a response is already in progress: cancel it first or wait for response.done"))
+            await self._emit(
+                SessionError(
+                    "conversation_already_has_active_response",
+                    "a response is already in progress: cancel it first or wait for response.done",
+                )
+            )
             return
         user = self._pending_user
         self._pending_user = None
@@ -402,15 +409,27 @@ class VoiceSession:
         await self._emit(ResponseFinished(response_id, item_id, status, text, reason, metrics))  # type: ignore[arg-type]
         self._last_item_id = item_id
         if self._sink is not None and (user_text or text):
-            self._sink.submit(FinishedTurn(
-                session_id=self.session_id, user_id=self.user_id, turn_id=response_id,
-                user_item_id=user_item, user_text=user_text or "", assistant_text=text,
-                started_at=started_wall, ended_at=time.time(), interrupted=status != "completed",
-                metrics=metrics,
-            ))
+            self._sink.submit(
+                FinishedTurn(
+                    session_id=self.session_id,
+                    user_id=self.user_id,
+                    turn_id=response_id,
+                    user_item_id=user_item,
+                    user_text=user_text or "",
+                    assistant_text=text,
+                    started_at=started_wall,
+                    ended_at=time.time(),
+                    interrupted=status != "completed",
+                    metrics=metrics,
+                )
+            )
 
     async def _run_pipeline(
-        self, response_id: str, item_id: str, user_text: str | None, timeline: TurnTimeline,
+        self,
+        response_id: str,
+        item_id: str,
+        user_text: str | None,
+        timeline: TurnTimeline,
         spoken: list[str],
     ) -> None:
         request: LLMRequest = {
@@ -448,8 +467,12 @@ class VoiceSession:
                     await speaker
 
     async def _speak(
-        self, response_id: str, item_id: str, phrases: asyncio.Queue[str | None],
-        timeline: TurnTimeline, spoken: list[str],
+        self,
+        response_id: str,
+        item_id: str,
+        phrases: asyncio.Queue[str | None],
+        timeline: TurnTimeline,
+        spoken: list[str],
     ) -> None:
         """Synthesise phrases in order, one phrase ahead of the one playing, and send the audio paced
         to real time plus `audio_lead_ms`, so a barge-in can still stop what has not been heard."""

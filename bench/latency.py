@@ -49,10 +49,18 @@ TTS_TTFB_MS = 100
 REPLY = "It will be sunny tomorrow."  # the simulated server's tokens: "It", " will", ..., " tomorrow."
 FIRST_PHRASE_TOKENS = 5
 QUESTION = "What is the weather like tomorrow?"
-PROVIDERS_MS = SILENCE_MS + STT_DELAY_MS + TTFT_MS + (FIRST_PHRASE_TOKENS - 1) * 1000 / TOKENS_PER_S + TTS_TTFB_MS
+PROVIDERS_MS = (
+    SILENCE_MS + STT_DELAY_MS + TTFT_MS + (FIRST_PHRASE_TOKENS - 1) * 1000 / TOKENS_PER_S + TTS_TTFB_MS
+)
 
-SIM_ARGS = {"stt_engine": "simulated", "tts_engine": "simulated", "llm_engine": "openai",
-            "sim_stt_delay_ms": STT_DELAY_MS, "sim_tts_ttfb_ms": TTS_TTFB_MS, "sim_stt_transcript": QUESTION}
+SIM_ARGS = {
+    "stt_engine": "simulated",
+    "tts_engine": "simulated",
+    "llm_engine": "openai",
+    "sim_stt_delay_ms": STT_DELAY_MS,
+    "sim_tts_ttfb_ms": TTS_TTFB_MS,
+    "sim_stt_transcript": QUESTION,
+}
 
 
 @dataclass
@@ -76,7 +84,9 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
-async def run_session(url: str, turns: int, utterance: bytes, start_delay: float, out: ScenarioResult) -> None:
+async def run_session(
+    url: str, turns: int, utterance: bytes, start_delay: float, out: ScenarioResult
+) -> None:
     await asyncio.sleep(start_delay)
     lead, tail = silence(300), silence(1500)
     audio = lead + utterance + tail
@@ -106,8 +116,14 @@ async def run_session(url: str, turns: int, utterance: bytes, start_delay: float
             for i, offset in enumerate(range(0, len(audio), frame)):
                 # Absolute schedule: real-time pacing without drift.
                 await asyncio.sleep(max(0.0, start + i * FRAME_MS / 1000 - time.perf_counter()))
-                await ws.send(json.dumps({"type": "input_audio_buffer.append",
-                                          "audio": base64.b64encode(audio[offset : offset + frame]).decode()}))
+                await ws.send(
+                    json.dumps(
+                        {
+                            "type": "input_audio_buffer.append",
+                            "audio": base64.b64encode(audio[offset : offset + frame]).decode(),
+                        }
+                    )
+                )
                 if speech_end_sent is None and offset + frame >= end_of_speech:
                     speech_end_sent = time.perf_counter()
             try:
@@ -116,7 +132,12 @@ async def run_session(url: str, turns: int, utterance: bytes, start_delay: float
                 out.failures += 1
                 receiver.cancel()
                 continue
-            if done is None or done.get("status") != "completed" or first_audio is None or speech_end_sent is None:
+            if (
+                done is None
+                or done.get("status") != "completed"
+                or first_audio is None
+                or speech_end_sent is None
+            ):
                 out.failures += 1
                 continue
             server = {k: float(v) for k, v in (done.get("metadata") or {}).items()}
@@ -140,14 +161,20 @@ def summarize(result: ScenarioResult, simulated: bool) -> dict[str, Any]:
     e2e = [t.e2e_client_ms for t in result.turns]
     over = [overhead_ms(t, simulated) for t in result.turns]
     server_e2e = [t.server.get("e2e_latency", float("nan")) for t in result.turns]
-    parts = {k: statistics.median([t.server[k] for t in result.turns if k in t.server] or [float("nan")])
-             for k in ("end_of_turn_delay", "transcription_delay", "llm_ttft", "llm_ttfs", "tts_ttfb")}
+    parts = {
+        k: statistics.median([t.server[k] for t in result.turns if k in t.server] or [float("nan")])
+        for k in ("end_of_turn_delay", "transcription_delay", "llm_ttft", "llm_ttfs", "tts_ttfb")
+    }
     return {
-        "scenario": result.name, "sessions": result.sessions, "turns": len(result.turns),
+        "scenario": result.name,
+        "sessions": result.sessions,
+        "turns": len(result.turns),
         "failures": result.failures,
-        "e2e_p50": percentile(e2e, 50), "e2e_p95": percentile(e2e, 95),
+        "e2e_p50": percentile(e2e, 50),
+        "e2e_p95": percentile(e2e, 95),
         "server_e2e_p50": percentile(server_e2e, 50),
-        "overhead_p50": percentile(over, 50), "overhead_p95": percentile(over, 95),
+        "overhead_p50": percentile(over, 50),
+        "overhead_p95": percentile(over, 95),
         "overhead_kind": "above providers" if simulated else "stage hand-offs",
         **{f"{k}_p50": v for k, v in parts.items()},
     }
@@ -156,9 +183,23 @@ def summarize(result: ScenarioResult, simulated: bool) -> dict[str, Any]:
 def start_sim_llm(workdir: Path) -> tuple[subprocess.Popen, str]:
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "bench.sim_openai_server", "--port", str(port), "--ttft-ms", str(TTFT_MS),
-         "--tokens-per-s", str(TOKENS_PER_S), "--reply", REPLY],
-        cwd=ROOT, stdout=(workdir / "sim_llm.log").open("wb"), stderr=subprocess.STDOUT)
+        [
+            sys.executable,
+            "-m",
+            "bench.sim_openai_server",
+            "--port",
+            str(port),
+            "--ttft-ms",
+            str(TTFT_MS),
+            "--tokens-per-s",
+            str(TOKENS_PER_S),
+            "--reply",
+            REPLY,
+        ],
+        cwd=ROOT,
+        stdout=(workdir / "sim_llm.log").open("wb"),
+        stderr=subprocess.STDOUT,
+    )
     base = f"http://127.0.0.1:{port}/v1"
     wait_http(f"{base}/models", process)
     return process, base
@@ -180,26 +221,52 @@ def wait_http(url: str, process: subprocess.Popen, timeout: float = 60) -> None:
 
 def start_single_process(workdir: Path, llm_base: str) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    env = {**os.environ, "OPENAI_API_KEY": "sim", "VOICE_LLM_BASE_URL": llm_base,
-           **{f"VOICE_{k.upper()}": str(v) for k, v in SIM_ARGS.items()}}
+    env = {
+        **os.environ,
+        "OPENAI_API_KEY": "sim",
+        "VOICE_LLM_BASE_URL": llm_base,
+        **{f"VOICE_{k.upper()}": str(v) for k, v in SIM_ARGS.items()},
+    }
     process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "--factory", "serve_app.local:create_app", "--host", "127.0.0.1",
-         "--port", str(port), "--log-level", "warning"],
-        cwd=ROOT, env=env, stdout=(workdir / "single.log").open("wb"), stderr=subprocess.STDOUT)
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "--factory",
+            "serve_app.local:create_app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=(workdir / "single.log").open("wb"),
+        stderr=subprocess.STDOUT,
+    )
     wait_http(f"http://127.0.0.1:{port}/healthz", process)
     return process, f"ws://127.0.0.1:{port}/v1"
 
 
+def failed(row: dict[str, Any]) -> str:
+    return f" ({row['failures']} failed)" if row["failures"] else ""
+
+
 def print_table(rows: list[dict[str, Any]]) -> str:
-    header = ("| scenario | sessions | turns | e2e p50 | e2e p95 | overhead p50 | overhead p95 | overhead of |"
-              " eot | stt | ttft | ttfs | tts |")
+    header = (
+        "| scenario | sessions | turns | e2e p50 | e2e p95 | overhead p50 | overhead p95 | overhead of |"
+        " eot | stt | ttft | ttfs | tts |"
+    )
     lines = [header, "|" + "---|" * 13]
     for r in rows:
         lines.append(
-            f"| {r['scenario']} | {r['sessions']} | {r['turns']}{' (' + str(r['failures']) + ' failed)' if r['failures'] else ''}"
+            f"| {r['scenario']} | {r['sessions']} | {r['turns']}{failed(r)}"
             f" | {r['e2e_p50']:.0f} | {r['e2e_p95']:.0f} | {r['overhead_p50']:.1f} | {r['overhead_p95']:.1f}"
             f" | {r['overhead_kind']} | {r['end_of_turn_delay_p50']:.0f} | {r['transcription_delay_p50']:.0f}"
-            f" | {r['llm_ttft_p50']:.0f} | {r['llm_ttfs_p50']:.0f} | {r['tts_ttfb_p50']:.0f} |")
+            f" | {r['llm_ttft_p50']:.0f} | {r['llm_ttfs_p50']:.0f} | {r['tts_ttfb_p50']:.0f} |"
+        )
     table = "\n".join(lines)
     print(table)
     return table
@@ -233,7 +300,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 
 async def main_async(args: argparse.Namespace) -> None:
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - once, before any timing
     workdir = Path(tempfile.mkdtemp(prefix="voice-bench-"))
     utterance = espeak_speech(QUESTION)
     turns_1, turns_10 = (4, 2) if args.quick else (15, 5)
@@ -243,7 +310,9 @@ async def main_async(args: argparse.Namespace) -> None:
         single, url = start_single_process(workdir, llm_base)
         try:
             for sessions, turns in ((1, turns_1), (10, turns_10)):
-                rows.append(summarize(await run_scenario("single-process", url, sessions, turns, utterance), True))
+                rows.append(
+                    summarize(await run_scenario("single-process", url, sessions, turns, utterance), True)
+                )
         finally:
             single.terminate()
             single.wait()
@@ -253,7 +322,9 @@ async def main_async(args: argparse.Namespace) -> None:
         try:
             run.wait_ready()
             for sessions, turns in ((1, turns_1), (10, turns_10)):
-                rows.append(summarize(await run_scenario("ray-serve", run.ws_url, sessions, turns, utterance), True))
+                rows.append(
+                    summarize(await run_scenario("ray-serve", run.ws_url, sessions, turns, utterance), True)
+                )
         finally:
             run.stop()
     finally:
@@ -265,8 +336,12 @@ async def main_async(args: argparse.Namespace) -> None:
         run = ServeRun(offline_dir)
         try:
             run.wait_ready()
-            rows.append(summarize(await run_scenario("offline engines", run.ws_url, 1, 4 if args.quick else 8,
-                                                     utterance), False))
+            rows.append(
+                summarize(
+                    await run_scenario("offline engines", run.ws_url, 1, 4 if args.quick else 8, utterance),
+                    False,
+                )
+            )
         finally:
             run.stop()
     table = print_table(rows)
@@ -277,7 +352,9 @@ async def main_async(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="fewer turns")
     parser.add_argument("--skip-offline", action="store_true", help="skip the offline-engine scenario")
     parser.add_argument("--out", default=str(ROOT / "bench" / "out"))

@@ -41,28 +41,49 @@ class ServeRun:
         ray_tmp = workdir / "ray"
         ray_tmp.mkdir()
         run_env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "OPENAI_BASE_URL")}
-        run_env.update({
-            "RAY_TMPDIR": str(ray_tmp),  # private temp dir: never another cluster's sockets
-            "RAY_AUTH_MODE": "disabled",
-            "RAY_USAGE_STATS_ENABLED": "0",
-            "PYTHONPATH": str(ROOT),
-            **(env or {}),
-        })
+        run_env.update(
+            {
+                "RAY_TMPDIR": str(ray_tmp),  # private temp dir: never another cluster's sockets
+                "RAY_AUTH_MODE": "disabled",
+                "RAY_USAGE_STATS_ENABLED": "0",
+                "PYTHONPATH": str(ROOT),
+                **(env or {}),
+            }
+        )
         bin_dir = Path(sys.executable).parent
         self._log = self.log_path.open("wb")
         # Our own head node (no dashboard, every port free-picked) that dies with this process; then
         # the user's command, `serve run serve_config.yaml`, against it.
         gcs_port = free_port()
         self.head = subprocess.Popen(
-            [str(bin_dir / "ray"), "start", "--head", "--block", f"--port={gcs_port}",
-             "--node-ip-address=127.0.0.1", f"--temp-dir={ray_tmp}", "--include-dashboard=false",
-             "--num-cpus=2", "--disable-usage-stats", f"--ray-client-server-port={free_port()}",
-             f"--dashboard-agent-listen-port={free_port()}", f"--metrics-export-port={free_port()}"],
-            cwd=ROOT, env=run_env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                str(bin_dir / "ray"),
+                "start",
+                "--head",
+                "--block",
+                f"--port={gcs_port}",
+                "--node-ip-address=127.0.0.1",
+                f"--temp-dir={ray_tmp}",
+                "--include-dashboard=false",
+                "--num-cpus=2",
+                "--disable-usage-stats",
+                f"--ray-client-server-port={free_port()}",
+                f"--dashboard-agent-listen-port={free_port()}",
+                f"--metrics-export-port={free_port()}",
+            ],
+            cwd=ROOT,
+            env=run_env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         self.process = subprocess.Popen(
             [str(bin_dir / "serve"), "run", "--address", f"127.0.0.1:{gcs_port}", str(self.config_path)],
-            cwd=ROOT, env=run_env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
+            cwd=ROOT,
+            env=run_env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.ws_url = f"ws://127.0.0.1:{self.port}/v1"
@@ -73,7 +94,10 @@ class ServeRun:
             if self.process.poll() is not None:
                 raise RuntimeError(f"serve run exited:\n{self.log_path.read_text()[-4000:]}")
             try:
-                if httpx.get(f"{self.base_url}/healthz", timeout=2).status_code == 200 and self.stages_ready():
+                if (
+                    httpx.get(f"{self.base_url}/healthz", timeout=2).status_code == 200
+                    and self.stages_ready()
+                ):
                     return
             except httpx.HTTPError:
                 pass

@@ -1,6 +1,7 @@
 """A latency-faithful stand-in for the OpenAI HTTP API, for tests and benchmarks without the internet.
 
-Knobs: time to first chat token (`ttft_ms`) and tokens per second. It speaks the real wire formats the engines use: Chat Completions streamed as SSE
+Knobs: time to first chat token (`ttft_ms`) and tokens per second. It speaks the real wire formats
+the engines use: Chat Completions streamed as SSE
 (`data: {chat.completion.chunk}` ... `data: [DONE]`), /v1/audio/speech streaming raw 24 kHz PCM16,
 and /v1/audio/transcriptions taking a multipart upload and returning {"text": ...}.
 
@@ -202,8 +203,12 @@ def _build_app(state: SimOpenAIServer) -> Starlette:
         return JSONResponse({"text": cfg.transcript})
 
     async def models(request: Request) -> Response:
-        return JSONResponse({"object": "list", "data": [
-            {"id": "sim-llm", "object": "model", "created": 0, "owned_by": "bench"}]})
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": [{"id": "sim-llm", "object": "model", "created": 0, "owned_by": "bench"}],
+            }
+        )
 
     return Starlette(
         routes=[
@@ -243,8 +248,10 @@ def main() -> None:
     parser.add_argument("--tokens-per-s", type=float, default=50.0)
     parser.add_argument("--reply", default=SimOpenAIConfig.reply)
     args = parser.parse_args()
-    state = SimOpenAIServer(base_url=f"http://127.0.0.1:{args.port}/v1", config=SimOpenAIConfig(
-        reply=args.reply, ttft_ms=args.ttft_ms, tokens_per_s=args.tokens_per_s))
+    state = SimOpenAIServer(
+        base_url=f"http://127.0.0.1:{args.port}/v1",
+        config=SimOpenAIConfig(reply=args.reply, ttft_ms=args.ttft_ms, tokens_per_s=args.tokens_per_s),
+    )
     uvicorn.run(_build_app(state), host="127.0.0.1", port=args.port, log_level="warning")
 
 

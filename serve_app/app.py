@@ -21,9 +21,10 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
     settings = load_settings(args)
     log.info("building voice agent: %s", settings.describe_engines())
     config = settings.shareable()
-    return Router.bind(
-        STTDeployment.bind(config),
-        LLMDeployment.bind(config),
-        TTSDeployment.bind(config),
+    # `@serve.deployment` turns the classes into Deployments; mypy sees the undecorated classes.
+    return Router.bind(  # type: ignore[attr-defined]
+        STTDeployment.bind(config),  # type: ignore[attr-defined]
+        LLMDeployment.bind(config),  # type: ignore[attr-defined]
+        TTSDeployment.bind(config),  # type: ignore[attr-defined]
         config,
     )

@@ -40,8 +40,13 @@ async def converse(args: argparse.Namespace) -> int:
     async with client.realtime.connect(model="voice-agent", extra_query={"user": args.user}) as conn:
         await conn.recv()  # session.created
         if args.text:
-            await conn.conversation.item.create(item={
-                "type": "message", "role": "user", "content": [{"type": "input_text", "text": args.text}]})
+            await conn.conversation.item.create(
+                item={
+                    "type": "message",
+                    "role": "user",
+                    "content": [{"type": "input_text", "text": args.text}],
+                }
+            )
             await conn.response.create()
         else:
             # Trailing silence lets the server's VAD see the end of the turn.
@@ -60,7 +65,8 @@ async def converse(args: argparse.Namespace) -> int:
                 return 1
             elif event.type == "response.done":
                 response = event.response
-                content = response.output[0].content[0] if response.output else None
+                parts = getattr(response.output[0], "content", None) if response.output else None
+                content = parts[0] if parts else None
                 text = getattr(content, "transcript", None) or getattr(content, "text", "") or ""
                 print(f"agent said: {text}")
                 print(f"status: {response.status}, {len(reply_audio) / (RATE * 2):.2f} s of audio")
@@ -74,7 +80,9 @@ async def converse(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--url", default="ws://127.0.0.1:8000/v1", help="the agent's /v1 WebSocket base URL")
     parser.add_argument("--api-key", default="local", help="bearer key (when the agent has VOICE_API_KEYS)")
     parser.add_argument("--user", default="anonymous", help="user id (selects the user's memory)")

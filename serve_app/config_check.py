@@ -69,8 +69,10 @@ def check_serve_config(config: dict[str, Any]) -> list[str]:
             if not isinstance(autoscaling, dict):
                 problems.append(f"deployment {name}: no autoscaling_config")
             else:
-                problems += [f"deployment {name}.autoscaling_config: {p}"
-                             for p in unknown_keys(autoscaling, AutoscalingConfig)]
+                problems += [
+                    f"deployment {name}.autoscaling_config: {p}"
+                    for p in unknown_keys(autoscaling, AutoscalingConfig)
+                ]
                 try:
                     AutoscalingConfig(**autoscaling)
                 except (ValidationError, ValueError) as exc:

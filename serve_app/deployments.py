@@ -26,7 +26,7 @@ MAX_STREAMS_PER_STT_REPLICA = 64
 
 @serve.deployment
 class STTDeployment:
-    async def __init__(self, config: dict[str, Any]) -> None:
+    async def __init__(self, config: dict[str, Any]) -> None:  # type: ignore[misc]  # Serve awaits it
         settings = load_settings(config)
         self.engine = create_stt_engine(settings)
         await self.engine.warmup()
@@ -52,7 +52,7 @@ class STTDeployment:
 
 @serve.deployment
 class LLMDeployment:
-    async def __init__(self, config: dict[str, Any]) -> None:
+    async def __init__(self, config: dict[str, Any]) -> None:  # type: ignore[misc]  # Serve awaits it
         settings = load_settings(config)
         engine = create_llm_engine(settings)
         await engine.warmup()
@@ -66,7 +66,7 @@ class LLMDeployment:
 
 @serve.deployment
 class TTSDeployment:
-    async def __init__(self, config: dict[str, Any]) -> None:
+    async def __init__(self, config: dict[str, Any]) -> None:  # type: ignore[misc]  # Serve awaits it
         settings = load_settings(config)
         engine = create_tts_engine(settings)
         await engine.warmup()
@@ -84,13 +84,15 @@ class Router:
     def __init__(self, stt: Any, llm: Any, tts: Any, config: dict[str, Any]) -> None:
         settings = load_settings(config)
         log.info("voice agent engines: %s", settings.describe_engines())
-        self._app = build_router_app(RouterDeps(
-            settings=settings,
-            stt=RemoteTranscriber(stt),
-            llm=RemotePhraseLLM(llm),
-            tts=RemoteSynthesizer(tts),
-            memory_sink=RecentTurnsSink(),
-        ))
+        self._app = build_router_app(
+            RouterDeps(
+                settings=settings,
+                stt=RemoteTranscriber(stt),
+                llm=RemotePhraseLLM(llm),
+                tts=RemoteSynthesizer(tts),
+                memory_sink=RecentTurnsSink(),
+            )
+        )
 
     def __serve_build_asgi_app__(self) -> ASGIApp:
         return self._app

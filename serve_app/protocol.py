@@ -32,15 +32,17 @@ from actors.events import (
 from actors.session import SessionOptions
 from actors.vad import VadConfig
 
-CLIENT_EVENTS = frozenset({
-    "session.update",
-    "input_audio_buffer.append",
-    "input_audio_buffer.commit",
-    "input_audio_buffer.clear",
-    "conversation.item.create",
-    "response.create",
-    "response.cancel",
-})
+CLIENT_EVENTS = frozenset(
+    {
+        "session.update",
+        "input_audio_buffer.append",
+        "input_audio_buffer.commit",
+        "input_audio_buffer.clear",
+        "conversation.item.create",
+        "response.create",
+        "response.cancel",
+    }
+)
 OUTPUT_RATES = (16_000, 24_000)
 
 
@@ -77,12 +79,16 @@ def parse_client_event(raw: str | bytes, limits: ProtocolLimits) -> ClientEvent:
     if isinstance(raw, bytes):
         raise ProtocolError("invalid_event", "binary frames are not accepted: send JSON text events")
     if len(raw) > limits.max_event_bytes:
-        raise ProtocolError("event_too_large",
-                            f"event of {len(raw)} bytes exceeds the limit of {limits.max_event_bytes} bytes")
+        raise ProtocolError(
+            "event_too_large",
+            f"event of {len(raw)} bytes exceeds the limit of {limits.max_event_bytes} bytes",
+        )
     try:
         body = json.loads(raw)
     except json.JSONDecodeError as exc:
-        raise ProtocolError("invalid_json", f"event is not valid JSON: {exc.msg} at position {exc.pos}") from exc
+        raise ProtocolError(
+            "invalid_json", f"event is not valid JSON: {exc.msg} at position {exc.pos}"
+        ) from exc
     if not isinstance(body, dict):
         raise ProtocolError("invalid_event", "event must be a JSON object")
     client_id = body.get("event_id") if isinstance(body.get("event_id"), str) else None
@@ -90,17 +96,21 @@ def parse_client_event(raw: str | bytes, limits: ProtocolLimits) -> ClientEvent:
     if not isinstance(kind, str):
         raise ProtocolError("invalid_event", "event has no string 'type' field", client_id, "type")
     if kind not in CLIENT_EVENTS:
-        raise ProtocolError("unknown_event_type",
-                            f"unknown event type '{kind}'; supported: {', '.join(sorted(CLIENT_EVENTS))}",
-                            client_id, "type")
+        raise ProtocolError(
+            "unknown_event_type",
+            f"unknown event type '{kind}'; supported: {', '.join(sorted(CLIENT_EVENTS))}",
+            client_id,
+            "type",
+        )
     return ClientEvent(kind, client_id, body)
 
 
 def audio_of_append(event: ClientEvent, limits: ProtocolLimits) -> bytes:
     audio = event.body.get("audio")
     if not isinstance(audio, str):
-        raise ProtocolError("invalid_audio", "input_audio_buffer.append needs 'audio': base64 PCM16",
-                            event.event_id, "audio")
+        raise ProtocolError(
+            "invalid_audio", "input_audio_buffer.append needs 'audio': base64 PCM16", event.event_id, "audio"
+        )
     try:
         return decode_base64_pcm(audio, limits.max_append_bytes)
     except AudioFormatError as exc:
@@ -111,8 +121,9 @@ def audio_of_append(event: ClientEvent, limits: ProtocolLimits) -> bytes:
 def text_of_item(event: ClientEvent, limits: ProtocolLimits) -> str:
     item = event.body.get("item")
     if not isinstance(item, dict) or item.get("type", "message") != "message":
-        raise ProtocolError("invalid_item", "conversation.item.create needs a 'message' item", event.event_id,
-                            "item")
+        raise ProtocolError(
+            "invalid_item", "conversation.item.create needs a 'message' item", event.event_id, "item"
+        )
     if item.get("role") != "user":
         raise ProtocolError("invalid_item", "only user messages can be added", event.event_id, "item.role")
     parts = item.get("content")
@@ -121,20 +132,25 @@ def text_of_item(event: ClientEvent, limits: ProtocolLimits) -> str:
     texts = []
     for part in parts:
         if not isinstance(part, dict) or part.get("type") not in ("input_text", "text"):
-            raise ProtocolError("invalid_item", "only input_text content is supported", event.event_id,
-                                "item.content")
+            raise ProtocolError(
+                "invalid_item", "only input_text content is supported", event.event_id, "item.content"
+            )
         text = part.get("text")
         if not isinstance(text, str):
-            raise ProtocolError("invalid_item", "input_text part needs 'text'", event.event_id,
-                                "item.content.text")
+            raise ProtocolError(
+                "invalid_item", "input_text part needs 'text'", event.event_id, "item.content.text"
+            )
         texts.append(text)
     text = " ".join(texts).strip()
     if not text:
         raise ProtocolError("invalid_item", "message text is empty", event.event_id, "item.content.text")
     if len(text) > limits.max_text_chars:
-        raise ProtocolError("text_too_long",
-                            f"message text has {len(text)} characters; the limit is {limits.max_text_chars}",
-                            event.event_id, "item.content.text")
+        raise ProtocolError(
+            "text_too_long",
+            f"message text has {len(text)} characters; the limit is {limits.max_text_chars}",
+            event.event_id,
+            "item.content.text",
+        )
     return text
 
 
@@ -142,58 +158,81 @@ def _rate(fmt: Any, where: str, allowed: tuple[int, ...], event: ClientEvent) ->
     if fmt is None:
         return None
     if not isinstance(fmt, dict) or fmt.get("type", "audio/pcm") != "audio/pcm":
-        raise ProtocolError("unsupported_audio_format",
-                            f"{where}: only audio/pcm (PCM16 little-endian mono) is supported",
-                            event.event_id, where)
+        raise ProtocolError(
+            "unsupported_audio_format",
+            f"{where}: only audio/pcm (PCM16 little-endian mono) is supported",
+            event.event_id,
+            where,
+        )
     rate = fmt.get("rate", 24_000)
     if rate not in allowed:
-        raise ProtocolError("unsupported_sample_rate",
-                            f"{where}: sample rate {rate} is not supported; use one of {list(allowed)}",
-                            event.event_id, where)
+        raise ProtocolError(
+            "unsupported_sample_rate",
+            f"{where}: sample rate {rate} is not supported; use one of {list(allowed)}",
+            event.event_id,
+            where,
+        )
     return int(rate)
 
 
-def apply_session_update(options: SessionOptions, event: ClientEvent, limits: ProtocolLimits) -> SessionOptions:
+def apply_session_update(
+    options: SessionOptions, event: ClientEvent, limits: ProtocolLimits
+) -> SessionOptions:
     """Validate a session.update and return the new options (all-or-nothing)."""
     session = event.body.get("session")
     if not isinstance(session, dict):
-        raise ProtocolError("invalid_session", "session.update needs a 'session' object", event.event_id,
-                            "session")
+        raise ProtocolError(
+            "invalid_session", "session.update needs a 'session' object", event.event_id, "session"
+        )
     changes: dict[str, Any] = {}
     if "instructions" in session:
         instructions = session["instructions"]
         if not isinstance(instructions, str):
-            raise ProtocolError("invalid_session", "instructions must be a string", event.event_id,
-                                "session.instructions")
+            raise ProtocolError(
+                "invalid_session", "instructions must be a string", event.event_id, "session.instructions"
+            )
         if len(instructions) > limits.max_text_chars:
-            raise ProtocolError("text_too_long",
-                                f"instructions have {len(instructions)} characters; the limit is "
-                                f"{limits.max_text_chars}", event.event_id, "session.instructions")
+            raise ProtocolError(
+                "text_too_long",
+                f"instructions have {len(instructions)} characters; the limit is {limits.max_text_chars}",
+                event.event_id,
+                "session.instructions",
+            )
         changes["instructions"] = instructions
     if "max_output_tokens" in session:
         tokens = session["max_output_tokens"]
         if tokens == "inf":
             tokens = 4096
         if not isinstance(tokens, int) or not 1 <= tokens <= 4096:
-            raise ProtocolError("invalid_session", "max_output_tokens must be 1..4096 or 'inf'",
-                                event.event_id, "session.max_output_tokens")
+            raise ProtocolError(
+                "invalid_session",
+                "max_output_tokens must be 1..4096 or 'inf'",
+                event.event_id,
+                "session.max_output_tokens",
+            )
         changes["max_tokens"] = tokens
     if "output_modalities" in session:
         modalities = session["output_modalities"]
         if modalities not in (["audio"], ["text"]):
-            raise ProtocolError("invalid_session", "output_modalities must be ['audio'] or ['text']",
-                                event.event_id, "session.output_modalities")
+            raise ProtocolError(
+                "invalid_session",
+                "output_modalities must be ['audio'] or ['text']",
+                event.event_id,
+                "session.output_modalities",
+            )
         changes["output_audio"] = modalities == ["audio"]
     audio = session.get("audio") or {}
     if not isinstance(audio, dict):
         raise ProtocolError("invalid_session", "audio must be an object", event.event_id, "session.audio")
     audio_in = audio.get("input") or {}
     audio_out = audio.get("output") or {}
-    if (rate := _rate(audio_in.get("format"), "session.audio.input.format", SUPPORTED_INPUT_RATES,
-                      event)) is not None:
+    if (
+        rate := _rate(audio_in.get("format"), "session.audio.input.format", SUPPORTED_INPUT_RATES, event)
+    ) is not None:
         changes["input_sample_rate"] = rate
-    if (rate := _rate(audio_out.get("format"), "session.audio.output.format", OUTPUT_RATES,
-                      event)) is not None:
+    if (
+        rate := _rate(audio_out.get("format"), "session.audio.output.format", OUTPUT_RATES, event)
+    ) is not None:
         changes["output_sample_rate"] = rate
     if "turn_detection" in audio_in:
         changes["turn_detection"] = _turn_detection(audio_in["turn_detection"], options, event)
@@ -205,11 +244,18 @@ def _turn_detection(value: Any, options: SessionOptions, event: ClientEvent) -> 
         return None
     where = "session.audio.input.turn_detection"
     if not isinstance(value, dict) or value.get("type") != "server_vad":
-        raise ProtocolError("unsupported_turn_detection",
-                            "turn_detection must be null or {'type': 'server_vad', ...}", event.event_id, where)
+        raise ProtocolError(
+            "unsupported_turn_detection",
+            "turn_detection must be null or {'type': 'server_vad', ...}",
+            event.event_id,
+            where,
+        )
     base = options.turn_detection or VadConfig()
-    fields = {"threshold": "threshold", "silence_duration_ms": "silence_ms",
-              "prefix_padding_ms": "prefix_padding_ms"}
+    fields = {
+        "threshold": "threshold",
+        "silence_duration_ms": "silence_ms",
+        "prefix_padding_ms": "prefix_padding_ms",
+    }
     values: dict[str, Any] = {}
     for wire, name in fields.items():
         if value.get(wire) is None:
@@ -217,8 +263,9 @@ def _turn_detection(value: Any, options: SessionOptions, event: ClientEvent) -> 
         v = value[wire]
         ok = isinstance(v, int | float) and (0 < v < 1 if wire == "threshold" else 0 <= v <= 10_000)
         if not ok:
-            raise ProtocolError("invalid_session", f"turn_detection.{wire} is out of range", event.event_id,
-                                f"{where}.{wire}")
+            raise ProtocolError(
+                "invalid_session", f"turn_detection.{wire} is out of range", event.event_id, f"{where}.{wire}"
+            )
         values[name] = v
     return VadConfig(**{**base.__dict__, **values})
 
@@ -236,7 +283,9 @@ def session_object(session_id: str, options: SessionOptions, model: str) -> dict
         "audio": {
             "input": {
                 "format": {"type": "audio/pcm", "rate": options.input_sample_rate},
-                "turn_detection": None if vad is None else {
+                "turn_detection": None
+                if vad is None
+                else {
                     "type": "server_vad",
                     "threshold": vad.threshold,
                     "silence_duration_ms": vad.silence_ms,
@@ -255,12 +304,19 @@ def session_created(session_id: str, options: SessionOptions, model: str, update
     return {"type": kind, "event_id": event_id(), "session": session_object(session_id, options, model)}
 
 
-def error_event(code: str, message: str, client_event_id: str | None = None, param: str | None = None) -> dict:
+def error_event(
+    code: str, message: str, client_event_id: str | None = None, param: str | None = None
+) -> dict:
     return {
         "type": "error",
         "event_id": event_id(),
-        "error": {"type": "invalid_request_error", "code": code, "message": message, "param": param,
-                  "event_id": client_event_id},
+        "error": {
+            "type": "invalid_request_error",
+            "code": code,
+            "message": message,
+            "param": param,
+            "event_id": client_event_id,
+        },
     }
 
 
@@ -269,53 +325,130 @@ def server_events(event: SessionEvent, *, audio_output: bool) -> list[dict[str, 
     base = {"event_id": event_id()}
     match event:
         case SpeechStarted(item_id=item_id, audio_start_ms=ms):
-            return [{**base, "type": "input_audio_buffer.speech_started", "item_id": item_id,
-                     "audio_start_ms": ms}]
+            return [
+                {
+                    **base,
+                    "type": "input_audio_buffer.speech_started",
+                    "item_id": item_id,
+                    "audio_start_ms": ms,
+                }
+            ]
         case SpeechStopped(item_id=item_id, audio_end_ms=ms):
-            return [{**base, "type": "input_audio_buffer.speech_stopped", "item_id": item_id,
-                     "audio_end_ms": ms}]
+            return [
+                {**base, "type": "input_audio_buffer.speech_stopped", "item_id": item_id, "audio_end_ms": ms}
+            ]
         case AudioCommitted(item_id=item_id, previous_item_id=prev):
-            return [{**base, "type": "input_audio_buffer.committed", "item_id": item_id,
-                     "previous_item_id": prev}]
+            return [
+                {**base, "type": "input_audio_buffer.committed", "item_id": item_id, "previous_item_id": prev}
+            ]
         case InputCleared():
             return [{**base, "type": "input_audio_buffer.cleared"}]
         case UserItemAdded(item_id=item_id, previous_item_id=prev, text=text):
-            item = {"id": item_id, "object": "realtime.item", "type": "message", "role": "user",
-                    "status": "completed", "content": [{"type": "input_text", "text": text}]}
+            item = {
+                "id": item_id,
+                "object": "realtime.item",
+                "type": "message",
+                "role": "user",
+                "status": "completed",
+                "content": [{"type": "input_text", "text": text}],
+            }
             return [{**base, "type": "conversation.item.added", "item": item, "previous_item_id": prev}]
         case TranscriptDelta(item_id=item_id, delta=delta):
-            return [{**base, "type": "conversation.item.input_audio_transcription.delta", "item_id": item_id,
-                     "content_index": 0, "delta": delta}]
+            return [
+                {
+                    **base,
+                    "type": "conversation.item.input_audio_transcription.delta",
+                    "item_id": item_id,
+                    "content_index": 0,
+                    "delta": delta,
+                }
+            ]
         case TranscriptCompleted(item_id=item_id, transcript=transcript, audio_seconds=seconds):
-            return [{**base, "type": "conversation.item.input_audio_transcription.completed",
-                     "item_id": item_id, "content_index": 0, "transcript": transcript,
-                     "usage": {"type": "duration", "seconds": round(seconds, 3)}}]
+            return [
+                {
+                    **base,
+                    "type": "conversation.item.input_audio_transcription.completed",
+                    "item_id": item_id,
+                    "content_index": 0,
+                    "transcript": transcript,
+                    "usage": {"type": "duration", "seconds": round(seconds, 3)},
+                }
+            ]
         case ResponseStarted(response_id=rid):
-            return [{**base, "type": "response.created", "response": {
-                "id": rid, "object": "realtime.response", "status": "in_progress", "output": [],
-                "output_modalities": ["audio"] if audio_output else ["text"]}}]
+            return [
+                {
+                    **base,
+                    "type": "response.created",
+                    "response": {
+                        "id": rid,
+                        "object": "realtime.response",
+                        "status": "in_progress",
+                        "output": [],
+                        "output_modalities": ["audio"] if audio_output else ["text"],
+                    },
+                }
+            ]
         case ResponseTextDelta(response_id=rid, item_id=item_id, delta=delta):
             kind = "response.output_audio_transcript.delta" if audio_output else "response.output_text.delta"
-            return [{**base, "type": kind, "response_id": rid, "item_id": item_id, "output_index": 0,
-                     "content_index": 0, "delta": delta}]
+            return [
+                {
+                    **base,
+                    "type": kind,
+                    "response_id": rid,
+                    "item_id": item_id,
+                    "output_index": 0,
+                    "content_index": 0,
+                    "delta": delta,
+                }
+            ]
         case ResponseAudioDelta(response_id=rid, item_id=item_id, pcm16=pcm):
-            return [{**base, "type": "response.output_audio.delta", "response_id": rid, "item_id": item_id,
-                     "output_index": 0, "content_index": 0, "delta": encode_base64_pcm(pcm)}]
-        case ResponseFinished(response_id=rid, item_id=item_id, status=status, text=text, reason=reason,
-                              metrics=metrics):
-            part = ({"type": "output_audio", "transcript": text} if audio_output
-                    else {"type": "output_text", "text": text})
-            item = {"id": item_id, "object": "realtime.item", "type": "message", "role": "assistant",
-                    "status": "completed" if status == "completed" else "incomplete", "content": [part]}
+            return [
+                {
+                    **base,
+                    "type": "response.output_audio.delta",
+                    "response_id": rid,
+                    "item_id": item_id,
+                    "output_index": 0,
+                    "content_index": 0,
+                    "delta": encode_base64_pcm(pcm),
+                }
+            ]
+        case ResponseFinished(
+            response_id=rid, item_id=item_id, status=status, text=text, reason=reason, metrics=metrics
+        ):
+            part = (
+                {"type": "output_audio", "transcript": text}
+                if audio_output
+                else {"type": "output_text", "text": text}
+            )
+            item = {
+                "id": item_id,
+                "object": "realtime.item",
+                "type": "message",
+                "role": "assistant",
+                "status": "completed" if status == "completed" else "incomplete",
+                "content": [part],
+            }
             details: dict[str, Any] = {"type": status}
             if status == "cancelled":
                 details["reason"] = reason if reason in ("turn_detected", "client_cancelled") else None
             elif status == "failed":
                 details["error"] = {"type": "server_error", "message": reason}
-            return [{**base, "type": "response.done", "response": {
-                "id": rid, "object": "realtime.response", "status": status, "status_details": details,
-                "output": [item], "output_modalities": ["audio"] if audio_output else ["text"],
-                "metadata": {name: f"{value:.1f}" for name, value in metrics.items()}}}]
+            return [
+                {
+                    **base,
+                    "type": "response.done",
+                    "response": {
+                        "id": rid,
+                        "object": "realtime.response",
+                        "status": status,
+                        "status_details": details,
+                        "output": [item],
+                        "output_modalities": ["audio"] if audio_output else ["text"],
+                        "metadata": {name: f"{value:.1f}" for name, value in metrics.items()},
+                    },
+                }
+            ]
         case SessionError(code=code, message=message, event_id=client_id, param=param):
             return [error_event(code, message, client_id, param)]
     raise TypeError(f"no Realtime mapping for {event!r}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import Callable
@@ -31,8 +32,9 @@ SessionFactory = Callable[[Callable[[SessionEvent], Any]], VoiceSession]
 
 
 class RealtimeConnection:
-    def __init__(self, websocket: WebSocket, make_session: SessionFactory, limits: ProtocolLimits,
-                 model: str) -> None:
+    def __init__(
+        self, websocket: WebSocket, make_session: SessionFactory, limits: ProtocolLimits, model: str
+    ) -> None:
         self.websocket = websocket
         self.limits = limits
         self.model = model
@@ -43,10 +45,9 @@ class RealtimeConnection:
         if event["type"] == "error":
             ERRORS.labels(code=event["error"]["code"]).inc()
         async with self._send_lock:
-            try:
+            # A client that is gone raises here; the session is being closed anyway.
+            with contextlib.suppress(WebSocketDisconnect, RuntimeError):
                 await self.websocket.send_text(json.dumps(event))
-            except (WebSocketDisconnect, RuntimeError):
-                pass  # the client is gone; the session is being closed
 
     async def _emit(self, event: SessionEvent) -> None:
         for wire_event in server_events(event, audio_output=self.session.options.output_audio):
@@ -89,4 +90,6 @@ class RealtimeConnection:
                 await session.cancel_response()
             case "session.update":
                 session.update_options(apply_session_update(session.options, event, self.limits))
-                await self._send(session_created(session.session_id, session.options, self.model, updated=True))
+                await self._send(
+                    session_created(session.session_id, session.options, self.model, updated=True)
+                )

@@ -70,8 +70,11 @@ def _authorized(keys: frozenset[str], presented: str | None) -> bool:
 def build_router_app(deps: RouterDeps) -> Starlette:
     settings = deps.settings
     limits = ProtocolLimits(settings.max_event_bytes, settings.max_append_bytes, settings.max_text_chars)
-    session_limits = SessionLimits(stt_chunk_ms=settings.stt_chunk_ms, audio_lead_ms=settings.audio_lead_ms,
-                                   history_turns=settings.history_turns)
+    session_limits = SessionLimits(
+        stt_chunk_ms=settings.stt_chunk_ms,
+        audio_lead_ms=settings.audio_lead_ms,
+        history_turns=settings.history_turns,
+    )
     keys = settings.bearer_keys
 
     async def realtime(websocket: WebSocket) -> None:
@@ -84,8 +87,14 @@ def build_router_app(deps: RouterDeps) -> Starlette:
 
         def make_session(emit: Callable) -> VoiceSession:
             return VoiceSession(
-                stt=deps.stt, llm=deps.llm, tts=deps.tts, emit=emit, options=default_options(settings),
-                limits=session_limits, speech_detector=deps.speech_detector, memory_sink=deps.memory_sink,
+                stt=deps.stt,
+                llm=deps.llm,
+                tts=deps.tts,
+                emit=emit,
+                options=default_options(settings),
+                limits=session_limits,
+                speech_detector=deps.speech_detector,
+                memory_sink=deps.memory_sink,
                 user_id=user_id,
             )
 
@@ -98,8 +107,9 @@ def build_router_app(deps: RouterDeps) -> Starlette:
     async def metrics(request: Request) -> Response:
         presented = _bearer(request.headers.get("authorization"), None)
         if not _authorized(keys, presented):
-            return JSONResponse({"error": {"message": "invalid or missing API key", "type": "auth_error"}},
-                                status_code=401)
+            return JSONResponse(
+                {"error": {"message": "invalid or missing API key", "type": "auth_error"}}, status_code=401
+            )
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     @contextlib.asynccontextmanager
@@ -108,8 +118,11 @@ def build_router_app(deps: RouterDeps) -> Starlette:
             await warmup()
         yield
 
-    return Starlette(lifespan=lifespan, routes=[
-        WebSocketRoute("/v1/realtime", realtime),
-        Route("/healthz", healthz),
-        Route("/metrics", metrics),
-    ])
+    return Starlette(
+        lifespan=lifespan,
+        routes=[
+            WebSocketRoute("/v1/realtime", realtime),
+            Route("/healthz", healthz),
+            Route("/metrics", metrics),
+        ],
+    )

@@ -1,6 +1,5 @@
 """Test speech: eSpeak NG through the project's own engine, and Debian's LibriVox recordings."""
 
-
 from __future__ import annotations
 
 import re
@@ -30,6 +29,13 @@ def librivox(utterance_id: str, rate: int = 24_000) -> tuple[bytes, str]:
 
 
 def word_error_rate(reference: str, hypothesis: str) -> float:
-    norm = jiwer.Compose([jiwer.ToLowerCase(), jiwer.RemovePunctuation(), jiwer.RemoveMultipleSpaces(),
-                          jiwer.Strip(), jiwer.ReduceToListOfListOfWords()])
+    norm = jiwer.Compose(
+        [
+            jiwer.ToLowerCase(),
+            jiwer.RemovePunctuation(),
+            jiwer.RemoveMultipleSpaces(),
+            jiwer.Strip(),
+            jiwer.ReduceToListOfListOfWords(),
+        ]
+    )
     return float(jiwer.wer(reference, hypothesis, reference_transform=norm, hypothesis_transform=norm))

@@ -34,7 +34,25 @@ def test_abbreviations_and_numbers_are_not_cut(tokens: list[str], expected: list
 
 
 def test_first_clause_released_early_then_longer_phrases() -> None:
-    tokens = "Well , I think that , honestly , the answer is forty two , my friend .".split(" ")
+    tokens = [
+        "Well",
+        ",",
+        "I",
+        "think",
+        "that",
+        ",",
+        "honestly",
+        ",",
+        "the",
+        "answer",
+        "is",
+        "forty",
+        "two",
+        ",",
+        "my",
+        "friend",
+        ".",
+    ]
     tokens = [t if t in ",." else " " + t for t in tokens]
     phrases = [p for _, p in chunk(tokens)]
     assert phrases[0] == "Well , I think that ,".replace(" ,", ",")

@@ -22,8 +22,9 @@ SERVER_EVENT = TypeAdapter(RealtimeServerEvent)
 
 
 def make_app(**overrides: object) -> TestClient:
-    settings = Settings(stt_engine="pocketsphinx", llm_engine="openai", tts_engine="espeak",
-                        max_text_chars=200, **overrides).resolved()
+    settings = Settings(
+        stt_engine="pocketsphinx", llm_engine="openai", tts_engine="espeak", max_text_chars=200, **overrides
+    ).resolved()
     deps = RouterDeps(
         settings=settings,
         stt=SimulatedSTTEngine("hello there", finalize_delay_ms=10),
@@ -50,8 +51,18 @@ def append(ws, pcm: bytes) -> None:
 
 
 def text_turn(ws, text: str) -> list[dict]:
-    ws.send_text(json.dumps({"type": "conversation.item.create", "item": {
-        "type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}}))
+    ws.send_text(
+        json.dumps(
+            {
+                "type": "conversation.item.create",
+                "item": {
+                    "type": "message",
+                    "role": "user",
+                    "content": [{"type": "input_text", "text": text}],
+                },
+            }
+        )
+    )
     ws.send_text(json.dumps({"type": "response.create"}))
     return receive_until(ws, "response.done")
 
@@ -62,17 +73,28 @@ def test_spoken_turn_over_websocket() -> None:
         append(ws, tone(800) + silence(700))
         events = receive_until(ws, "response.done")
         types = [e["type"] for e in events]
-        for kind in ("input_audio_buffer.speech_started", "input_audio_buffer.speech_stopped",
-                     "input_audio_buffer.committed", "conversation.item.input_audio_transcription.completed",
-                     "response.created", "response.output_audio_transcript.delta",
-                     "response.output_audio.delta"):
+        for kind in (
+            "input_audio_buffer.speech_started",
+            "input_audio_buffer.speech_stopped",
+            "input_audio_buffer.committed",
+            "conversation.item.input_audio_transcription.completed",
+            "response.created",
+            "response.output_audio_transcript.delta",
+            "response.output_audio.delta",
+        ):
             assert kind in types
         done = events[-1]["response"]
         assert done["status"] == "completed"
         assert done["output"][0]["content"][0]["transcript"] == "Hi. Nice to meet you."
         metrics = {k: float(v) for k, v in done["metadata"].items()}
-        assert {"end_of_turn_delay", "transcription_delay", "llm_ttft", "llm_ttfs", "tts_ttfb",
-                "e2e_latency"} <= set(metrics)
+        assert {
+            "end_of_turn_delay",
+            "transcription_delay",
+            "llm_ttft",
+            "llm_ttfs",
+            "tts_ttfb",
+            "e2e_latency",
+        } <= set(metrics)
         assert metrics["e2e_latency"] >= metrics["transcription_delay"]
 
 
@@ -80,20 +102,57 @@ BAD_INPUTS = [
     ("{not json", "invalid_json", "JSON"),
     (json.dumps({"type": "response.dance"}), "unknown_event_type", "response.dance"),
     (json.dumps({"type": "input_audio_buffer.append", "audio": "@@not base64@@"}), "invalid_audio", "base64"),
-    (json.dumps({"type": "input_audio_buffer.append", "audio": base64.b64encode(b"\x01\x02\x03").decode()}),
-     "invalid_audio", "even number of bytes"),
-    (json.dumps({"type": "input_audio_buffer.append",
-                 "audio": base64.b64encode(b"\x00" * (1024 * 1024 + 2)).decode()}),
-     "audio_too_large", "limit"),
-    (json.dumps({"type": "session.update", "session": {"type": "realtime", "audio": {
-        "input": {"format": {"type": "audio/pcm", "rate": 44100}}}}}), "unsupported_sample_rate", "44100"),
-    (json.dumps({"type": "conversation.item.create", "item": {"type": "message", "role": "user",
-                 "content": [{"type": "input_text", "text": "x" * 201}]}}), "text_too_long", "limit is 200"),
+    (
+        json.dumps(
+            {"type": "input_audio_buffer.append", "audio": base64.b64encode(b"\x01\x02\x03").decode()}
+        ),
+        "invalid_audio",
+        "even number of bytes",
+    ),
+    (
+        json.dumps(
+            {
+                "type": "input_audio_buffer.append",
+                "audio": base64.b64encode(b"\x00" * (1024 * 1024 + 2)).decode(),
+            }
+        ),
+        "audio_too_large",
+        "limit",
+    ),
+    (
+        json.dumps(
+            {
+                "type": "session.update",
+                "session": {
+                    "type": "realtime",
+                    "audio": {"input": {"format": {"type": "audio/pcm", "rate": 44100}}},
+                },
+            }
+        ),
+        "unsupported_sample_rate",
+        "44100",
+    ),
+    (
+        json.dumps(
+            {
+                "type": "conversation.item.create",
+                "item": {
+                    "type": "message",
+                    "role": "user",
+                    "content": [{"type": "input_text", "text": "x" * 201}],
+                },
+            }
+        ),
+        "text_too_long",
+        "limit is 200",
+    ),
     (json.dumps([1, 2]), "invalid_event", "JSON object"),
 ]
 
 
-@pytest.mark.parametrize(("raw", "code", "words"), BAD_INPUTS, ids=[b[1] + str(i) for i, b in enumerate(BAD_INPUTS)])
+@pytest.mark.parametrize(
+    ("raw", "code", "words"), BAD_INPUTS, ids=[b[1] + str(i) for i, b in enumerate(BAD_INPUTS)]
+)
 def test_bad_input_gets_a_clear_error_and_session_survives(raw: str, code: str, words: str) -> None:
     with make_app().websocket_connect("/v1/realtime") as ws:
         ws.receive_text()
@@ -108,16 +167,28 @@ def test_bad_input_gets_a_clear_error_and_session_survives(raw: str, code: str, 
 def test_session_update_16k_input_and_text_only_output() -> None:
     with make_app().websocket_connect("/v1/realtime") as ws:
         ws.receive_text()
-        ws.send_text(json.dumps({"type": "session.update", "session": {
-            "type": "realtime", "output_modalities": ["text"],
-            "audio": {"input": {"format": {"type": "audio/pcm", "rate": 16000}, "turn_detection": None}}}}))
+        ws.send_text(
+            json.dumps(
+                {
+                    "type": "session.update",
+                    "session": {
+                        "type": "realtime",
+                        "output_modalities": ["text"],
+                        "audio": {
+                            "input": {"format": {"type": "audio/pcm", "rate": 16000}, "turn_detection": None}
+                        },
+                    },
+                }
+            )
+        )
         updated = json.loads(ws.receive_text())
         assert updated["type"] == "session.updated"
         assert updated["session"]["audio"]["input"]["turn_detection"] is None
         events = text_turn(ws, "hello")
         assert not any(e["type"] == "response.output_audio.delta" for e in events)
         assert "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta") == (
-            "Hi. Nice to meet you.")
+            "Hi. Nice to meet you."
+        )
 
 
 def test_api_key_required_when_configured() -> None:

@@ -24,7 +24,9 @@ METRICS = ("end_of_turn_delay", "transcription_delay", "llm_ttft", "llm_ttfs", "
 
 
 def client_for(agent) -> AsyncOpenAI:
-    return AsyncOpenAI(api_key="unused-locally", base_url=f"{agent.base_url}/v1", websocket_base_url=agent.ws_url)
+    return AsyncOpenAI(
+        api_key="unused-locally", base_url=f"{agent.base_url}/v1", websocket_base_url=agent.ws_url
+    )
 
 
 async def stream_audio(conn, pcm: bytes, chunk_ms: int = 100, speed: float = 1.0) -> None:
@@ -47,9 +49,9 @@ class Turn:
         return next(e for e in self.events if e.type == "response.done")
 
 
-async def collect_turn(conn, timeout: float = 60.0) -> Turn:
+async def collect_turn(conn, limit_s: float = 60.0) -> Turn:
     turn = Turn()
-    async with asyncio.timeout(timeout):
+    async with asyncio.timeout(limit_s):
         async for event in conn:
             turn.events.append(event)
             if event.type == "response.output_audio.delta":
@@ -100,8 +102,14 @@ def check_reply_and_metrics(turn: Turn) -> dict[str, float]:
         # eSpeak's synthetic voice is far from pocketsphinx's training data: WER varies a lot by phrase
         # (0 to 1 measured). This phrase measured 0.0-0.5 across eSpeak rates; the bound leaves room
         # for pocketsphinx's dither noise.
-        ("espeak", lambda: (espeak_speech("What is the weather like tomorrow?"),
-                            "what is the weather like tomorrow"), 0.5),
+        (
+            "espeak",
+            lambda: (
+                espeak_speech("What is the weather like tomorrow?"),
+                "what is the weather like tomorrow",
+            ),
+            0.5,
+        ),
         # Human read speech (LibriVox): pocketsphinx's WER on these recordings is ~25-30 % (measured).
         ("librivox", lambda: librivox("0880"), 0.5),
     ],
@@ -157,8 +165,13 @@ async def test_barge_in_cancels_reply_within_300ms_and_next_turn_works(agent) ->
 async def test_typed_text_turn_and_response_cancel(agent) -> None:
     async with client_for(agent).realtime.connect(model="voice-agent") as conn:
         await conn.recv()
-        await conn.conversation.item.create(item={
-            "type": "message", "role": "user", "content": [{"type": "input_text", "text": "Hello, who are you?"}]})
+        await conn.conversation.item.create(
+            item={
+                "type": "message",
+                "role": "user",
+                "content": [{"type": "input_text", "text": "Hello, who are you?"}],
+            }
+        )
         await conn.response.create()
         turn = await collect_turn(conn)
         done = turn.done.response
@@ -170,15 +183,44 @@ BAD_EVENTS = [
     ("{not json", "invalid_json"),
     (json.dumps({"type": "no.such.event"}), "unknown_event_type"),
     (json.dumps({"type": "input_audio_buffer.append", "audio": "%%%"}), "invalid_audio"),
-    (json.dumps({"type": "input_audio_buffer.append", "audio": base64.b64encode(b"\x00" * 3).decode()}),
-     "invalid_audio"),
-    (json.dumps({"type": "input_audio_buffer.append",
-                 "audio": base64.b64encode(b"\x00" * (1024 * 1024 + 2)).decode()}), "audio_too_large"),
-    (json.dumps({"type": "session.update", "session": {"type": "realtime", "audio": {
-        "input": {"format": {"type": "audio/pcm", "rate": 8000}}}}}), "unsupported_sample_rate"),
-    (json.dumps({"type": "conversation.item.create", "item": {
-        "type": "message", "role": "user", "content": [{"type": "input_text", "text": "x" * 5000}]}}),
-     "text_too_long"),
+    (
+        json.dumps({"type": "input_audio_buffer.append", "audio": base64.b64encode(b"\x00" * 3).decode()}),
+        "invalid_audio",
+    ),
+    (
+        json.dumps(
+            {
+                "type": "input_audio_buffer.append",
+                "audio": base64.b64encode(b"\x00" * (1024 * 1024 + 2)).decode(),
+            }
+        ),
+        "audio_too_large",
+    ),
+    (
+        json.dumps(
+            {
+                "type": "session.update",
+                "session": {
+                    "type": "realtime",
+                    "audio": {"input": {"format": {"type": "audio/pcm", "rate": 8000}}},
+                },
+            }
+        ),
+        "unsupported_sample_rate",
+    ),
+    (
+        json.dumps(
+            {
+                "type": "conversation.item.create",
+                "item": {
+                    "type": "message",
+                    "role": "user",
+                    "content": [{"type": "input_text", "text": "x" * 5000}],
+                },
+            }
+        ),
+        "text_too_long",
+    ),
 ]
 
 
@@ -191,8 +233,18 @@ async def test_bad_input_is_answered_and_the_session_survives(agent) -> None:
             assert event["type"] == "error", event
             assert event["error"]["code"] == code
             assert event["error"]["message"]
-        await ws.send(json.dumps({"type": "conversation.item.create", "item": {
-            "type": "message", "role": "user", "content": [{"type": "input_text", "text": "Are you there?"}]}}))
+        await ws.send(
+            json.dumps(
+                {
+                    "type": "conversation.item.create",
+                    "item": {
+                        "type": "message",
+                        "role": "user",
+                        "content": [{"type": "input_text", "text": "Are you there?"}],
+                    },
+                }
+            )
+        )
         await ws.send(json.dumps({"type": "response.create"}))
         async with asyncio.timeout(60):
             while (event := json.loads(await ws.recv()))["type"] != "response.done":
@@ -211,8 +263,22 @@ def test_cli_client_sends_a_wav_and_saves_the_reply(agent, tmp_path) -> None:
     out = tmp_path / "reply.wav"
     wav = LIBRIVOX / "sense_and_sensibility_01_austen_64kb-0930.wav"  # 16 kHz: the client resamples
     result = subprocess.run(
-        [sys.executable, "-m", "serve_app.client", "--url", agent.ws_url, "--wav", str(wav), "--out", str(out)],
-        capture_output=True, text=True, timeout=120, check=False)
+        [
+            sys.executable,
+            "-m",
+            "serve_app.client",
+            "--url",
+            agent.ws_url,
+            "--wav",
+            str(wav),
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     assert "you said:" in result.stdout and "agent said:" in result.stdout
     assert "e2e_latency" in result.stdout

@@ -21,13 +21,24 @@ def test_shipped_config_is_clean() -> None:
 @pytest.mark.parametrize(
     ("mutate", "needle"),
     [
-        (lambda c: c["applications"][0]["deployments"][0].update(max_ongoing_request=5), "max_ongoing_request"),
-        (lambda c: c["applications"][0]["deployments"][1]["autoscaling_config"].update(max_replica=3),
-         "max_replica"),
-        (lambda c: c["applications"][0]["deployments"][2]["ray_actor_options"].update(num_cpu=0.5), "num_cpu"),
+        (
+            lambda c: c["applications"][0]["deployments"][0].update(max_ongoing_request=5),
+            "max_ongoing_request",
+        ),
+        (
+            lambda c: c["applications"][0]["deployments"][1]["autoscaling_config"].update(max_replica=3),
+            "max_replica",
+        ),
+        (
+            lambda c: c["applications"][0]["deployments"][2]["ray_actor_options"].update(num_cpu=0.5),
+            "num_cpu",
+        ),
         (lambda c: c["http_options"].update(prot=1), "prot"),
         (lambda c: c["applications"][0]["deployments"][3].pop("autoscaling_config"), "no autoscaling_config"),
-        (lambda c: c["applications"][0]["deployments"][3]["ray_actor_options"].update(num_cpus=1), "fraction"),
+        (
+            lambda c: c["applications"][0]["deployments"][3]["ray_actor_options"].update(num_cpus=1),
+            "fraction",
+        ),
         (lambda c: c["applications"][0]["args"].update(vad_silense_ms=300), "vad_silense_ms"),
     ],
 )

@@ -32,9 +32,16 @@ QUESTION = "what time is it"
 
 
 class Harness:
-    def __init__(self, reply: str = "Hello there. How are you today?", *, vad: bool = True,
-                 stt_delay_ms: float = 150, ttft_ms: float = 300, tts_ttfb_ms: float = 100,
-                 audio_lead_ms: int = 500) -> None:
+    def __init__(
+        self,
+        reply: str = "Hello there. How are you today?",
+        *,
+        vad: bool = True,
+        stt_delay_ms: float = 150,
+        ttft_ms: float = 300,
+        tts_ttfb_ms: float = 100,
+        audio_lead_ms: int = 500,
+    ) -> None:
         self.events: list[object] = []
         self.llm = FakeLLMEngine(reply, ttft_ms=ttft_ms, tokens_per_s=50)
         self.sink = RecentTurnsSink()
@@ -43,8 +50,9 @@ class Harness:
             llm=LLMStage(self.llm),
             tts=TTSStage(SimulatedTTSEngine(ttfb_ms=tts_ttfb_ms, realtime_factor=1000)),
             emit=self._emit,
-            options=SessionOptions(instructions="Be brief.",
-                                   turn_detection=VadConfig(silence_ms=500) if vad else None),
+            options=SessionOptions(
+                instructions="Be brief.", turn_detection=VadConfig(silence_ms=500) if vad else None
+            ),
             limits=SessionLimits(audio_lead_ms=audio_lead_ms),
             speech_detector=EnergySpeechDetector,
             memory_sink=self.sink,
@@ -63,9 +71,9 @@ class Harness:
             await self.session.append_audio(pcm[i : i + step])
             await asyncio.sleep(frame_ms / 1000)
 
-    async def wait_for(self, kind: type, count: int = 1, timeout: float = 30.0) -> None:
-        async with asyncio.timeout(timeout):
-            while len(self.of(kind)) < count:
+    async def wait_for(self, kind: type, count: int = 1, limit_s: float = 30.0) -> None:
+        async with asyncio.timeout(limit_s):
+            while len(self.of(kind)) < count:  # noqa: ASYNC110 - polls a list on virtual time
                 await asyncio.sleep(0.005)
 
 
@@ -74,9 +82,14 @@ async def test_spoken_turn_events_in_order_and_latency_adds_up() -> None:
     await h.stream(tone(1000) + silence(800))
     await h.wait_for(ResponseFinished)
     kinds = [type(e) for e in h.events]
-    for earlier, later in [(SpeechStarted, SpeechStopped), (SpeechStopped, AudioCommitted),
-                           (AudioCommitted, TranscriptCompleted), (TranscriptCompleted, ResponseStarted),
-                           (ResponseStarted, ResponseAudioDelta), (ResponseAudioDelta, ResponseFinished)]:
+    for earlier, later in [
+        (SpeechStarted, SpeechStopped),
+        (SpeechStopped, AudioCommitted),
+        (AudioCommitted, TranscriptCompleted),
+        (TranscriptCompleted, ResponseStarted),
+        (ResponseStarted, ResponseAudioDelta),
+        (ResponseAudioDelta, ResponseFinished),
+    ]:
         assert kinds.index(earlier) < kinds.index(later), (earlier, later)
     assert h.of(TranscriptCompleted)[0].transcript == QUESTION
     done = h.of(ResponseFinished)[0]
@@ -94,7 +107,8 @@ async def test_spoken_turn_events_in_order_and_latency_adds_up() -> None:
     assert m["llm_ttfs"] == pytest.approx(320, abs=0.01)
     assert m["tts_ttfb"] == pytest.approx(100, abs=0.01)
     assert m["e2e_latency"] == pytest.approx(
-        m["transcription_delay"] + m["llm_ttfs"] + m["tts_ttfb"], abs=0.01)
+        m["transcription_delay"] + m["llm_ttfs"] + m["tts_ttfb"], abs=0.01
+    )
 
     turn = h.sink.turns[0]
     assert (turn.user_text, turn.assistant_text, turn.interrupted) == (QUESTION, done.text, False)

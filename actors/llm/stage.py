@@ -31,8 +31,12 @@ class LLMStage:
                     continue
                 if first:
                     first = False
-                    log.info("llm ttft %.1f ms (%s:%s)", (time.perf_counter() - started) * 1000,
-                             self.engine.name, self.engine.model)
+                    log.info(
+                        "llm ttft %.1f ms (%s:%s)",
+                        (time.perf_counter() - started) * 1000,
+                        self.engine.name,
+                        self.engine.model,
+                    )
                     yield {"type": "first_token", "text": delta}
                 for phrase in chunker.push(delta):
                     yield {"type": "phrase", "text": phrase}

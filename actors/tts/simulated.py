@@ -21,8 +21,13 @@ class SimulatedTTSEngine(TTSEngine):
     name = "simulated"
     voice = "tone"
 
-    def __init__(self, ttfb_ms: float = 100.0, ms_per_char: float = 60.0, realtime_factor: float = 20.0,
-                 sample_rate: int = 24_000) -> None:
+    def __init__(
+        self,
+        ttfb_ms: float = 100.0,
+        ms_per_char: float = 60.0,
+        realtime_factor: float = 20.0,
+        sample_rate: int = 24_000,
+    ) -> None:
         self.model = f"tone, first byte after {ttfb_ms:g} ms"
         self.ttfb_ms = ttfb_ms
         self.ms_per_char = ms_per_char
