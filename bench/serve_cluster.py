@@ -6,6 +6,7 @@ processes stopped (never `ray stop`).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -109,14 +110,42 @@ class ServeRun:
         return all(f"{stage} engine:" in log for stage in ("STT", "LLM", "TTS"))
 
     def stop(self) -> None:
-        # SIGTERM ends `serve run` (SIGINT is ignored in the background), then the head node, which
-        # stops every Ray process it started; only our own process groups are touched.
-        for process, grace in ((self.process, 5), (self.head, 30)):
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-                try:
-                    process.wait(timeout=grace)
-                except subprocess.TimeoutExpired:
-                    os.killpg(process.pid, signal.SIGKILL)
-                    process.wait()
+        # `serve run` first (SIGTERM; it ignores SIGINT in the background). `ray start --block` ignores
+        # SIGTERM, but every Ray process it started shares its session: SIGTERM them all (the raylet
+        # and GCS shut down cleanly), then SIGKILL what is left. Nothing outside our sessions is touched.
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        others = (_session_members(self.head.pid) | _session_members(self.process.pid)) - {self.head.pid}
+        for pid in others:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 3  # the raylet and GCS exit within ~1 s; some helpers never do
+        while time.monotonic() < deadline and others & _session_members(self.head.pid):
+            time.sleep(0.2)
+        for pid in _session_members(self.head.pid) | {self.head.pid}:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.head.wait(timeout=5)
         self._log.close()
+
+
+def _session_members(sid: int) -> set[int]:
+    """PIDs of the live processes in session `sid` (Linux /proc)."""
+    members = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # Fields after the parenthesised command: state ppid pgrp session ...
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if int(fields[3]) == sid and fields[0] != "Z":
+            members.add(int(entry.name))
+    return members
