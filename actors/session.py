@@ -104,23 +104,24 @@ class _Utterance:
             self._wake.set()
 
     async def _feed_loop(self) -> None:
-        while True:
+        while not self._closing:
             await self._wake.wait()
             self._wake.clear()
-            if self._pending:
+            if self._pending and not self._closing:
                 chunk = bytes(self._pending)
                 self._pending.clear()
                 interim = await self._stream.feed(chunk)
                 if interim is not None and not self._closing:
                     await self._on_interim(interim)
-            if self._closing and not self._pending:
-                return
 
     async def finish(self) -> str:
+        """Wait for the call in flight, then send the rest of the audio with the finish (one call)."""
         self._closing = True
         self._wake.set()
         await self._task
-        return await self._stream.finish()
+        tail = bytes(self._pending)
+        self._pending.clear()
+        return await self._stream.finish_with(tail)
 
     async def abort(self) -> None:
         self._task.cancel()

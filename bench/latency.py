@@ -11,10 +11,16 @@ utterance in 20 ms frames in real time, then silence):
 The first two use latency-faithful simulated providers: STT final 150 ms after end of audio, an
 OpenAI-compatible SSE server with TTFT 300 ms and 50 tok/s, TTS first byte after 100 ms.
 
-Client-side e2e = first reply audio received − the moment the last speech frame was sent.
-Overhead = e2e − the providers' critical path (VAD silence window + STT final + TTFT + tokens of the first
-phrase + TTS first byte). For the offline engines, whose latencies are not fixed, the table shows
-e2e − (transcription_delay + llm_ttfs + tts_ttfb) instead: the hand-offs between stages.
+Measured per turn:
+- client e2e = first reply audio received − the moment the last speech frame was sent;
+- orchestration overhead = server e2e − end_of_turn_delay − the providers' critical path after the turn
+  is detected (STT final + TTFT + tokens of the first phrase + TTS first byte): everything the pipeline adds
+  between the VAD's decision and the first audio byte (hops, chunking, queues, resampling, encoding). This
+  is the quantity of the issue's target, measured as the reference harness measured other frameworks;
+- endpointing lag = client e2e − orchestration − providers − the configured silence window: how much later
+  than the acoustic end of speech the VAD declares the turn over (Silero's hangover + 32 ms frames).
+For the offline engines, whose latencies are not fixed, orchestration is
+server e2e − (transcription_delay + llm_ttfs + tts_ttfb): the hand-offs between stages.
 """
 
 from __future__ import annotations
@@ -49,8 +55,8 @@ TTS_TTFB_MS = 100
 REPLY = "It will be sunny tomorrow."  # the simulated server's tokens: "It", " will", ..., " tomorrow."
 FIRST_PHRASE_TOKENS = 5
 QUESTION = "What is the weather like tomorrow?"
-PROVIDERS_MS = (
-    SILENCE_MS + STT_DELAY_MS + TTFT_MS + (FIRST_PHRASE_TOKENS - 1) * 1000 / TOKENS_PER_S + TTS_TTFB_MS
+PROVIDERS_AFTER_TURN_MS = (
+    STT_DELAY_MS + TTFT_MS + (FIRST_PHRASE_TOKENS - 1) * 1000 / TOKENS_PER_S + TTS_TTFB_MS
 )
 
 SIM_ARGS = {
@@ -151,16 +157,21 @@ async def run_scenario(name: str, url: str, sessions: int, turns: int, utterance
 
 
 def overhead_ms(turn: TurnResult, simulated: bool) -> float:
-    if simulated:
-        return turn.e2e_client_ms - PROVIDERS_MS
     s = turn.server
-    return turn.e2e_client_ms - (s["transcription_delay"] + s["llm_ttfs"] + s["tts_ttfb"])
+    if simulated:
+        return s["e2e_latency"] - s["end_of_turn_delay"] - PROVIDERS_AFTER_TURN_MS
+    return s["e2e_latency"] - (s["transcription_delay"] + s["llm_ttfs"] + s["tts_ttfb"])
+
+
+def endpointing_lag_ms(turn: TurnResult) -> float:
+    return turn.e2e_client_ms - turn.server["e2e_latency"] + turn.server["end_of_turn_delay"] - SILENCE_MS
 
 
 def summarize(result: ScenarioResult, simulated: bool) -> dict[str, Any]:
     e2e = [t.e2e_client_ms for t in result.turns]
     over = [overhead_ms(t, simulated) for t in result.turns]
     server_e2e = [t.server.get("e2e_latency", float("nan")) for t in result.turns]
+    lag = [endpointing_lag_ms(t) for t in result.turns]
     parts = {
         k: statistics.median([t.server[k] for t in result.turns if k in t.server] or [float("nan")])
         for k in ("end_of_turn_delay", "transcription_delay", "llm_ttft", "llm_ttfs", "tts_ttfb")
@@ -176,6 +187,7 @@ def summarize(result: ScenarioResult, simulated: bool) -> dict[str, Any]:
         "overhead_p50": percentile(over, 50),
         "overhead_p95": percentile(over, 95),
         "overhead_kind": "above providers" if simulated else "stage hand-offs",
+        "endpointing_lag_p50": percentile(lag, 50),
         **{f"{k}_p50": v for k, v in parts.items()},
     }
 
@@ -256,15 +268,16 @@ def failed(row: dict[str, Any]) -> str:
 
 def print_table(rows: list[dict[str, Any]]) -> str:
     header = (
-        "| scenario | sessions | turns | e2e p50 | e2e p95 | overhead p50 | overhead p95 | overhead of |"
-        " eot | stt | ttft | ttfs | tts |"
+        "| scenario | sessions | turns | client e2e p50 | p95 | orchestration p50 | p95 | measured as |"
+        " endpointing lag p50 | eot | stt | ttft | ttfs | tts |"
     )
-    lines = [header, "|" + "---|" * 13]
+    lines = [header, "|" + "---|" * 14]
     for r in rows:
         lines.append(
             f"| {r['scenario']} | {r['sessions']} | {r['turns']}{failed(r)}"
             f" | {r['e2e_p50']:.0f} | {r['e2e_p95']:.0f} | {r['overhead_p50']:.1f} | {r['overhead_p95']:.1f}"
-            f" | {r['overhead_kind']} | {r['end_of_turn_delay_p50']:.0f} | {r['transcription_delay_p50']:.0f}"
+            f" | {r['overhead_kind']} | {r['endpointing_lag_p50']:.0f} | {r['end_of_turn_delay_p50']:.0f}"
+            f" | {r['transcription_delay_p50']:.0f}"
             f" | {r['llm_ttft_p50']:.0f} | {r['llm_ttfs_p50']:.0f} | {r['tts_ttfb_p50']:.0f} |"
         )
     table = "\n".join(lines)
@@ -287,7 +300,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     ax1.axhline(25, color="red", ls="--", lw=1, label="target p95 25 ms")
     ax1.set_xticks(list(x), labels, fontsize=8)
     ax1.set_ylabel("ms")
-    ax1.set_title("orchestration overhead (ms)")
+    ax1.set_title("orchestration overhead: turn detected → first audio, above providers (ms)")
     ax1.legend(fontsize=8)
     ax2.bar([i - 0.2 for i in x], [r["e2e_p50"] for r in rows], 0.4, label="p50")
     ax2.bar([i + 0.2 for i in x], [r["e2e_p95"] for r in rows], 0.4, label="p95")
@@ -348,7 +361,10 @@ async def main_async(args: argparse.Namespace) -> None:
     (out / "latency.json").write_text(json.dumps(rows, indent=2))
     (out / "latency.md").write_text(table + "\n")
     plot(rows, out / "latency.png")
-    print(f"providers' critical path (simulated): {PROVIDERS_MS:.0f} ms; results in {out}/")
+    print(
+        f"simulated providers after the turn is detected: {PROVIDERS_AFTER_TURN_MS:.0f} ms "
+        f"(+ {SILENCE_MS} ms silence window); results in {out}/"
+    )
 
 
 def main() -> None:

@@ -43,8 +43,9 @@ class STTDeployment:
         await self._claim(serve.get_multiplexed_model_id())
         return await self.registry.feed(stream_id, offset, pcm16)
 
-    async def finish(self, stream_id: str, total_bytes: int) -> FinishResult:
-        return await self.registry.finish(stream_id, total_bytes)
+    async def finish(self, stream_id: str, offset: int, tail: bytes) -> FinishResult:
+        await self._claim(serve.get_multiplexed_model_id())
+        return await self.registry.finish(stream_id, offset, tail)
 
     async def close(self, stream_id: str) -> None:
         await self.registry.close(stream_id)

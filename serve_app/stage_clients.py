@@ -32,10 +32,14 @@ class RemoteSTTStream(STTStream):
         return result["interim"]
 
     async def finish(self) -> str:
-        result = await self._handle.finish.remote(self.stream_id, len(self._audio))
+        return await self.finish_with(b"")
+
+    async def finish_with(self, tail: bytes) -> str:
+        offset = len(self._audio)
+        self._audio += tail
+        result = await self._handle.finish.remote(self.stream_id, offset, tail)
         if result["resync"]:
-            await self._handle.feed.remote(self.stream_id, 0, bytes(self._audio))
-            result = await self._handle.finish.remote(self.stream_id, len(self._audio))
+            result = await self._handle.finish.remote(self.stream_id, 0, bytes(self._audio))
         return result["text"] or ""
 
     async def aclose(self) -> None:

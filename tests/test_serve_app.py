@@ -134,32 +134,38 @@ async def test_barge_in_cancels_reply_within_300ms_and_next_turn_works(agent) ->
     interruption = espeak_speech("Stop. What is your name?")
     async with client_for(agent).realtime.connect(model="voice-agent") as conn:
         await conn.recv()
-        await stream_audio(conn, silence(300) + question + silence(900))
-        first_audio = False
-        async with asyncio.timeout(60):
-            async for event in conn:
-                assert event.type != "response.done", "reply ended before the interruption"
-                if event.type == "response.output_audio.delta":
-                    first_audio = True
-                    break
-        assert first_audio
-        speech_sent_at = time.monotonic()
-        sender = asyncio.create_task(stream_audio(conn, interruption + silence(1200), chunk_ms=20))
-        cancelled_at = None
-        async with asyncio.timeout(30):
-            async for event in conn:
-                if event.type == "response.done":
-                    assert event.response.status == "cancelled"
-                    assert event.response.status_details.reason == "turn_detected"
-                    cancelled_at = time.monotonic()
-                    break
-        assert cancelled_at is not None
-        # The interruption starts with speech (no leading silence), so this is time from speech start.
-        assert (cancelled_at - speech_sent_at) * 1000 <= 300
-        await sender
-        next_turn = await collect_turn(conn)
-        assert next_turn.transcript
-        check_reply_and_metrics(next_turn)
+        # The offline model sometimes answers in a few words; barge-in needs a reply still playing
+        # 300 ms after the interruption starts, so ask again (a new turn) when it was too short.
+        for _attempt in range(4):
+            await stream_audio(conn, silence(300) + question + silence(900))
+            async with asyncio.timeout(60):
+                async for event in conn:
+                    if event.type in ("response.output_audio.delta", "response.done"):
+                        break
+            if event.type == "response.done":
+                continue  # no audio at all (empty reply): try again
+            speech_sent_at = time.monotonic()
+            sender = asyncio.create_task(stream_audio(conn, interruption + silence(1200), chunk_ms=20))
+            async with asyncio.timeout(30):
+                async for event in conn:
+                    if event.type == "response.done":
+                        break
+            ended_ms = (time.monotonic() - speech_sent_at) * 1000
+            if event.response.status == "completed" and ended_ms < 300:
+                await sender  # the reply ran out by itself before barge-in was due; its turn follows
+                await collect_turn(conn)
+                continue
+            # Still playing when the user spoke: it must have been cancelled, within 300 ms of the
+            # speech start (the interruption has no leading silence).
+            assert event.response.status == "cancelled"
+            assert event.response.status_details.reason == "turn_detected"
+            assert ended_ms <= 300
+            await sender
+            next_turn = await collect_turn(conn)
+            assert next_turn.transcript
+            check_reply_and_metrics(next_turn)
+            return
+        pytest.fail("the model never gave a reply long enough to interrupt")
 
 
 async def test_typed_text_turn_and_response_cancel(agent) -> None:

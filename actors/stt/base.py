@@ -16,6 +16,12 @@ class STTStream(ABC):
     async def finish(self) -> str:
         """End of audio: return the final transcript ('' when nothing was recognised)."""
 
+    async def finish_with(self, tail: bytes) -> str:
+        """Feed the last audio and finish; a remote stream overrides this to do both in one call."""
+        if tail:
+            await self.feed(tail)
+        return await self.finish()
+
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release resources without producing a transcript."""
 

@@ -63,15 +63,19 @@ class STTStreamRegistry:
             held.last_used = time.monotonic()
         return {"interim": interim, "resync": False}
 
-    async def finish(self, stream_id: str, total_bytes: int) -> FinishResult:
+    async def finish(self, stream_id: str, offset: int, tail: bytes = b"") -> FinishResult:
+        """Feed `tail` (audio from byte `offset`) and end the utterance."""
         held = self._streams.get(stream_id)
-        if held is None or held.received != total_bytes:
+        if offset == 0 and (held is None or held.received):
+            await self.close(stream_id)  # a resend of the whole utterance starts afresh
+            held = self._streams[stream_id] = _Held(self.engine.open_stream())
+        if held is None or held.received != offset:
             if held is not None:
                 await self.close(stream_id)
             return {"text": None, "resync": True}
         async with held.lock:
             try:
-                text = await held.stream.finish()
+                text = await held.stream.finish_with(tail)
             finally:
                 self._streams.pop(stream_id, None)
         return {"text": text, "resync": False}
