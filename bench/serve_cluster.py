@@ -95,19 +95,13 @@ class ServeRun:
             if self.process.poll() is not None:
                 raise RuntimeError(f"serve run exited:\n{self.log_path.read_text()[-4000:]}")
             try:
-                if (
-                    httpx.get(f"{self.base_url}/healthz", timeout=2).status_code == 200
-                    and self.stages_ready()
-                ):
+                # /readyz answers 200 once every stage deployment has loaded its engine.
+                if httpx.get(f"{self.base_url}/readyz", timeout=10).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
             time.sleep(1)
         raise TimeoutError(f"agent not ready in {timeout}s:\n{self.log_path.read_text()[-4000:]}")
-
-    def stages_ready(self) -> bool:
-        log = self.log_path.read_text(errors="replace")
-        return all(f"{stage} engine:" in log for stage in ("STT", "LLM", "TTS"))
 
     def stop(self) -> None:
         # `serve run` first (SIGTERM; it ignores SIGINT in the background). `ray start --block` ignores

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -33,6 +34,9 @@ class STTDeployment:
         self.registry = STTStreamRegistry(self.engine)
         log.info("STT engine: %s model=%s", self.engine.name, self.engine.model)
 
+    async def ping(self) -> str:
+        return f"{self.engine.name}:{self.engine.model}"
+
     @serve.multiplexed(max_num_models_per_replica=MAX_STREAMS_PER_STT_REPLICA)
     async def _claim(self, stream_id: str) -> str:
         # Registering the stream id as a multiplexed "model" makes the router prefer this replica
@@ -60,6 +64,9 @@ class LLMDeployment:
         self.stage = LLMStage(engine)
         log.info("LLM engine: %s model=%s", engine.name, engine.model)
 
+    async def ping(self) -> str:
+        return f"{self.stage.engine.name}:{self.stage.engine.model}"
+
     async def stream_phrases(self, request: LLMRequest) -> AsyncIterator[LLMEvent]:
         async for event in self.stage.stream_phrases(request):
             yield event
@@ -74,6 +81,9 @@ class TTSDeployment:
         self.stage = TTSStage(engine)
         log.info("TTS engine: %s model=%s voice=%s", engine.name, engine.model, engine.voice)
 
+    async def ping(self) -> str:
+        return f"{self.stage.engine.name}:{self.stage.engine.model}"
+
     async def synthesize(self, text: str, sample_rate: int) -> AsyncIterator[bytes]:
         async for chunk in self.stage.synthesize(text, sample_rate):
             yield chunk
@@ -85,6 +95,12 @@ class Router:
     def __init__(self, stt: Any, llm: Any, tts: Any, config: dict[str, Any]) -> None:
         settings = load_settings(config)
         log.info("voice agent engines: %s", settings.describe_engines())
+
+        async def readiness() -> dict[str, str]:
+            # Each stage answers only after its constructor (engine load and warmup) has finished.
+            names = await asyncio.gather(stt.ping.remote(), llm.ping.remote(), tts.ping.remote())
+            return dict(zip(("stt", "llm", "tts"), names, strict=True))
+
         self._app = build_router_app(
             RouterDeps(
                 settings=settings,

@@ -1,4 +1,4 @@
-"""The router's Starlette app: `WS /v1/realtime`, `GET /healthz`, `GET /metrics`.
+"""The router's Starlette app: `WS /v1/realtime`, `GET /healthz`, `GET /readyz`, `GET /metrics`.
 
 Plain ASGI with no Ray imports, so it runs under Serve (see `serve_app.deployments.Router`), under
 uvicorn, or in Starlette's TestClient with in-process stages.
@@ -6,6 +6,7 @@ uvicorn, or in Starlette's TestClient with in-process stages.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
 import logging
@@ -39,6 +40,8 @@ class RouterDeps:
     memory_sink: MemorySink | None = None
     speech_detector: Callable[[], SpeechDetector] = SileroSpeechDetector
     warmups: list[Callable[[], Awaitable[None]]] = field(default_factory=list)  # run before serving
+    # Answers which engine each stage runs once every stage can take requests (raises otherwise).
+    readiness: Callable[[], Awaitable[dict[str, str]]] | None = None
 
 
 def default_options(settings: Settings) -> SessionOptions:
@@ -104,6 +107,17 @@ def build_router_app(deps: RouterDeps) -> Starlette:
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok", "engines": settings.describe_engines()})
 
+    async def readyz(request: Request) -> Response:
+        if deps.readiness is None:
+            return JSONResponse({"status": "ready"})
+        try:
+            async with asyncio.timeout(5):
+                stages = await deps.readiness()
+        except Exception as exc:
+            log.info("not ready: %r", exc)
+            return JSONResponse({"status": "starting", "detail": repr(exc)}, status_code=503)
+        return JSONResponse({"status": "ready", "stages": stages})
+
     async def metrics(request: Request) -> Response:
         presented = _bearer(request.headers.get("authorization"), None)
         if not _authorized(keys, presented):
@@ -123,6 +137,7 @@ def build_router_app(deps: RouterDeps) -> Starlette:
         routes=[
             WebSocketRoute("/v1/realtime", realtime),
             Route("/healthz", healthz),
+            Route("/readyz", readyz),
             Route("/metrics", metrics),
         ],
     )
