@@ -373,7 +373,7 @@ def main() -> None:
     )
     parser.add_argument("--quick", action="store_true", help="fewer turns")
     parser.add_argument("--skip-offline", action="store_true", help="skip the offline-engine scenario")
-    parser.add_argument("--out", default=str(ROOT / "bench" / "out"))
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
     asyncio.run(main_async(parser.parse_args()))
 
 

@@ -157,7 +157,9 @@ async def test_barge_in_cancels_reply_within_300ms_and_next_turn_works(agent) ->
                 continue
             # Still playing when the user spoke: it must have been cancelled, within 300 ms of the
             # speech start (the interruption has no leading silence).
-            detail = f"status={event.response.status} after {ended_ms:.0f} ms, {event.response.status_details}"
+            detail = (
+                f"status={event.response.status} after {ended_ms:.0f} ms, {event.response.status_details}"
+            )
             assert event.response.status == "cancelled", detail
             assert event.response.status_details.reason == "turn_detected", detail
             assert ended_ms <= 300, detail

@@ -8,7 +8,6 @@ reply's line, gets short, grammatical (often wrong) replies from it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import sys
 import threading
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from actors.llm.base import ChatMessage, LLMEngine
+from actors.thread_stream import stream_from_thread
 
 # Spin-waiting OpenMP threads collapse when STT/TTS share the cores (DESIGN §6). libgomp reads
 # this once when llama_cpp loads it, so it must be set before that import.
@@ -33,7 +33,6 @@ FEW_SHOT: tuple[tuple[str, str], ...] = (
 # rather than "\nUser:" ends the stream ~50 ms sooner: llama-cpp-python holds back text that may
 # begin a stop string, so "\nUser:" costs the 2-3 tokens needed to rule it in.
 STOP = ["\n"]
-_DONE = object()
 
 
 def _one_line(text: str) -> str:
@@ -174,42 +173,17 @@ class LlamaCppEngine(LLMEngine):
     async def stream(
         self, messages: list[ChatMessage], *, max_tokens: int, temperature: float
     ) -> AsyncIterator[str]:
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[object] = asyncio.Queue()
-        stop = threading.Event()
+        def produce(emit: Any, stop: threading.Event) -> None:
+            self._generate(messages, max_tokens, temperature, stop, emit)
 
-        def post(item: object) -> None:
-            with contextlib.suppress(RuntimeError):  # the loop closed under an abandoned stream
-                loop.call_soon_threadsafe(queue.put_nowait, item)
-
-        def work() -> None:
-            try:
-                self._generate(messages, max_tokens, temperature, stop, post)
-            except Exception as exc:
-                post(exc)
-            else:
-                post(_DONE)
-
-        # A dedicated thread: generation can wait seconds on the lock or the model, which must
-        # not tie up the loop's default executor.
-        threading.Thread(target=work, name="llamacpp-generate", daemon=True).start()
+        # Not joined on close: the worker notices at its next token (~25 ms) and frees the lock; the
+        # consumer (barge-in) need not wait for that.
         first = True
-        try:
-            while True:
-                item = await queue.get()
-                if item is _DONE:
-                    return
-                if isinstance(item, BaseException):
-                    raise item
-                assert isinstance(item, str)
-                if first:
-                    # The prompt ends in "Assistant:", so the reply starts with a space.
-                    item = item.lstrip()
-                    if not item:
-                        continue
-                    first = False
-                yield item
-        finally:
-            # Not joined: the worker notices at its next token (~25 ms) and frees the lock; the
-            # consumer (barge-in) need not wait for that.
-            stop.set()
+        async for item in stream_from_thread(produce, name="llamacpp-generate"):
+            if first:
+                # The prompt ends in "Assistant:", so the reply starts with a space.
+                item = item.lstrip()
+                if not item:
+                    continue
+                first = False
+            yield item

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
+from actors.thread_stream import stream_from_thread
 from actors.tts.base import TTSEngine
 from actors.tts.espeak_lib import get_espeak
-
-_DONE = object()  # end-of-synthesis marker on the chunk queue
 
 
 class EspeakEngine(TTSEngine):
@@ -30,47 +28,18 @@ class EspeakEngine(TTSEngine):
     async def synthesize(self, text: str) -> AsyncIterator[bytes]:
         if not text.strip():
             return
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[object] = asyncio.Queue()
-        stop = threading.Event()
 
-        def post(item: object) -> None:
-            with contextlib.suppress(RuntimeError):  # the loop closed under an abandoned stream
-                loop.call_soon_threadsafe(queue.put_nowait, item)
+        def produce(emit: Callable[[bytes], None], stop: threading.Event) -> None:
+            def sink(chunk: bytes) -> bool:
+                # Runs inside espeak's callback: returning True aborts the synthesis (barge-in).
+                if stop.is_set():
+                    return True
+                emit(chunk)
+                return False
 
-        def sink(chunk: bytes) -> bool:
-            # Runs in the worker thread, inside espeak's callback.
-            if stop.is_set():
-                return True  # the consumer is gone (barge-in): abort the synthesis
-            post(chunk)
-            return False
+            get_espeak().synth(text, self.voice, self.rate_wpm, sink)
 
-        def work() -> None:
-            try:
-                if not stop.is_set():  # closed while waiting for the lock: skip it entirely
-                    get_espeak().synth(text, self.voice, self.rate_wpm, sink)
-            except Exception as exc:
-                post(exc)
-            else:
-                post(_DONE)
-
-        # A plain daemon thread, not asyncio.to_thread: waiting for the global lock behind
-        # another synthesis must not occupy the loop's default executor.
-        thread = threading.Thread(target=work, name="espeak-synth", daemon=True)
-        thread.start()
-        try:
-            while True:
-                item = await queue.get()
-                if item is _DONE:
-                    return
-                if isinstance(item, BaseException):
-                    raise item
-                assert isinstance(item, bytes)
-                yield item
-        finally:
-            stop.set()
-            # Let the worker notice the abort (at its next chunk) before the lock is reused;
-            # it is quick, but must not block the event loop.
-            if thread.is_alive():
-                with contextlib.suppress(Exception):
-                    await asyncio.to_thread(thread.join)
+        # Joined on close: the worker must notice the abort (at its next chunk) before the global
+        # lock is reused.
+        async for chunk in stream_from_thread(produce, name="espeak-synth", join_on_close=True):
+            yield chunk
