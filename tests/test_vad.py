@@ -1,0 +1,61 @@
+"""Endpointing semantics: min speech to start, silence window to stop, offsets in input samples."""
+
+from __future__ import annotations
+
+from actors.vad import Endpointer, VadConfig, VadEvent
+
+FRAME = 512  # samples per detector frame (32 ms at 16 kHz)
+
+
+class ScriptedDetector:
+    """Returns the next scripted probability for each frame."""
+
+    frame_samples = FRAME
+
+    def __init__(self, probabilities: list[float]) -> None:
+        self.probabilities = list(probabilities)
+        self.resets = 0
+
+    def probability(self, frame: bytes) -> float:
+        assert len(frame) == FRAME * 2
+        return self.probabilities.pop(0)
+
+    def reset(self) -> None:
+        self.resets += 1
+
+
+def run(probabilities: list[float], config: VadConfig, chunk_frames: float = 1.0) -> list[VadEvent]:
+    endpointer = Endpointer(ScriptedDetector(probabilities), config)
+    audio = b"\x00\x00" * FRAME * len(probabilities)
+    step = int(FRAME * 2 * chunk_frames) // 2 * 2
+    return [e for i in range(0, len(audio), step) for e in endpointer.process(audio[i : i + step])]
+
+
+def test_speech_starts_at_its_first_frame_and_stops_where_silence_began() -> None:
+    # 5 silent frames, 10 speech frames, then 20 silent frames; 96 ms min speech = 3 frames.
+    probs = [0.0] * 5 + [0.9] * 10 + [0.1] * 20
+    events = run(probs, VadConfig(threshold=0.5, silence_ms=320, min_speech_ms=96))
+    assert events == [VadEvent("speech_started", 5 * FRAME), VadEvent("speech_stopped", 15 * FRAME)]
+
+
+def test_too_short_bursts_and_dips_do_not_count() -> None:
+    # 2-frame bursts never start a turn; a 3-frame dip inside speech does not end it.
+    probs = [0.9, 0.9, 0.0] * 3 + [0.9] * 6 + [0.1] * 3 + [0.9] * 4 + [0.0] * 12
+    events = run(probs, VadConfig(threshold=0.5, silence_ms=320, min_speech_ms=96))
+    assert [e.kind for e in events] == ["speech_started", "speech_stopped"]
+    assert events[0].sample == 9 * FRAME
+    assert events[1].sample == (9 + 6 + 3 + 4) * FRAME
+
+
+def test_hysteresis_between_thresholds_keeps_speech_going() -> None:
+    # 0.4 is below the threshold but above threshold - 0.15: still speech for stopping purposes.
+    probs = [0.9] * 4 + [0.4] * 20 + [0.1] * 11
+    events = run(probs, VadConfig(threshold=0.5, silence_ms=320, min_speech_ms=96))
+    assert [e.kind for e in events] == ["speech_started", "speech_stopped"]
+    assert events[1].sample == 24 * FRAME
+
+
+def test_chunk_size_does_not_change_the_decisions() -> None:
+    probs = [0.0] * 7 + [0.8] * 9 + [0.0] * 17
+    config = VadConfig(threshold=0.5, silence_ms=500, min_speech_ms=64)
+    assert run(probs, config, chunk_frames=1) == run(probs, config, chunk_frames=0.37) == run(probs, config, 5)
