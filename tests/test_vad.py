@@ -58,4 +58,6 @@ def test_hysteresis_between_thresholds_keeps_speech_going() -> None:
 def test_chunk_size_does_not_change_the_decisions() -> None:
     probs = [0.0] * 7 + [0.8] * 9 + [0.0] * 17
     config = VadConfig(threshold=0.5, silence_ms=500, min_speech_ms=64)
-    assert run(probs, config, chunk_frames=1) == run(probs, config, chunk_frames=0.37) == run(probs, config, 5)
+    assert (
+        run(probs, config, chunk_frames=1) == run(probs, config, chunk_frames=0.37) == run(probs, config, 5)
+    )
