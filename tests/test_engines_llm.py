@@ -201,8 +201,7 @@ def test_llamacpp_streams_reply(llama_results: dict[str, Any]) -> None:
     print(f"llama reply: {reply!r}")
     assert len(deltas) >= 3
     assert reply == reply.lstrip() and "User:" not in reply and "\n" not in reply.strip()
-    assert llama_results["ttft_s"] < 2.0  # prefix cached: ~65 ms measured (DESIGN §6); noisy box
-    assert llama_results["tokens_per_s"] is None or llama_results["tokens_per_s"] > 5
+    # Speed (TTFT, tok/s) is printed above and measured by the benchmarks, not asserted here.
 
 
 @pytest.mark.slow
