@@ -1,0 +1,105 @@
+"""The memory journal: durable before return, exactly-once by turn id, bad files handled loudly."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from actors.events import FinishedTurn
+from actors.journal import MAX_TURN_CHARS, JournalError, TurnJournal
+
+
+def turn(n: int, user: str = "alice", text: str = "hello") -> FinishedTurn:
+    now = time.time()
+    return FinishedTurn(
+        session_id="s1",
+        user_id=user,
+        turn_id=f"resp_{n}",
+        user_item_id=f"item_{n}",
+        user_text=f"{text} {n}",
+        assistant_text=f"reply {n}",
+        started_at=now - 1,
+        ended_at=now,
+        interrupted=n % 2 == 1,
+        metrics={"e2e_latency": 812.5},
+    )
+
+
+def test_turns_round_trip_in_order_per_user_and_leave_only_when_confirmed(tmp_path: Path) -> None:
+    journal = TurnJournal(tmp_path / "journal.db")
+    for n in range(5):
+        journal.append(turn(n, user="alice" if n % 2 == 0 else "bob"))
+    assert journal.users_with_pending() == ["alice", "bob"]
+    alice = journal.pending("alice")
+    assert [e.turn.turn_id for e in alice] == ["resp_0", "resp_2", "resp_4"]
+    assert alice[1].turn.user_text == "hello 2" and alice[1].turn.metrics == {"e2e_latency": 812.5}
+    journal.record_failure(["resp_0"], "Letta unreachable")
+    assert journal.pending("alice")[0].attempts == 1
+    assert journal.pending("alice")[0].last_error == "Letta unreachable"
+    journal.confirm(["resp_0", "resp_2"])
+    assert [e.turn.turn_id for e in journal.pending()] == ["resp_1", "resp_3", "resp_4"]
+    assert len(journal) == 3
+
+
+def test_the_same_turn_is_journaled_once(tmp_path: Path) -> None:
+    journal = TurnJournal(tmp_path / "journal.db")
+    assert journal.append(turn(1)) is True
+    assert journal.append(turn(1)) is False  # a replay after a crash
+    assert len(journal) == 1
+
+
+def _append_and_die(path: str) -> None:
+    journal = TurnJournal(path)
+    journal.append(turn(7))
+    os._exit(0)  # no close, no flush, no atexit: like a SIGKILL right after the sink returned
+
+
+def test_an_appended_turn_survives_the_process_dying(tmp_path: Path) -> None:
+    path = tmp_path / "journal.db"
+    process = multiprocessing.get_context("spawn").Process(target=_append_and_die, args=(str(path),))
+    process.start()
+    process.join(30)
+    assert [e.turn.turn_id for e in TurnJournal(path).pending()] == ["resp_7"]
+
+
+def test_a_corrupt_journal_is_kept_aside_and_a_new_one_starts(tmp_path: Path, caplog) -> None:
+    path = tmp_path / "journal.db"
+    path.write_bytes(b"this is not a database" * 100)
+    journal = TurnJournal(path)
+    journal.append(turn(1))
+    aside = list(tmp_path.glob("journal.db.corrupt-*"))
+    assert len(aside) == 1 and aside[0].read_bytes().startswith(b"this is not a database")
+    assert "not a usable database" in caplog.text
+    assert len(journal) == 1
+
+
+def test_an_unwritable_journal_is_a_clear_error(tmp_path: Path) -> None:
+    if os.geteuid() == 0:
+        # root ignores file modes: a path under a regular file cannot be created by anyone.
+        blocker = tmp_path / "file"
+        blocker.write_text("x")
+        with pytest.raises(JournalError, match="cannot be created"):
+            TurnJournal(blocker / "journal.db")
+    else:
+        tmp_path.chmod(0o500)
+        with pytest.raises(JournalError, match=r"not writable|cannot be opened"):
+            TurnJournal(tmp_path / "journal.db")
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        (turn(1, user="../etc/passwd"), "user id"),
+        (turn(1, user=""), "user id"),
+        (turn(1, text="x" * MAX_TURN_CHARS), "limit"),
+    ],
+)
+def test_invalid_turns_are_rejected_with_a_reason(tmp_path: Path, bad: FinishedTurn, message: str) -> None:
+    journal = TurnJournal(tmp_path / "journal.db")
+    with pytest.raises(JournalError, match=message):
+        journal.append(bad)
+    assert len(journal) == 0
