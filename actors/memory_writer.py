@@ -1,0 +1,172 @@
+"""Batched, journaled memory writes, off the request path.
+
+`MemoryWriter.submit` journals a finished turn durably and returns; a background task per user sends
+that user's pending turns to the memory backend (Letta) in one call when `batch_size` turns are waiting
+or the oldest has waited `flush_interval_s`. A failed call is retried with exponential backoff and
+jitter (tenacity's wait strategy), forever: turns leave the journal only once the backend confirmed
+them, so a dead backend delays memory but loses nothing, and a restart replays the journal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from prometheus_client import Counter, Gauge, Histogram
+from tenacity import wait_random_exponential
+
+from actors.events import FinishedTurn
+from actors.journal import TurnJournal
+
+log = logging.getLogger(__name__)
+
+QUEUE_DEPTH = Gauge("voice_memory_queue_depth", "Turns journaled and not yet confirmed by the memory backend")
+JOURNAL_BYTES = Gauge("voice_memory_journal_bytes", "Size of the memory journal on disk")
+BATCH_SIZE = Histogram("voice_memory_batch_turns", "Turns per memory write", buckets=(1, 2, 4, 8, 16, 32, 64))
+FLUSH_SECONDS = Histogram(
+    "voice_memory_flush_seconds",
+    "Duration of one memory write call",
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+LAG_SECONDS = Histogram(
+    "voice_memory_lag_seconds",
+    "Turn end to confirmed in the memory backend",
+    buckets=(0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 30, 60, 300),
+)
+BACKEND_ERRORS = Counter("voice_memory_backend_errors", "Failed memory write calls")
+
+
+class MemoryBackend(Protocol):
+    async def write_turns(self, user_id: str, turns: Sequence[FinishedTurn]) -> None:
+        """Deliver `turns` (one user's, in order) in one call; return only once they are stored.
+
+        Must be idempotent per turn id: a batch may be resent after a crash between the call and the
+        journal's confirmation.
+        """
+        ...
+
+
+@dataclass(frozen=True)
+class WriterConfig:
+    batch_size: int = 8
+    flush_interval_s: float = 2.0
+    retry_min_s: float = 0.5
+    retry_max_s: float = 30.0
+
+
+class MemoryWriter:
+    def __init__(
+        self, journal: TurnJournal, backend: MemoryBackend, config: WriterConfig | None = None
+    ) -> None:
+        self.journal = journal
+        self.backend = backend
+        self.config = config or WriterConfig()
+        self._wake: dict[str, asyncio.Event] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._failing = False
+        self._flushing = False  # deliver partial batches at once (shutdown)
+        self.calls = 0  # backend write calls made (successful or not)
+
+    def start(self) -> None:
+        """Resume delivery of whatever the journal holds (a replay after a restart or crash)."""
+        for user_id in self.journal.users_with_pending():
+            self._ensure_task(user_id)
+        self._update_gauges()
+
+    def submit(self, turn: FinishedTurn) -> None:
+        """Journal `turn` durably (raises JournalError for an invalid turn) and schedule its delivery."""
+        self.journal.append(turn)
+        self._ensure_task(turn.user_id)
+        if len(self.journal.pending(turn.user_id, limit=self.config.batch_size)) >= self.config.batch_size:
+            self._wake[turn.user_id].set()
+        self._update_gauges()
+
+    async def flush(self) -> None:
+        """Deliver everything now (graceful shutdown); waits while the backend is down."""
+        self._flushing = True
+        while len(self.journal):
+            for user_id in self.journal.users_with_pending():
+                self._ensure_task(user_id)
+                self._wake[user_id].set()
+            await asyncio.sleep(0.05)
+        self._flushing = False
+
+    async def close(self) -> None:
+        for task in self._tasks.values():
+            task.cancel()
+        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+
+    def _ensure_task(self, user_id: str) -> None:
+        if user_id not in self._wake:
+            self._wake[user_id] = asyncio.Event()
+        task = self._tasks.get(user_id)
+        if task is None or task.done():
+            self._tasks[user_id] = asyncio.create_task(self._deliver(user_id))
+
+    async def _deliver(self, user_id: str) -> None:
+        wake = self._wake[user_id]
+        backoff = wait_random_exponential(multiplier=self.config.retry_min_s, max=self.config.retry_max_s)
+        attempt = 0
+        while True:
+            entries = self.journal.pending(user_id, limit=self.config.batch_size)
+            if not entries:
+                return  # a new submit starts a new task
+            oldest_wait = time.time() - entries[0].journaled_at
+            batch_due = len(entries) >= self.config.batch_size or oldest_wait >= self.config.flush_interval_s
+            if not (batch_due or self._flushing):
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), self.config.flush_interval_s - oldest_wait)
+                wake.clear()
+                continue
+            turns = [e.turn for e in entries]
+            ids = [t.turn_id for t in turns]
+            started = time.perf_counter()
+            self.calls += 1
+            try:
+                await self.backend.write_turns(user_id, turns)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                attempt += 1
+                BACKEND_ERRORS.inc()
+                self.journal.record_failure(ids, repr(exc))
+                delay = backoff(_RetryState(attempt))
+                log.warning(
+                    "memory write for %s failed (attempt %d, %d turns kept in the journal): %r; "
+                    "retrying in %.1f s",
+                    user_id,
+                    attempt,
+                    len(ids),
+                    exc,
+                    delay,
+                )
+                self._failing = True
+                await asyncio.sleep(delay)
+                continue
+            if self._failing:
+                log.info("memory backend recovered: delivered %d turns for %s", len(ids), user_id)
+                self._failing = False
+            attempt = 0
+            FLUSH_SECONDS.observe(time.perf_counter() - started)
+            BATCH_SIZE.observe(len(ids))
+            now = time.time()
+            for t in turns:
+                LAG_SECONDS.observe(max(now - t.ended_at, 0.0))
+            self.journal.confirm(ids)
+            self._update_gauges()
+
+    def _update_gauges(self) -> None:
+        QUEUE_DEPTH.set(len(self.journal))
+        JOURNAL_BYTES.set(self.journal.size_bytes())
+
+
+@dataclass
+class _RetryState:
+    """The part of tenacity's RetryCallState its wait strategies read."""
+
+    attempt_number: int

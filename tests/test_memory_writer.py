@@ -1,0 +1,111 @@
+"""Batched memory writes from the journal: batching, retries while the backend is down, replay."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from actors.events import FinishedTurn
+from actors.journal import TurnJournal
+from actors.memory_writer import MemoryWriter, WriterConfig
+
+
+def turn(n: int, user: str = "alice") -> FinishedTurn:
+    now = time.time()
+    return FinishedTurn(
+        session_id="s",
+        user_id=user,
+        turn_id=f"resp_{user}_{n}",
+        user_item_id=None,
+        user_text=f"question {n}",
+        assistant_text=f"answer {n}",
+        started_at=now,
+        ended_at=now,
+        interrupted=False,
+    )
+
+
+class FakeBackend:
+    """Stores turns idempotently by turn id, like the real backend must; latency and outage knobs."""
+
+    def __init__(self, latency_s: float = 0.0) -> None:
+        self.latency_s = latency_s
+        self.down = False
+        self.stored: dict[str, list[str]] = {}
+        self.calls: list[tuple[str, int]] = []
+
+    async def write_turns(self, user_id: str, turns: Sequence[FinishedTurn]) -> None:
+        self.calls.append((user_id, len(turns)))
+        await asyncio.sleep(self.latency_s)
+        if self.down:
+            raise ConnectionError("memory backend unreachable")
+        have = self.stored.setdefault(user_id, [])
+        have += [t.turn_id for t in turns if t.turn_id not in have]
+
+
+CONFIG = WriterConfig(batch_size=4, flush_interval_s=0.3, retry_min_s=0.05, retry_max_s=0.2)
+
+
+async def wait_until(condition, limit_s: float = 10.0) -> None:
+    deadline = time.monotonic() + limit_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        await asyncio.sleep(0.02)
+
+
+async def test_turns_go_in_batches_in_order_per_user(tmp_path: Path) -> None:
+    backend = FakeBackend()
+    writer = MemoryWriter(TurnJournal(tmp_path / "j.db"), backend, CONFIG)
+    for n in range(10):
+        writer.submit(turn(n))
+    writer.submit(turn(0, user="bob"))
+    await wait_until(lambda: len(writer.journal) == 0)
+    assert backend.stored["alice"] == [f"resp_alice_{n}" for n in range(10)]
+    assert backend.stored["bob"] == ["resp_bob_0"]
+    assert sorted(size for user, size in backend.calls if user == "alice") == [2, 4, 4]
+    await writer.close()
+
+
+async def test_a_dead_backend_loses_nothing_and_delivery_resumes(tmp_path: Path) -> None:
+    backend = FakeBackend()
+    backend.down = True
+    writer = MemoryWriter(TurnJournal(tmp_path / "j.db"), backend, CONFIG)
+    for n in range(6):
+        writer.submit(turn(n))
+    await wait_until(lambda: len(backend.calls) >= 3)  # retried with backoff
+    assert len(writer.journal) == 6 and not backend.stored
+    assert writer.journal.pending()[0].attempts >= 1
+    backend.down = False
+    await wait_until(lambda: len(writer.journal) == 0)
+    assert backend.stored["alice"] == [f"resp_alice_{n}" for n in range(6)]
+    await writer.close()
+
+
+async def test_a_crashed_writer_is_replayed_from_the_journal_exactly_once(tmp_path: Path) -> None:
+    path = tmp_path / "j.db"
+    backend = FakeBackend(latency_s=0.5)
+    first = MemoryWriter(TurnJournal(path), backend, CONFIG)
+    for n in range(4):
+        first.submit(turn(n))
+    await wait_until(lambda: backend.calls)  # a batch is in flight...
+    await first.close()  # ...when the writer dies: nothing confirmed
+    assert len(TurnJournal(path)) == 4
+    backend.latency_s = 0.0
+    second = MemoryWriter(TurnJournal(path), backend, CONFIG)
+    second.start()
+    await wait_until(lambda: len(second.journal) == 0)
+    assert backend.stored["alice"] == [f"resp_alice_{n}" for n in range(4)]
+    await second.close()
+
+
+async def test_flush_delivers_a_partial_batch_at_once(tmp_path: Path) -> None:
+    backend = FakeBackend()
+    writer = MemoryWriter(
+        TurnJournal(tmp_path / "j.db"), backend, WriterConfig(batch_size=50, flush_interval_s=60)
+    )
+    writer.submit(turn(1))
+    await asyncio.wait_for(writer.flush(), 5)
+    assert backend.stored["alice"] == ["resp_alice_1"]
+    await writer.close()
