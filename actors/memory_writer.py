@@ -18,7 +18,13 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from prometheus_client import Counter, Gauge, Histogram
-from tenacity import wait_random_exponential
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_never,
+    wait_random_exponential,
+)
 
 from actors.events import FinishedTurn
 from actors.journal import TurnJournal
@@ -110,8 +116,6 @@ class MemoryWriter:
 
     async def _deliver(self, user_id: str) -> None:
         wake = self._wake[user_id]
-        backoff = wait_random_exponential(multiplier=self.config.retry_min_s, max=self.config.retry_max_s)
-        attempt = 0
         while True:
             entries = self.journal.pending(user_id, limit=self.config.batch_size)
             if not entries:
@@ -124,49 +128,49 @@ class MemoryWriter:
                 wake.clear()
                 continue
             turns = [e.turn for e in entries]
-            ids = [t.turn_id for t in turns]
             started = time.perf_counter()
-            self.calls += 1
-            try:
-                await self.backend.write_turns(user_id, turns)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                attempt += 1
-                BACKEND_ERRORS.inc()
-                self.journal.record_failure(ids, repr(exc))
-                delay = backoff(_RetryState(attempt))
-                log.warning(
-                    "memory write for %s failed (attempt %d, %d turns kept in the journal): %r; "
-                    "retrying in %.1f s",
-                    user_id,
-                    attempt,
-                    len(ids),
-                    exc,
-                    delay,
-                )
-                self._failing = True
-                await asyncio.sleep(delay)
-                continue
-            if self._failing:
-                log.info("memory backend recovered: delivered %d turns for %s", len(ids), user_id)
-                self._failing = False
-            attempt = 0
+            await self._write_with_retries(user_id, turns)
             FLUSH_SECONDS.observe(time.perf_counter() - started)
-            BATCH_SIZE.observe(len(ids))
+            BATCH_SIZE.observe(len(turns))
             now = time.time()
             for t in turns:
                 LAG_SECONDS.observe(max(now - t.ended_at, 0.0))
-            self.journal.confirm(ids)
+            self.journal.confirm([t.turn_id for t in turns])
             self._update_gauges()
+
+    async def _write_with_retries(self, user_id: str, turns: list[FinishedTurn]) -> None:
+        ids = [t.turn_id for t in turns]
+
+        def on_failure(state: RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            BACKEND_ERRORS.inc()
+            self.journal.record_failure(ids, repr(exc))
+            self._failing = True
+            delay = state.upcoming_sleep
+            log.warning(
+                "memory write for %s failed (attempt %d, %d turns kept in the journal): %r; "
+                "retrying in %.1f s",
+                user_id,
+                state.attempt_number,
+                len(ids),
+                exc,
+                delay,
+            )
+
+        retrying = AsyncRetrying(
+            wait=wait_random_exponential(multiplier=self.config.retry_min_s, max=self.config.retry_max_s),
+            stop=stop_never,
+            retry=retry_if_exception_type(Exception),
+            before_sleep=on_failure,
+        )
+        async for attempt in retrying:
+            with attempt:
+                self.calls += 1
+                await self.backend.write_turns(user_id, turns)
+        if self._failing:
+            log.info("memory backend recovered: delivered %d turns for %s", len(ids), user_id)
+            self._failing = False
 
     def _update_gauges(self) -> None:
         QUEUE_DEPTH.set(len(self.journal))
         JOURNAL_BYTES.set(self.journal.size_bytes())
-
-
-@dataclass
-class _RetryState:
-    """The part of tenacity's RetryCallState its wait strategies read."""
-
-    attempt_number: int
