@@ -143,6 +143,7 @@ class VoiceSession:
         limits: SessionLimits | None = None,
         speech_detector: Callable[[], SpeechDetector] | None = None,
         memory_sink: MemorySink | None = None,
+        memory_context: Callable[[str], Awaitable[str | None]] | None = None,
         user_id: str = "anonymous",
         session_id: str | None = None,
     ) -> None:
@@ -155,6 +156,7 @@ class VoiceSession:
         self._tts = tts
         self._emit = emit
         self._sink = memory_sink
+        self._memory_context = memory_context  # the user's long-term memory (budgeted, cached)
         self._make_detector = speech_detector
         self._history: list[ChatMessage] = []
         self._last_item_id: str | None = None
@@ -370,8 +372,11 @@ class VoiceSession:
         with contextlib.suppress(asyncio.CancelledError):
             await task
 
-    def _messages(self, user_text: str | None) -> list[ChatMessage]:
-        messages: list[ChatMessage] = [{"role": "system", "content": self.options.instructions}]
+    def _messages(self, user_text: str | None, memory: str | None = None) -> list[ChatMessage]:
+        system = self.options.instructions
+        if memory:
+            system += f"\n\nWhat you remember about this user from earlier conversations:\n{memory}"
+        messages: list[ChatMessage] = [{"role": "system", "content": system}]
         keep = self.limits.history_turns * 2
         messages += self._history[-keep:] if keep else []
         if user_text is not None:
@@ -433,8 +438,9 @@ class VoiceSession:
         timeline: TurnTimeline,
         spoken: list[str],
     ) -> None:
+        memory = await self._memory_context(self.user_id) if self._memory_context else None
         request: LLMRequest = {
-            "messages": self._messages(user_text),
+            "messages": self._messages(user_text, memory),
             "max_tokens": self.options.max_tokens,
             "temperature": self.options.temperature,
         }

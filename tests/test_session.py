@@ -41,6 +41,8 @@ class Harness:
         ttft_ms: float = 300,
         tts_ttfb_ms: float = 100,
         audio_lead_ms: int = 500,
+        memory=None,
+        user_id: str = "anonymous",
     ) -> None:
         self.events: list[object] = []
         self.llm = FakeLLMEngine(reply, ttft_ms=ttft_ms, tokens_per_s=50)
@@ -56,6 +58,8 @@ class Harness:
             limits=SessionLimits(audio_lead_ms=audio_lead_ms),
             speech_detector=EnergySpeechDetector,
             memory_sink=self.sink,
+            memory_context=memory,
+            user_id=user_id,
         )
 
     async def _emit(self, event: object) -> None:
@@ -184,3 +188,20 @@ async def test_short_click_does_not_start_a_turn() -> None:
     h = Harness()
     await h.stream(tone(40) + silence(1000))
     assert not h.of(SpeechStarted)
+
+
+async def test_the_users_memory_is_in_the_system_prompt_and_only_theirs() -> None:
+    from actors.memory_cache import MemoryCache
+
+    async def fetch(user_id: str) -> str:
+        return {"alice": "Alice's cat is called Miso.", "bob": "Bob plays chess."}[user_id]
+
+    cache = MemoryCache(fetch, budget_s=0.05)
+    for user, fact, other in (("alice", "Miso", "chess"), ("bob", "chess", "Miso")):
+        h = Harness("Okay.", vad=False, memory=cache.context, user_id=user)
+        await h.session.add_user_text("What do you know about me?")
+        await h.session.create_response()
+        await h.wait_for(ResponseFinished)
+        system = h.llm.requests[0][0]["content"]
+        assert system.startswith("Be brief.") and fact in system and other not in system
+        assert h.sink.turns[0].user_id == user
