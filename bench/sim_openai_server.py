@@ -3,7 +3,10 @@
 Knobs: time to first chat token (`ttft_ms`) and tokens per second. It speaks the real wire formats
 the engines use: Chat Completions streamed as SSE
 (`data: {chat.completion.chunk}` ... `data: [DONE]`), /v1/audio/speech streaming raw 24 kHz PCM16,
-and /v1/audio/transcriptions taking a multipart upload and returning {"text": ...}.
+/v1/audio/transcriptions taking a multipart upload and returning {"text": ...}, and /v1/embeddings
+with deterministic hash-based vectors. When a chat request offers `tools` (as Letta's agents do), the
+reply comes back as a tool call: to `send_message` when offered (its `message` argument carries the reply),
+else to the forced or first tool when `tool_choice` demands one; plain text otherwise.
 
     server = start_sim_openai_server(SimOpenAIConfig(reply="Hello there."))
     client = AsyncOpenAI(api_key="test", base_url=server.base_url)
@@ -18,8 +21,10 @@ As its own process (for benchmarks):
 from __future__ import annotations
 
 import asyncio
+import base64
 import email.parser
 import email.policy
+import hashlib
 import io
 import json
 import socket
@@ -72,6 +77,55 @@ def _tokens(text: str) -> list[str]:
     return [words[0]] + [" " + w for w in words[1:]]
 
 
+def _embedding(text: str, dim: int) -> np.ndarray:
+    # Deterministic unit vector seeded by the text's hash: equal texts embed equally, across processes.
+    seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
+    vec = np.random.default_rng(seed).standard_normal(dim).astype(np.float32)
+    return vec / np.linalg.norm(vec)
+
+
+def _tool_name(tool: dict[str, Any]) -> str:
+    return str(tool.get("function", {}).get("name", ""))
+
+
+def _pick_tool(body: dict[str, Any]) -> dict[str, Any] | None:
+    """The tool a model would call for this request, or None for a plain text answer."""
+    tools: list[dict[str, Any]] = body.get("tools") or []
+    choice = body.get("tool_choice")
+    if not tools or choice == "none":
+        return None
+    if isinstance(choice, dict):  # {"type": "function", "function": {"name": ...}} forces that tool
+        forced = choice.get("function", {}).get("name") or choice.get("name")
+        return next((t for t in tools if _tool_name(t) == forced), None)
+    send = next((t for t in tools if _tool_name(t) == "send_message"), None)
+    if send is not None:
+        return send  # an agent that talks through send_message replies with it even under "auto"
+    return tools[0] if choice == "required" else None
+
+
+def _tool_arguments(tool: dict[str, Any], reply: str) -> dict[str, Any]:
+    """Arguments satisfying the tool's JSON schema: the reply in `message`, plain values elsewhere."""
+    params = tool.get("function", {}).get("parameters") or {}
+    props: dict[str, Any] = params.get("properties") or {}
+    args: dict[str, Any] = {}
+    for name in [*params.get("required", []), *(["message"] if "message" in props else [])]:
+        kind = props.get(name, {}).get("type", "string")
+        if name == "message" or kind == "string":
+            args[name] = reply if name == "message" else f"Replying to the user: {reply}"
+        else:
+            args[name] = {"boolean": False, "integer": 0, "number": 0, "array": [], "object": {}}.get(kind)
+    return args
+
+
+def _usage(body: dict[str, Any], completion_tokens: int) -> dict[str, int]:
+    prompt_tokens = len(json.dumps(body.get("messages", []))) // 4
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
 def _error(status: int, message: str, kind: str, code: str | None = None) -> JSONResponse:
     return JSONResponse({"error": {"message": message, "type": kind, "param": None, "code": code}}, status)
 
@@ -107,22 +161,35 @@ def _build_app(state: SimOpenAIServer) -> Starlette:
         completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         created = int(time.time())
         model = body.get("model", "gpt-4o-mini")
-        tokens = _tokens(cfg.reply)[: int(body.get("max_tokens") or 10**9)]
+        max_tokens = int(body.get("max_completion_tokens") or body.get("max_tokens") or 10**9)
+        tokens = _tokens(cfg.reply)[:max_tokens]
+        tool = _pick_tool(body)
+        tool_call_id = f"call_{uuid.uuid4().hex[:24]}"
+        arguments = json.dumps(_tool_arguments(tool, "".join(tokens))) if tool is not None else ""
+        finish_reason = "tool_calls" if tool is not None else "stop"
         if not body.get("stream"):
             await asyncio.sleep(cfg.ttft_ms / 1000)
+            message: dict[str, Any] = {"role": "assistant", "content": "".join(tokens)}
+            if tool is not None:
+                message = {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [
+                        {
+                            "id": tool_call_id,
+                            "type": "function",
+                            "function": {"name": _tool_name(tool), "arguments": arguments},
+                        }
+                    ],
+                }
             return JSONResponse(
                 {
                     "id": completion_id,
                     "object": "chat.completion",
                     "created": created,
                     "model": model,
-                    "choices": [
-                        {
-                            "index": 0,
-                            "message": {"role": "assistant", "content": "".join(tokens)},
-                            "finish_reason": "stop",
-                        }
-                    ],
+                    "choices": [{"index": 0, "message": message, "finish_reason": finish_reason}],
+                    "usage": _usage(body, len(tokens)),
                 }
             )
 
@@ -136,16 +203,41 @@ def _build_app(state: SimOpenAIServer) -> Starlette:
             }
             return f"data: {json.dumps(data)}\n\n"
 
+        def usage_chunk() -> str:
+            # Sent only when asked for, as OpenAI does: a last chunk with no choices.
+            data = {
+                "id": completion_id,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model,
+                "choices": [],
+                "usage": _usage(body, len(tokens)),
+            }
+            return f"data: {json.dumps(data)}\n\n"
+
+        def pieces() -> list[dict[str, Any]]:
+            if tool is None:
+                return [{"content": token} for token in tokens]
+            # The arguments stream in fragments after a first delta naming the call, as OpenAI sends them.
+            size = max(1, len(arguments) // max(1, len(tokens)))
+            fragments = [arguments[i : i + size] for i in range(0, len(arguments), size)]
+            head = {"index": 0, "id": tool_call_id, "type": "function"}
+            first = {"tool_calls": [{**head, "function": {"name": _tool_name(tool), "arguments": ""}}]}
+            return [first] + [{"tool_calls": [{"index": 0, "function": {"arguments": f}}]} for f in fragments]
+
         async def events() -> AsyncIterator[str]:
             finished = False
             try:
-                yield chunk({"role": "assistant", "content": ""})
+                first: dict[str, Any] = {"role": "assistant", "content": "" if tool is None else None}
+                yield chunk(first)
                 await asyncio.sleep(cfg.ttft_ms / 1000)
-                for i, token in enumerate(tokens):
+                for i, delta in enumerate(pieces()):
                     if i:
                         await asyncio.sleep(1 / cfg.tokens_per_s)
-                    yield chunk({"content": token})
-                yield chunk({}, "stop")
+                    yield chunk(delta)
+                yield chunk({}, finish_reason)
+                if (body.get("stream_options") or {}).get("include_usage"):
+                    yield usage_chunk()
                 yield "data: [DONE]\n\n"
                 finished = True
             finally:
@@ -153,6 +245,35 @@ def _build_app(state: SimOpenAIServer) -> Starlette:
                     state.streams_closed_early += 1
 
         return StreamingResponse(events(), media_type="text/event-stream")
+
+    async def embeddings(request: Request) -> Response:
+        if (denied := unauthorized(request)) is not None:
+            return denied
+        body = await request.json()
+        state.requests.append({"path": "/v1/embeddings", "body": body})
+        inputs = body.get("input")
+        texts = [inputs] if isinstance(inputs, str) else list(inputs or [])
+        if not texts or not all(isinstance(t, str) for t in texts):
+            return _error(400, "'input' must be a string or a list of strings", "invalid_request_error")
+        dim = int(body.get("dimensions") or 1536)
+        data = []
+        for i, text in enumerate(texts):
+            vec = _embedding(text, dim)
+            # The OpenAI SDK asks for base64 (little-endian float32) unless told otherwise.
+            if body.get("encoding_format") == "base64":
+                value: Any = base64.b64encode(vec.astype("<f4").tobytes()).decode()
+            else:
+                value = vec.tolist()
+            data.append({"object": "embedding", "index": i, "embedding": value})
+        n_tokens = sum(len(t.split()) for t in texts)
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": data,
+                "model": body.get("model", "text-embedding-3-small"),
+                "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens},
+            }
+        )
 
     async def speech(request: Request) -> Response:
         if (denied := unauthorized(request)) is not None:
@@ -214,6 +335,7 @@ def _build_app(state: SimOpenAIServer) -> Starlette:
         routes=[
             Route("/v1/models", models),
             Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+            Route("/v1/embeddings", embeddings, methods=["POST"]),
             Route("/v1/audio/speech", speech, methods=["POST"]),
             Route("/v1/audio/transcriptions", transcriptions, methods=["POST"]),
         ]

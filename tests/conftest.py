@@ -1,4 +1,4 @@
-"""Shared fixtures: the one real Ray cluster serving serve_config.yaml."""
+"""Shared fixtures: the one real Ray cluster serving serve_config.yaml, and a real Letta server."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from bench.serve_cluster import ServeRun
+from tests.letta_fixtures import letta_env  # noqa: F401  (a real Letta server, session-scoped)
 
 
 @pytest.fixture(scope="session")
