@@ -1,0 +1,101 @@
+"""The memory backend against a real Letta server: per-user agents, batched writes delivered once,
+core memory read back, and the journaled writer end to end."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+
+from actors.events import FinishedTurn
+from actors.journal import TurnJournal
+from actors.letta_memory import LettaConfig, LettaMemory, turn_tag
+from actors.memory_writer import MemoryWriter, WriterConfig
+from tests.letta_fixtures import LettaEnv
+
+pytestmark = pytest.mark.slow
+
+
+def turn(user: str, n: int) -> FinishedTurn:
+    now = time.time()
+    return FinishedTurn(
+        session_id="s",
+        user_id=user,
+        turn_id=f"resp_{user}_{n}_{time.monotonic_ns()}",
+        user_item_id=None,
+        user_text=f"My lucky number is {n}.",
+        assistant_text=f"Noted: {n}.",
+        started_at=now,
+        ended_at=now,
+        interrupted=False,
+    )
+
+
+def memory_for(env: LettaEnv, prefix: str) -> LettaMemory:
+    return LettaMemory(
+        LettaConfig(
+            base_url=env.base_url,
+            llm_config=dict(env.llm_config),
+            embedding_config=dict(env.embedding_config),
+            agent_prefix=prefix,
+        )
+    )
+
+
+async def user_messages(memory: LettaMemory, user: str) -> list[str]:
+    agent = await memory.agent_id(user)
+    listed = await memory.client.agents.messages.list(agent, limit=200, order="asc")
+    return [str(m.content) for m in listed.items if m.message_type == "user_message"]
+
+
+async def test_a_batch_is_one_call_and_a_resend_is_not_delivered_twice(letta_env: LettaEnv) -> None:
+    memory = memory_for(letta_env, f"t1-{time.monotonic_ns()}-")
+    turns = [turn("ada", n) for n in range(5)]
+    chats_before = sum(r["path"] == "/v1/chat/completions" for r in letta_env.sim.requests)
+    await memory.write_turns("ada", turns)
+    assert memory.message_calls == 1
+    texts = await user_messages(memory, "ada")
+    positions = [next(i for i, text in enumerate(texts) if turn_tag(t.turn_id) in text) for t in turns]
+    assert positions == sorted(positions)  # in order
+    await memory.write_turns("ada", turns)  # replay after a crash
+    assert memory.message_calls == 1
+    assert sum(turn_tag(turns[0].turn_id) in text for text in await user_messages(memory, "ada")) == 1
+    assert sum(r["path"] == "/v1/chat/completions" for r in letta_env.sim.requests) > chats_before
+    await memory.close()
+
+
+async def test_each_user_has_their_own_agent_and_core_memory(letta_env: LettaEnv) -> None:
+    memory = memory_for(letta_env, f"t2-{time.monotonic_ns()}-")
+    ada, bob = await memory.agent_id("ada"), await memory.agent_id("bob")
+    assert ada != bob and await memory.agent_id("ada") == ada
+    await memory.client.agents.blocks.update("human", agent_id=ada, value="Ada lives in Lyon.")
+    assert "human: Ada lives in Lyon." in await memory.read_memory("ada")
+    assert "Lyon" not in await memory.read_memory("bob")
+    # A new process finds the existing agent by name instead of creating another.
+    again = memory_for(letta_env, memory.config.agent_prefix)
+    assert await again.agent_id("ada") == ada
+    await memory.close()
+    await again.close()
+
+
+async def test_journaled_writer_delivers_a_conversation_in_fewer_calls_than_turns(
+    letta_env: LettaEnv, tmp_path: Path
+) -> None:
+    memory = memory_for(letta_env, f"t3-{time.monotonic_ns()}-")
+    writer = MemoryWriter(
+        TurnJournal(tmp_path / "journal.db"), memory, WriterConfig(batch_size=4, flush_interval_s=0.5)
+    )
+    turns = [turn("cy", n) for n in range(10)]
+    for t in turns:
+        writer.submit(t)
+    async with asyncio.timeout(60):
+        while len(writer.journal):  # noqa: ASYNC110 - polls the journal on disk
+            await asyncio.sleep(0.1)
+    assert memory.message_calls <= 3
+    texts = await user_messages(memory, "cy")
+    for t in turns:
+        assert sum(turn_tag(t.turn_id) in text for text in texts) == 1
+    await writer.close()
+    await memory.close()
