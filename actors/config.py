@@ -15,7 +15,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 log = logging.getLogger(__name__)
 
-SECRET_FIELDS = frozenset({"openai_api_key", "api_keys"})
+SECRET_FIELDS = frozenset({"openai_api_key", "api_keys", "letta_api_key"})
 
 
 class Settings(BaseSettings):
@@ -60,6 +60,36 @@ class Settings(BaseSettings):
     vad_silence_ms: int = Field(default=500, ge=100, le=5000)
     vad_prefix_padding_ms: int = Field(default=300, ge=0, le=2000)
     vad_min_speech_ms: int = Field(default=96, ge=32, le=2000)
+
+    # --- long-term memory (Letta); off while letta_base_url is unset ---------------------------------
+    letta_base_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("letta_base_url", "LETTA_BASE_URL", "VOICE_LETTA_BASE_URL"),
+    )
+    letta_api_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("letta_api_key", "LETTA_API_KEY", "VOICE_LETTA_API_KEY")
+    )
+    letta_llm_config: dict[str, Any] = Field(  # the LLM each user's Letta agent uses (Letta LlmConfig)
+        default_factory=lambda: {
+            "model": "gpt-4o-mini",
+            "model_endpoint_type": "openai",
+            "model_endpoint": "https://api.openai.com/v1",
+            "context_window": 128000,
+        }
+    )
+    letta_embedding_config: dict[str, Any] = Field(
+        default_factory=lambda: {
+            "embedding_endpoint_type": "openai",
+            "embedding_endpoint": "https://api.openai.com/v1",
+            "embedding_model": "text-embedding-3-small",
+            "embedding_dim": 1536,
+        }
+    )
+    memory_journal_path: str = "~/.local/state/voice-agent/memory-journal.db"  # a PVC on Kubernetes
+    memory_batch_size: int = Field(default=8, ge=1, le=256)
+    memory_flush_interval_s: float = Field(default=2.0, gt=0, le=3600)
+    memory_cache_ttl_s: float = Field(default=30.0, gt=0)
+    memory_read_budget_ms: int = Field(default=50, ge=0, le=5000)
 
     # --- transport and limits -------------------------------------------------------------------------
     stt_chunk_ms: int = Field(default=100, ge=20, le=1000)  # audio per STT call (DESIGN §4: ≥100 ms)
@@ -109,6 +139,10 @@ class Settings(BaseSettings):
         if self.api_keys is None:
             return frozenset()
         return frozenset(k.strip() for k in self.api_keys.get_secret_value().split(",") if k.strip())
+
+    @property
+    def letta_key(self) -> str | None:
+        return self.letta_api_key.get_secret_value() if self.letta_api_key else None
 
     @property
     def openai_key(self) -> str | None:

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -39,8 +41,9 @@ class ServeRun:
         self.config_path = workdir / "serve_config.yaml"
         self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
         self.log_path = workdir / "serve.log"
-        ray_tmp = workdir / "ray"
-        ray_tmp.mkdir()
+        # Short and private: Ray's Unix socket paths must stay under 108 bytes.
+        ray_tmp = Path(tempfile.mkdtemp(prefix="vr-", dir="/tmp"))
+        self._ray_tmp = ray_tmp
         run_env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "OPENAI_BASE_URL")}
         run_env.update(
             {
@@ -92,8 +95,8 @@ class ServeRun:
     def wait_ready(self, timeout: float = 180.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"serve run exited:\n{self.log_path.read_text()[-4000:]}")
+            if self.process.poll() is not None or self.head.poll() is not None:
+                raise RuntimeError(f"the Ray head or serve run exited:\n{self.log_path.read_text()[-4000:]}")
             try:
                 # /readyz answers 200 once every stage deployment has loaded its engine.
                 if httpx.get(f"{self.base_url}/readyz", timeout=10).status_code == 200:
@@ -126,6 +129,7 @@ class ServeRun:
                 os.kill(pid, signal.SIGKILL)
         self.head.wait(timeout=5)
         self._log.close()
+        shutil.rmtree(self._ray_tmp, ignore_errors=True)
 
 
 def _session_members(sid: int) -> set[int]:

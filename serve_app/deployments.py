@@ -13,10 +13,12 @@ from starlette.types import ASGIApp
 from actors.config import load_settings
 from actors.engines import create_llm_engine, create_stt_engine, create_tts_engine
 from actors.llm.stage import LLMStage
+from actors.memory_cache import MemoryCache
 from actors.memory_sink import RecentTurnsSink
 from actors.pipeline import LLMEvent, LLMRequest
 from actors.stt.registry import FeedResult, FinishResult, STTStreamRegistry
 from actors.tts.stage import TTSStage
+from serve_app.memory_actor import ActorMemorySink, memory_actor
 from serve_app.router_app import RouterDeps, build_router_app
 from serve_app.stage_clients import RemotePhraseLLM, RemoteSynthesizer, RemoteTranscriber
 
@@ -96,6 +98,18 @@ class Router:
         settings = load_settings(config)
         log.info("voice agent engines: %s", settings.describe_engines())
 
+        memory_sink: Any = RecentTurnsSink()
+        memory_context = None
+        if settings.letta_base_url:
+            actor = memory_actor(config)
+            memory_sink = ActorMemorySink(actor)
+            memory_context = MemoryCache(
+                lambda user_id: actor.read_memory.remote(user_id),
+                ttl_s=settings.memory_cache_ttl_s,
+                budget_s=settings.memory_read_budget_ms / 1000,
+            ).context
+            log.info("long-term memory: Letta at %s", settings.letta_base_url)
+
         async def readiness() -> dict[str, str]:
             # Each stage answers only after its constructor (engine load and warmup) has finished.
             names = await asyncio.gather(stt.ping.remote(), llm.ping.remote(), tts.ping.remote())
@@ -107,7 +121,9 @@ class Router:
                 stt=RemoteTranscriber(stt),
                 llm=RemotePhraseLLM(llm),
                 tts=RemoteSynthesizer(tts),
-                memory_sink=RecentTurnsSink(),
+                memory_sink=memory_sink,
+                memory_context=memory_context,
+                readiness=readiness,
             )
         )
 

@@ -38,6 +38,7 @@ class RouterDeps:
     llm: PhraseLLMClient
     tts: SynthesizerClient
     memory_sink: MemorySink | None = None
+    memory_context: Callable[[str], Awaitable[str | None]] | None = None  # the user's long-term memory
     speech_detector: Callable[[], SpeechDetector] = SileroSpeechDetector
     warmups: list[Callable[[], Awaitable[None]]] = field(default_factory=list)  # run before serving
     # Answers which engine each stage runs once every stage can take requests (raises otherwise).
@@ -98,6 +99,7 @@ def build_router_app(deps: RouterDeps) -> Starlette:
                 limits=session_limits,
                 speech_detector=deps.speech_detector,
                 memory_sink=deps.memory_sink,
+                memory_context=deps.memory_context,
                 user_id=user_id,
             )
 

@@ -293,3 +293,15 @@ def test_cli_client_sends_a_wav_and_saves_the_reply(agent, tmp_path) -> None:
     assert "e2e_latency" in result.stdout
     audio, rate = sf.read(out)
     assert rate == RATE and len(audio) / rate > 0.5
+
+
+def test_readiness_names_each_stage_engine(agent) -> None:
+    import httpx
+
+    ready = httpx.get(f"{agent.base_url}/readyz", timeout=10)
+    assert ready.status_code == 200
+    assert ready.json()["stages"] == {
+        "stt": "pocketsphinx:en-us (bundled)",
+        "llm": "llamacpp:gemma3-270m-q4_k_m",
+        "tts": "espeak:espeak-ng",
+    }
