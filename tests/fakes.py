@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import numpy as np
 
 from actors.audio import rms_dbfs
+from actors.events import FinishedTurn
 from actors.llm.base import ChatMessage, LLMEngine
 
 
@@ -60,3 +64,49 @@ def tone(ms: int, rate: int = 24_000, amplitude: float = 0.3, freq: float = 300.
 
 def silence(ms: int, rate: int = 24_000) -> bytes:
     return b"\x00\x00" * (rate * ms // 1000)
+
+
+def finished_turn(
+    n: int,
+    user: str = "alice",
+    *,
+    user_text: str | None = None,
+    assistant_text: str | None = None,
+    turn_id: str | None = None,
+    interrupted: bool = False,
+) -> FinishedTurn:
+    """A finished turn as a session hands it to the memory sink."""
+    now = time.time()
+    return FinishedTurn(
+        session_id="s1",
+        user_id=user,
+        turn_id=turn_id or f"resp_{user}_{n}",
+        user_item_id=f"item_{n}",
+        user_text=user_text if user_text is not None else f"question {n}",
+        assistant_text=assistant_text if assistant_text is not None else f"answer {n}",
+        started_at=now - 1,
+        ended_at=now,
+        interrupted=interrupted,
+        metrics={"e2e_latency": 812.5},
+    )
+
+
+async def realtime_text_turn(ws: Any, text: str) -> dict[str, Any]:
+    """Send a typed user message and `response.create` over a raw Realtime WebSocket; return response.done."""
+    await ws.send(
+        json.dumps(
+            {
+                "type": "conversation.item.create",
+                "item": {
+                    "type": "message",
+                    "role": "user",
+                    "content": [{"type": "input_text", "text": text}],
+                },
+            }
+        )
+    )
+    await ws.send(json.dumps({"type": "response.create"}))
+    async with asyncio.timeout(60):
+        while (event := json.loads(await ws.recv()))["type"] != "response.done":
+            assert event["type"] != "error", event
+    return event["response"]

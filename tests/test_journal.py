@@ -4,29 +4,17 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import time
 from pathlib import Path
 
 import pytest
 
 from actors.events import FinishedTurn
 from actors.journal import MAX_TURN_CHARS, JournalError, TurnJournal
+from tests.fakes import finished_turn
 
 
 def turn(n: int, user: str = "alice", text: str = "hello") -> FinishedTurn:
-    now = time.time()
-    return FinishedTurn(
-        session_id="s1",
-        user_id=user,
-        turn_id=f"resp_{n}",
-        user_item_id=f"item_{n}",
-        user_text=f"{text} {n}",
-        assistant_text=f"reply {n}",
-        started_at=now - 1,
-        ended_at=now,
-        interrupted=n % 2 == 1,
-        metrics={"e2e_latency": 812.5},
-    )
+    return finished_turn(n, user, turn_id=f"resp_{n}", user_text=f"{text} {n}", interrupted=n % 2 == 1)
 
 
 def test_turns_round_trip_in_order_per_user_and_leave_only_when_confirmed(tmp_path: Path) -> None:

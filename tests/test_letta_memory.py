@@ -13,23 +13,19 @@ from actors.events import FinishedTurn
 from actors.journal import TurnJournal
 from actors.letta_memory import LettaConfig, LettaMemory, turn_tag
 from actors.memory_writer import MemoryWriter, WriterConfig
+from tests.fakes import finished_turn
 from tests.letta_fixtures import LettaEnv
 
 pytestmark = pytest.mark.slow
 
 
 def turn(user: str, n: int) -> FinishedTurn:
-    now = time.time()
-    return FinishedTurn(
-        session_id="s",
-        user_id=user,
+    return finished_turn(
+        n,
+        user,
         turn_id=f"resp_{user}_{n}_{time.monotonic_ns()}",
-        user_item_id=None,
         user_text=f"My lucky number is {n}.",
         assistant_text=f"Noted: {n}.",
-        started_at=now,
-        ended_at=now,
-        interrupted=False,
     )
 
 

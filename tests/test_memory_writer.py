@@ -10,21 +10,11 @@ from pathlib import Path
 from actors.events import FinishedTurn
 from actors.journal import TurnJournal
 from actors.memory_writer import MemoryWriter, WriterConfig
+from tests.fakes import finished_turn
 
 
 def turn(n: int, user: str = "alice") -> FinishedTurn:
-    now = time.time()
-    return FinishedTurn(
-        session_id="s",
-        user_id=user,
-        turn_id=f"resp_{user}_{n}",
-        user_item_id=None,
-        user_text=f"question {n}",
-        assistant_text=f"answer {n}",
-        started_at=now,
-        ended_at=now,
-        interrupted=False,
-    )
+    return finished_turn(n, user)
 
 
 class FakeBackend:

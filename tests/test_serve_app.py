@@ -15,6 +15,7 @@ from openai import AsyncOpenAI
 
 from actors.audio import STT_SAMPLE_RATE, resample, rms_dbfs
 from actors.vad import SileroSpeechDetector
+from tests.fakes import realtime_text_turn
 from tests.speech import espeak_speech, librivox, silence, word_error_rate
 
 pytestmark = pytest.mark.slow
@@ -242,23 +243,8 @@ async def test_bad_input_is_answered_and_the_session_survives(agent) -> None:
             assert event["type"] == "error", event
             assert event["error"]["code"] == code
             assert event["error"]["message"]
-        await ws.send(
-            json.dumps(
-                {
-                    "type": "conversation.item.create",
-                    "item": {
-                        "type": "message",
-                        "role": "user",
-                        "content": [{"type": "input_text", "text": "Are you there?"}],
-                    },
-                }
-            )
-        )
-        await ws.send(json.dumps({"type": "response.create"}))
-        async with asyncio.timeout(60):
-            while (event := json.loads(await ws.recv()))["type"] != "response.done":
-                assert event["type"] != "error", event
-        assert event["response"]["status"] == "completed"
+        done = await realtime_text_turn(ws, "Are you there?")
+        assert done["status"] == "completed"
 
 
 def test_cli_client_sends_a_wav_and_saves_the_reply(agent, tmp_path) -> None:

@@ -13,6 +13,7 @@ import websockets
 
 from actors.letta_memory import LettaConfig, LettaMemory
 from bench.serve_cluster import ServeRun
+from tests.fakes import realtime_text_turn
 from tests.letta_fixtures import LettaEnv
 
 pytestmark = pytest.mark.slow
@@ -47,23 +48,7 @@ def agent_with_memory(letta_env: LettaEnv, tmp_path_factory: pytest.TempPathFact
 async def text_turn(url: str, user: str, text: str) -> dict:
     async with websockets.connect(f"{url}/realtime?user={user}", max_size=None) as ws:
         await ws.recv()
-        await ws.send(
-            json.dumps(
-                {
-                    "type": "conversation.item.create",
-                    "item": {
-                        "type": "message",
-                        "role": "user",
-                        "content": [{"type": "input_text", "text": text}],
-                    },
-                }
-            )
-        )
-        await ws.send(json.dumps({"type": "response.create"}))
-        async with asyncio.timeout(60):
-            while (event := json.loads(await ws.recv()))["type"] != "response.done":
-                assert event["type"] != "error", event
-        return event["response"]
+        return await realtime_text_turn(ws, text)
 
 
 def system_prompts_with(letta_env: LettaEnv, needle: str, since: int) -> list[str]:
