@@ -180,7 +180,7 @@ def fake_openai() -> Iterator[SimOpenAIServer]:
 async def test_openai_stt_uploads_wav(fake_openai: SimOpenAIServer) -> None:
     engine = OpenAISTTEngine(api_key="sk-test", base_url=fake_openai.base_url, model="whisper-1")
     stream = engine.open_stream()
-    pcm = (np.sin(np.arange(STT_SAMPLE_RATE) * 0.05) * 8000).astype("<i2").tobytes()  # 1 s
+    pcm = (np.sin(np.arange(STT_SAMPLE_RATE) * 0.05) * 8_000).astype("<i2").tobytes()  # 1 s
     for start in range(0, len(pcm), CHUNK_BYTES):
         assert await stream.feed(pcm[start : start + CHUNK_BYTES]) is None  # no interim results
     assert await stream.finish() == "turn on the lights"

@@ -212,7 +212,7 @@ BAD_EVENTS = [
                 "type": "session.update",
                 "session": {
                     "type": "realtime",
-                    "audio": {"input": {"format": {"type": "audio/pcm", "rate": 8000}}},
+                    "audio": {"input": {"format": {"type": "audio/pcm", "rate": 8_000}}},
                 },
             }
         ),
