@@ -44,20 +44,24 @@ class STTStreamRegistry:
     def __len__(self) -> int:
         return len(self._streams)
 
+    async def _stream_at(self, stream_id: str, offset: int) -> _Held | None:
+        """The stream whose next byte is `offset`: offset 0 starts afresh (a resend of the whole
+        utterance replaces what we had); any other offset must match, else the state is dropped."""
+        held = self._streams.get(stream_id)
+        if offset == 0 and (held is None or held.received):
+            await self.close(stream_id)
+            held = self._streams[stream_id] = _Held(self.engine.open_stream())
+        if held is None or held.received != offset:
+            await self.close(stream_id)
+            return None
+        return held
+
     async def feed(self, stream_id: str, offset: int, pcm16: bytes) -> FeedResult:
         await self._expire_idle()
-        held = self._streams.get(stream_id)
-        if offset == 0 and held is not None and held.received:
-            await self.close(stream_id)  # a resend from the start replaces what we had
-            held = None
+        held = await self._stream_at(stream_id, offset)
         if held is None:
-            if offset != 0:
-                return {"interim": None, "resync": True}
-            held = self._streams[stream_id] = _Held(self.engine.open_stream())
+            return {"interim": None, "resync": True}
         async with held.lock:
-            if held.received != offset:
-                await self.close(stream_id)
-                return {"interim": None, "resync": True}
             interim = await held.stream.feed(pcm16)
             held.received += len(pcm16)
             held.last_used = time.monotonic()
@@ -65,13 +69,8 @@ class STTStreamRegistry:
 
     async def finish(self, stream_id: str, offset: int, tail: bytes = b"") -> FinishResult:
         """Feed `tail` (audio from byte `offset`) and end the utterance."""
-        held = self._streams.get(stream_id)
-        if offset == 0 and (held is None or held.received):
-            await self.close(stream_id)  # a resend of the whole utterance starts afresh
-            held = self._streams[stream_id] = _Held(self.engine.open_stream())
-        if held is None or held.received != offset:
-            if held is not None:
-                await self.close(stream_id)
+        held = await self._stream_at(stream_id, offset)
+        if held is None:
             return {"text": None, "resync": True}
         async with held.lock:
             try:
