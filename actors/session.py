@@ -168,7 +168,6 @@ class VoiceSession:
         self._preroll: deque[bytes] = deque()
         self._preroll_samples = 0
         self._utterance: _Utterance | None = None
-        self._speech_started_sample = 0
         # turn state
         self._pending_user: tuple[str | None, str] | None = None  # (item id, text) awaiting a response
         self._turn_tasks: set[asyncio.Task[None]] = set()
@@ -253,7 +252,6 @@ class VoiceSession:
         vad = self.options.turn_detection
         padding = (vad.prefix_padding_ms if vad else 0) * STT_SAMPLE_RATE // 1000
         start = max(sample - padding, 0)
-        self._speech_started_sample = start
         self._utterance = self._open_utterance()
         # The current chunk was already pushed to the preroll; feed everything from `start`.
         self._utterance.push(self._preroll_from(start))
