@@ -9,11 +9,11 @@ import sys
 import time
 from collections.abc import AsyncGenerator, Iterator
 from concurrent.futures import ProcessPoolExecutor
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
+from actors.config import Settings
 from actors.engines import create_llm_engine
 from actors.llm.base import ChatMessage
 from actors.llm.llamacpp_engine import FEW_SHOT, LlamaCppEngine, build_prefix, build_prompt
@@ -79,23 +79,16 @@ async def test_openai_llm_bad_key_raises(fake_openai: SimOpenAIServer) -> None:
 
 
 def test_create_llm_engine() -> None:
-    settings = SimpleNamespace(
-        llm_engine="openai",
-        llm_model="gpt-4o-mini",
-        llm_base_url="http://127.0.0.1:9/v1",
-        openai_api_key=None,
-        openai_base_url=None,
-        llama_model_path=None,
-        llama_threads=1,
+    settings = Settings(
+        llm_engine="openai", llm_model="gpt-4o-mini", llm_base_url="http://127.0.0.1:9/v1", llama_threads=1
     )
     engine = create_llm_engine(settings)
     assert isinstance(engine, OpenAILLMEngine) and engine.model == "gpt-4o-mini"
-    settings.llm_engine, settings.llm_model = "llamacpp", "gemma3-270m-q4_k_m"
+    settings = settings.model_copy(update={"llm_engine": "llamacpp", "llm_model": "gemma3-270m-q4_k_m"})
     engine = create_llm_engine(settings)  # does not load the model yet
     assert isinstance(engine, LlamaCppEngine) and engine.name == "llamacpp"
-    settings.llm_engine = "gpt"
     with pytest.raises(ValueError):
-        create_llm_engine(settings)
+        create_llm_engine(settings.model_copy(update={"llm_engine": "gpt"}))
 
 
 # --- llama.cpp prompt ----------------------------------------------------------------------------------

@@ -8,13 +8,13 @@ import time
 import wave
 from collections.abc import Iterator
 from pathlib import Path
-from types import SimpleNamespace
 
 import jiwer
 import numpy as np
 import pytest
 
 from actors.audio import STT_SAMPLE_RATE, resample
+from actors.config import Settings
 from actors.engines import create_stt_engine
 from actors.stt.openai_engine import OpenAISTTEngine
 from actors.stt.pocketsphinx_engine import PocketsphinxEngine
@@ -217,14 +217,12 @@ async def test_openai_stt_bad_key_raises(fake_openai: SimOpenAIServer) -> None:
 
 
 def test_create_stt_engine() -> None:
-    settings = SimpleNamespace(
-        stt_engine="pocketsphinx", stt_model="en-us", openai_api_key=None, openai_base_url=None
-    )
+    settings = Settings(stt_engine="pocketsphinx", stt_model="en-us")
     assert create_stt_engine(settings).name == "pocketsphinx"
-    settings.stt_engine, settings.stt_model = "openai", "whisper-1"
-    settings.openai_base_url = "http://127.0.0.1:9/v1"
+    settings = settings.model_copy(
+        update={"stt_engine": "openai", "stt_model": "whisper-1", "openai_base_url": "http://127.0.0.1:9/v1"}
+    )
     engine = create_stt_engine(settings)
     assert isinstance(engine, OpenAISTTEngine) and engine.model == "whisper-1"
-    settings.stt_engine = "vosk"
     with pytest.raises(ValueError):
-        create_stt_engine(settings)
+        create_stt_engine(settings.model_copy(update={"stt_engine": "vosk"}))

@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncGenerator, Iterator
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 from actors.audio import duration_ms, rms_dbfs
+from actors.config import Settings
 from actors.engines import create_tts_engine
 from actors.tts.espeak_engine import EspeakEngine
 from actors.tts.openai_engine import OpenAITTSEngine
@@ -178,18 +178,10 @@ async def test_openai_tts_close_early_closes_http_stream(fake_openai: SimOpenAIS
 
 
 def test_create_tts_engine() -> None:
-    settings = SimpleNamespace(
-        tts_engine="espeak",
-        tts_model="espeak-ng",
-        tts_voice="en-gb",
-        tts_rate_wpm=200,
-        openai_api_key=None,
-        openai_base_url=None,
-    )
+    settings = Settings(tts_engine="espeak", tts_model="espeak-ng", tts_voice="en-gb", tts_rate_wpm=200)
     engine = create_tts_engine(settings)
     assert isinstance(engine, EspeakEngine) and (engine.voice, engine.rate_wpm) == ("en-gb", 200)
-    settings.tts_engine, settings.tts_model, settings.tts_voice = "openai", "tts-1", "nova"
-    settings.openai_api_key = SimpleNamespace(get_secret_value=lambda: "sk-x")  # like pydantic SecretStr
+    settings = Settings(tts_engine="openai", tts_model="tts-1", tts_voice="nova", openai_api_key="sk-x")
     engine = create_tts_engine(settings)
     assert isinstance(engine, OpenAITTSEngine) and (engine.model, engine.voice) == ("tts-1", "nova")
     assert engine.sample_rate == 24_000
