@@ -91,20 +91,15 @@ def finished_turn(
     )
 
 
+def user_text_event(text: str) -> str:
+    """`conversation.item.create` with a typed user message, as a Realtime client sends it."""
+    item = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}
+    return json.dumps({"type": "conversation.item.create", "item": item})
+
+
 async def realtime_text_turn(ws: Any, text: str) -> dict[str, Any]:
     """Send a typed user message and `response.create` over a raw Realtime WebSocket; return response.done."""
-    await ws.send(
-        json.dumps(
-            {
-                "type": "conversation.item.create",
-                "item": {
-                    "type": "message",
-                    "role": "user",
-                    "content": [{"type": "input_text", "text": text}],
-                },
-            }
-        )
-    )
+    await ws.send(user_text_event(text))
     await ws.send(json.dumps({"type": "response.create"}))
     async with asyncio.timeout(60):
         while (event := json.loads(await ws.recv()))["type"] != "response.done":

@@ -16,7 +16,7 @@ from actors.stt.simulated import SimulatedSTTEngine
 from actors.tts.simulated import SimulatedTTSEngine
 from actors.tts.stage import TTSStage
 from serve_app.router_app import RouterDeps, build_router_app
-from tests.fakes import EnergySpeechDetector, FakeLLMEngine, silence, tone
+from tests.fakes import EnergySpeechDetector, FakeLLMEngine, silence, tone, user_text_event
 
 SERVER_EVENT = TypeAdapter(RealtimeServerEvent)
 
@@ -51,18 +51,7 @@ def append(ws, pcm: bytes) -> None:
 
 
 def text_turn(ws, text: str) -> list[dict]:
-    ws.send_text(
-        json.dumps(
-            {
-                "type": "conversation.item.create",
-                "item": {
-                    "type": "message",
-                    "role": "user",
-                    "content": [{"type": "input_text", "text": text}],
-                },
-            }
-        )
-    )
+    ws.send_text(user_text_event(text))
     ws.send_text(json.dumps({"type": "response.create"}))
     return receive_until(ws, "response.done")
 
