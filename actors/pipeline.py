@@ -18,6 +18,7 @@ class LLMRequest(TypedDict):
     messages: list[ChatMessage]
     max_tokens: int
     temperature: float
+    user_id: str  # whose conversation this is (full-Letta mode answers from that user's agent)
 
 
 class LLMEvent(TypedDict):

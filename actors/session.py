@@ -441,6 +441,7 @@ class VoiceSession:
             "messages": self._messages(user_text, memory),
             "max_tokens": self.options.max_tokens,
             "temperature": self.options.temperature,
+            "user_id": self.user_id,
         }
         phrases: asyncio.Queue[str | None] = asyncio.Queue()
         timeline.llm_start = _now()

@@ -43,7 +43,12 @@ class FakeLLMEngine(LLMEngine):
         return [w if i == 0 else " " + w for i, w in enumerate(words)]
 
     async def stream(
-        self, messages: list[ChatMessage], *, max_tokens: int, temperature: float
+        self,
+        messages: list[ChatMessage],
+        *,
+        max_tokens: int,
+        temperature: float,
+        user_id: str = "anonymous",
     ) -> AsyncIterator[str]:
         self.requests.append(messages)
         try:

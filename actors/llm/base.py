@@ -18,9 +18,17 @@ class LLMEngine(ABC):
 
     @abstractmethod
     def stream(
-        self, messages: list[ChatMessage], *, max_tokens: int, temperature: float
+        self,
+        messages: list[ChatMessage],
+        *,
+        max_tokens: int,
+        temperature: float,
+        user_id: str = "anonymous",
     ) -> AsyncIterator[str]:
-        """Yield text deltas. Closing the iterator early (barge-in) must stop generation."""
+        """Yield text deltas. Closing the iterator early (barge-in) must stop generation.
+
+        `user_id` says whose conversation it is; engines that keep no per-user state ignore it.
+        """
 
     async def warmup(self) -> None:  # noqa: B027 - optional hook
         """Load the model ahead of the first request."""

@@ -171,7 +171,12 @@ class LlamaCppEngine(LLMEngine):
                 chunks.close()
 
     async def stream(
-        self, messages: list[ChatMessage], *, max_tokens: int, temperature: float
+        self,
+        messages: list[ChatMessage],
+        *,
+        max_tokens: int,
+        temperature: float,
+        user_id: str = "anonymous",
     ) -> AsyncIterator[str]:
         def produce(emit: Any, stop: threading.Event) -> None:
             self._generate(messages, max_tokens, temperature, stop, emit)

@@ -23,7 +23,12 @@ class OpenAILLMEngine(LLMEngine):
         self._client = AsyncOpenAI(api_key=api_key, base_url=base_url)
 
     async def stream(
-        self, messages: list[ChatMessage], *, max_tokens: int, temperature: float
+        self,
+        messages: list[ChatMessage],
+        *,
+        max_tokens: int,
+        temperature: float,
+        user_id: str = "anonymous",
     ) -> AsyncIterator[str]:
         # max_tokens rather than max_completion_tokens: every OpenAI-compatible server accepts it.
         stream = await self._client.chat.completions.create(

@@ -23,7 +23,10 @@ class LLMStage:
         started = time.perf_counter()
         first = True
         tokens = self.engine.stream(
-            request["messages"], max_tokens=request["max_tokens"], temperature=request["temperature"]
+            request["messages"],
+            max_tokens=request["max_tokens"],
+            temperature=request["temperature"],
+            user_id=request["user_id"],
         )
         try:
             async for delta in tokens:
