@@ -24,7 +24,7 @@ class Settings(BaseSettings):
     # --- engines -----------------------------------------------------------------------------------
     stt_engine: Literal["auto", "pocketsphinx", "openai", "simulated"] = "auto"
     stt_model: str = ""  # "" = the engine's default
-    llm_engine: Literal["auto", "openai", "llamacpp"] = "auto"
+    llm_engine: Literal["auto", "openai", "llamacpp", "letta"] = "auto"
     llm_model: str = ""
     llm_base_url: str | None = None  # any OpenAI-compatible server; defaults to openai_base_url
     tts_engine: Literal["auto", "espeak", "openai", "simulated"] = "auto"
@@ -85,6 +85,14 @@ class Settings(BaseSettings):
             "embedding_dim": 1536,
         }
     )
+    # False = full-Letta mode: every reply streams from the user's Letta agent (slower; Letta then keeps
+    # the conversation itself, so the memory actor writes nothing). Same as llm_engine="letta".
+    use_hybrid_streaming: bool = Field(
+        default=True,
+        validation_alias=AliasChoices(
+            "use_hybrid_streaming", "USE_HYBRID_STREAMING", "VOICE_USE_HYBRID_STREAMING"
+        ),
+    )
     memory_journal_path: str = "~/.local/state/voice-agent/memory-journal.db"  # a PVC on Kubernetes
     memory_batch_size: int = Field(default=8, ge=1, le=256)
     memory_flush_interval_s: float = Field(default=2.0, gt=0, le=3600)
@@ -109,6 +117,8 @@ class Settings(BaseSettings):
             update["llm_engine"] = "openai" if online or self.llm_base_url else "llamacpp"
         if self.tts_engine == "auto":
             update["tts_engine"] = "openai" if online else "espeak"
+        if not self.use_hybrid_streaming or self.llm_engine == "letta":
+            update |= {"llm_engine": "letta", "use_hybrid_streaming": False}
         merged = self.model_copy(update=update)
         defaults = {
             ("stt", "simulated"): "simulated",
@@ -117,6 +127,7 @@ class Settings(BaseSettings):
             ("stt", "pocketsphinx"): "en-us",
             ("llm", "openai"): "gpt-4o-mini",
             ("llm", "llamacpp"): "gemma3-270m-q4_k_m",
+            ("llm", "letta"): "letta-agent",  # each user's own agent answers
             ("tts", "openai"): "gpt-4o-mini-tts",
             ("tts", "espeak"): "espeak-ng",
         }

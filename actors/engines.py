@@ -76,4 +76,9 @@ def create_llm_engine(settings: Settings) -> LLMEngine:
             # Lets warmup() cache the real prompt prefix, not a default one.
             system_prompt=settings.system_prompt,
         )
-    raise ValueError(f"unknown llm_engine {engine!r} (expected 'openai' or 'llamacpp')")
+    if engine == "letta":
+        from actors.letta_memory import LettaMemory, letta_config
+        from actors.llm.letta_engine import LettaAgentLLMEngine
+
+        return LettaAgentLLMEngine(LettaMemory(letta_config(settings)))
+    raise ValueError(f"unknown llm_engine {engine!r} (expected 'openai', 'llamacpp' or 'letta')")

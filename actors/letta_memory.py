@@ -2,9 +2,12 @@
 
 Each user id maps to its own Letta agent (named `<prefix><user id>`, created on first use with the
 configured memory blocks and LLM / embedding endpoints), so no request can reach another user's memory.
-A batch of turns is one `agents.messages.create` call whose messages are the turns, each tagged with its
-turn id: the agent reads the conversation and updates its memory blocks from it. Before sending, the
-agent's recent messages are checked for those tags, so a batch resent after a crash is delivered once.
+A batch of turns is one `agents.messages.create` call whose messages are the turns, each carrying its
+turn id as Letta's client-side message id (`otid`): the agent reads the conversation and updates its
+memory blocks from it. A batch resent after a crash is delivered once: Letta stores a call's messages
+only when its run ends, so the writer first waits until the agent has no active run (a call cut off
+by the crash may still be running) and then skips the turns whose ids are among the agent's recent
+messages.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Any
 
 from letta_client import AsyncLetta
 
+from actors.config import Settings
 from actors.events import FinishedTurn
 
 log = logging.getLogger(__name__)
@@ -37,18 +41,28 @@ class LettaConfig:
     agent_prefix: str = "voice-"
     dedupe_window: int = 200  # recent agent messages checked for already-delivered turns
     timeout_s: float = 60.0
+    idle_poll_s: float = 0.25  # how often to look whether the agent's active run has ended
 
 
-def turn_tag(turn_id: str) -> str:
-    return f"[voice turn {turn_id}]"
+def letta_config(settings: Settings) -> LettaConfig:
+    """The Letta connection and new-agent settings from the app's settings (letta_base_url must be set)."""
+    if not settings.letta_base_url:
+        raise ValueError("Letta is not configured: set LETTA_BASE_URL (or the letta_base_url arg)")
+    return LettaConfig(
+        base_url=settings.letta_base_url,
+        api_key=settings.letta_key,
+        llm_config=settings.letta_llm_config,
+        embedding_config=settings.letta_embedding_config,
+    )
+
+
+class LettaBusyError(Exception):
+    """The agent still has a run in progress after the wait; the writer retries the batch later."""
 
 
 def render_turn(turn: FinishedTurn) -> str:
     note = " (the user interrupted the reply)" if turn.interrupted else ""
-    return (
-        f"{turn_tag(turn.turn_id)}\nUser said: {turn.user_text}\n"
-        f"Assistant replied{note}: {turn.assistant_text}"
-    )
+    return f"User said: {turn.user_text}\nAssistant replied{note}: {turn.assistant_text}"
 
 
 class LettaMemory:
@@ -86,19 +100,31 @@ class LettaMemory:
 
     async def write_turns(self, user_id: str, turns: Sequence[FinishedTurn]) -> None:
         agent = await self.agent_id(user_id)
-        delivered = await self._delivered(agent, turns)
+        await self._wait_until_idle(agent)
+        delivered = await self._delivered(agent)
         todo = [t for t in turns if t.turn_id not in delivered]
         if not todo:
             return
         self.message_calls += 1
         await self.client.agents.messages.create(
-            agent, messages=[{"role": "user", "content": render_turn(t)} for t in todo]
+            agent,
+            messages=[{"role": "user", "content": render_turn(t), "otid": t.turn_id} for t in todo],
         )
 
-    async def _delivered(self, agent: str, turns: Sequence[FinishedTurn]) -> set[str]:
+    async def _wait_until_idle(self, agent: str) -> None:
+        deadline = asyncio.get_running_loop().time() + self.config.timeout_s
+        while True:
+            runs = await self.client.runs.list(agent_id=agent, active=True, limit=1)
+            if not list(getattr(runs, "items", runs)):
+                return
+            if asyncio.get_running_loop().time() > deadline:
+                raise LettaBusyError(f"agent {agent} still has a run in progress")
+            await asyncio.sleep(self.config.idle_poll_s)
+
+    async def _delivered(self, agent: str) -> set[str]:
+        """Turn ids among the agent's recent user messages."""
         recent = await self.client.agents.messages.list(agent, limit=self.config.dedupe_window, order="desc")
-        texts = [str(getattr(m, "content", "")) for m in recent.items if m.message_type == "user_message"]
-        return {t.turn_id for t in turns if any(turn_tag(t.turn_id) in text for text in texts)}
+        return {m.otid for m in recent.items if m.message_type == "user_message" and m.otid}
 
     async def read_memory(self, user_id: str) -> str:
         """The agent's core memory blocks as prompt text ("label: value" lines)."""

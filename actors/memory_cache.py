@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -26,16 +27,20 @@ class _Entry:
 
 
 class MemoryCache:
-    def __init__(self, fetch: Fetch, ttl_s: float = 60.0, budget_s: float = 0.05) -> None:
+    def __init__(
+        self, fetch: Fetch, ttl_s: float = 60.0, budget_s: float = 0.05, max_users: int = 10_000
+    ) -> None:
         self._fetch = fetch
         self.ttl_s = ttl_s
         self.budget_s = budget_s
-        self._entries: dict[str, _Entry] = {}
+        self.max_users = max_users  # least recently used entries beyond this are dropped
+        self._entries: OrderedDict[str, _Entry] = OrderedDict()
         self._inflight: dict[str, asyncio.Task[None]] = {}
 
     async def context(self, user_id: str) -> str | None:
         entry = self._entries.get(user_id)
         if entry is not None:
+            self._entries.move_to_end(user_id)
             if asyncio.get_running_loop().time() - entry.fetched_at > self.ttl_s:
                 self._refresh(user_id)
             return entry.text
@@ -64,4 +69,10 @@ class MemoryCache:
             # Keep serving the old copy; the next turn past the TTL tries again.
             log.warning("memory read for %s failed: %r", user_id, exc)
             return
+        finally:
+            if self._inflight.get(user_id) is asyncio.current_task():
+                del self._inflight[user_id]
         self._entries[user_id] = _Entry(text, asyncio.get_running_loop().time())
+        self._entries.move_to_end(user_id)
+        while len(self._entries) > self.max_users:
+            self._entries.popitem(last=False)

@@ -13,11 +13,11 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -31,20 +31,36 @@ from actors.journal import TurnJournal
 
 log = logging.getLogger(__name__)
 
-QUEUE_DEPTH = Gauge("voice_memory_queue_depth", "Turns journaled and not yet confirmed by the memory backend")
-JOURNAL_BYTES = Gauge("voice_memory_journal_bytes", "Size of the memory journal on disk")
-BATCH_SIZE = Histogram("voice_memory_batch_turns", "Turns per memory write", buckets=(1, 2, 4, 8, 16, 32, 64))
+# Their own registry: the memory actor's process exports exactly these, and the router's /metrics
+# appends them (the actor serves no HTTP of its own).
+MEMORY_REGISTRY = CollectorRegistry()
+QUEUE_DEPTH = Gauge(
+    "voice_memory_queue_depth",
+    "Turns journaled and not yet confirmed by the memory backend",
+    registry=MEMORY_REGISTRY,
+)
+JOURNAL_BYTES = Gauge(
+    "voice_memory_journal_bytes", "Size of the memory journal on disk", registry=MEMORY_REGISTRY
+)
+BATCH_SIZE = Histogram(
+    "voice_memory_batch_turns",
+    "Turns per memory write",
+    buckets=(1, 2, 4, 8, 16, 32, 64),
+    registry=MEMORY_REGISTRY,
+)
 FLUSH_SECONDS = Histogram(
     "voice_memory_flush_seconds",
     "Duration of one memory write call",
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+    registry=MEMORY_REGISTRY,
 )
 LAG_SECONDS = Histogram(
     "voice_memory_lag_seconds",
     "Turn end to confirmed in the memory backend",
     buckets=(0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 30, 60, 300),
+    registry=MEMORY_REGISTRY,
 )
-BACKEND_ERRORS = Counter("voice_memory_backend_errors", "Failed memory write calls")
+BACKEND_ERRORS = Counter("voice_memory_backend_errors", "Failed memory write calls", registry=MEMORY_REGISTRY)
 
 
 class MemoryBackend(Protocol):
@@ -67,9 +83,14 @@ class WriterConfig:
 
 class MemoryWriter:
     def __init__(
-        self, journal: TurnJournal, backend: MemoryBackend, config: WriterConfig | None = None
+        self,
+        journal: TurnJournal,
+        backend: MemoryBackend,
+        config: WriterConfig | None = None,
+        on_delivered: Callable[[str], None] | None = None,  # called with the user id after each batch
     ) -> None:
         self.journal = journal
+        self.on_delivered = on_delivered
         self.backend = backend
         self.config = config or WriterConfig()
         self._wake: dict[str, asyncio.Event] = {}
@@ -95,12 +116,14 @@ class MemoryWriter:
     async def flush(self) -> None:
         """Deliver everything now (graceful shutdown); waits while the backend is down."""
         self._flushing = True
-        while len(self.journal):
-            for user_id in self.journal.users_with_pending():
-                self._ensure_task(user_id)
-                self._wake[user_id].set()
-            await asyncio.sleep(0.05)
-        self._flushing = False
+        try:
+            while len(self.journal):
+                for user_id in self.journal.users_with_pending():
+                    self._ensure_task(user_id)
+                    self._wake[user_id].set()
+                await asyncio.sleep(0.05)
+        finally:
+            self._flushing = False
 
     async def close(self) -> None:
         for task in self._tasks.values():
@@ -137,6 +160,8 @@ class MemoryWriter:
                 LAG_SECONDS.observe(max(now - t.ended_at, 0.0))
             self.journal.confirm([t.turn_id for t in turns])
             self._update_gauges()
+            if self.on_delivered is not None:
+                self.on_delivered(user_id)
 
     async def _write_with_retries(self, user_id: str, turns: list[FinishedTurn]) -> None:
         ids = [t.turn_id for t in turns]

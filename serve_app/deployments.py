@@ -13,12 +13,11 @@ from starlette.types import ASGIApp
 from actors.config import load_settings
 from actors.engines import create_llm_engine, create_stt_engine, create_tts_engine
 from actors.llm.stage import LLMStage
-from actors.memory_cache import MemoryCache
 from actors.memory_sink import RecentTurnsSink
 from actors.pipeline import LLMEvent, LLMRequest
 from actors.stt.registry import FeedResult, FinishResult, STTStreamRegistry
 from actors.tts.stage import TTSStage
-from serve_app.memory_actor import ActorMemorySink, memory_actor
+from serve_app.memory_actor import ActorMemoryContext, ActorMemorySink, memory_actor
 from serve_app.router_app import RouterDeps, build_router_app
 from serve_app.stage_clients import RemotePhraseLLM, RemoteSynthesizer, RemoteTranscriber
 
@@ -100,14 +99,16 @@ class Router:
 
         memory_sink: Any = RecentTurnsSink()
         memory_context = None
-        if settings.letta_base_url:
-            actor = memory_actor(config)
-            memory_sink = ActorMemorySink(actor)
-            memory_context = MemoryCache(
-                lambda user_id: actor.read_memory.remote(user_id),
-                ttl_s=settings.memory_cache_ttl_s,
-                budget_s=settings.memory_read_budget_ms / 1000,
-            ).context
+        extra_metrics = None
+        # Full-Letta mode: the user's agent answers and keeps the conversation itself; nothing to write.
+        if settings.letta_base_url and settings.use_hybrid_streaming:
+            sink = ActorMemorySink(lambda: memory_actor(config))
+            memory_sink = sink
+            memory_context = ActorMemoryContext(sink, budget_s=settings.memory_read_budget_ms / 1000)
+
+            async def extra_metrics() -> bytes:
+                return await sink.actor.metrics_text.remote()
+
             log.info("long-term memory: Letta at %s", settings.letta_base_url)
 
         async def readiness() -> dict[str, str]:
@@ -124,6 +125,7 @@ class Router:
                 memory_sink=memory_sink,
                 memory_context=memory_context,
                 readiness=readiness,
+                extra_metrics=extra_metrics,
             )
         )
 

@@ -10,74 +10,62 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 import ray
+from ray.exceptions import RayActorError
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_never,
+    wait_random_exponential,
+)
 
 from actors.config import load_settings
 from actors.events import FinishedTurn
-from actors.journal import TurnJournal
-from actors.letta_memory import LettaConfig, LettaMemory
-from actors.memory_writer import MemoryWriter, WriterConfig
+from actors.journal import JournalError
+from actors.memory import MemoryService
+from actors.memory_cache import MemoryCache
 
 log = logging.getLogger(__name__)
 
 ACTOR_NAME = "voice-agent-memory"
 NAMESPACE = "voice-agent"
+DRAIN_TIMEOUT_S = 10.0
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
 class MemoryActor:
-    def __init__(self, config: dict[str, Any]) -> None:
-        settings = load_settings(config)
-        assert settings.letta_base_url, "the memory actor needs letta_base_url"
-        self.letta = LettaMemory(
-            LettaConfig(
-                base_url=settings.letta_base_url,
-                api_key=settings.letta_key,
-                llm_config=settings.letta_llm_config,
-                embedding_config=settings.letta_embedding_config,
-            )
-        )
-        journal = TurnJournal(Path(settings.memory_journal_path).expanduser())
-        self.writer = MemoryWriter(
-            journal,
-            self.letta,
-            WriterConfig(
-                batch_size=settings.memory_batch_size,
-                flush_interval_s=settings.memory_flush_interval_s,
-            ),
-        )
-        self._started = False
-        log.info(
-            "memory actor: Letta at %s, journal %s (%d turns pending)",
-            settings.letta_base_url,
-            journal.path,
-            len(journal),
-        )
+    """Ray wiring around `actors.memory.MemoryService`; see that module for the behaviour."""
 
-    def _start(self) -> None:
-        if not self._started:  # needs the actor's event loop, which __init__ does not have
-            self._started = True
-            self.writer.start()
+    async def __init__(self, config: dict[str, Any]) -> None:  # type: ignore[misc]  # Ray awaits it
+        self.service = MemoryService(load_settings(config))
+        self.service.start()  # replays what the journal holds, at once (after a crash too)
 
     async def submit(self, turn: dict[str, Any]) -> None:
-        self._start()
-        self.writer.submit(FinishedTurn(**turn))
+        self.service.submit(FinishedTurn(**turn))
 
-    async def read_memory(self, user_id: str) -> str:
-        self._start()
-        return await self.letta.read_memory(user_id)
+    async def memory_context(self, user_id: str) -> str | None:
+        return await self.service.memory_context(user_id)
 
     async def pending(self) -> int:
-        self._start()
-        return len(self.writer.journal)
+        return self.service.pending()
 
-    async def flush(self) -> None:
-        self._start()
-        await self.writer.flush()
+    async def drain(self, timeout_s: float = DRAIN_TIMEOUT_S) -> int:
+        return await self.service.drain(timeout_s)
+
+    async def metrics_text(self) -> bytes:
+        return self.service.metrics_text()
+
+    def __ray_shutdown__(self) -> None:
+        # Graceful exit (`__ray_terminate__`, the last handle gone): the actor's event loop has
+        # stopped by now, so the drain runs on a loop of its own. A crash skips this; the journal
+        # then replays on the next start.
+        left = self.service.drain_blocking(DRAIN_TIMEOUT_S)
+        log.info("memory actor stopped with %d turns still journaled", left)
 
 
 def memory_actor(config: dict[str, Any]) -> Any:
@@ -88,19 +76,76 @@ def memory_actor(config: dict[str, Any]) -> Any:
 
 
 class ActorMemorySink:
-    """Hands finished turns to the memory actor without waiting; failures are logged, never silent."""
+    """Hands finished turns to the memory actor; the session never waits on it.
 
-    def __init__(self, actor: Any) -> None:
-        self.actor = actor
+    The actor journals a turn before its `submit` returns. A turn it refuses as invalid (`JournalError`:
+    oversized text, a malformed user id) is logged with the reason. While the actor is dead (say its
+    journal could not be opened), the turn is held here and retried with backoff and jitter, the actor
+    looked up (or created) again each time; only beyond `max_held` turns held does a turn get dropped,
+    with an error naming it. A restarting actor needs none of this: Ray retries the call itself.
+    """
+
+    def __init__(self, resolve: Callable[[], Any], max_held: int = 10_000) -> None:
+        self._resolve = resolve
+        self.actor = resolve()
+        self.max_held = max_held
         self._pending: set[asyncio.Task[None]] = set()
 
     def submit(self, turn: FinishedTurn) -> None:
+        if len(self._pending) >= self.max_held:
+            log.error(
+                "memory actor unreachable with %d turns held: dropping turn %s of user %s",
+                len(self._pending),
+                turn.turn_id,
+                turn.user_id,
+            )
+            return
         task = asyncio.get_running_loop().create_task(self._deliver(turn))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
     async def _deliver(self, turn: FinishedTurn) -> None:
+        def on_failure(state: RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            log.error(
+                "memory actor unreachable (%r): holding turn %s of user %s, retry %d in %.1f s",
+                exc,
+                turn.turn_id,
+                turn.user_id,
+                state.attempt_number,
+                state.upcoming_sleep,
+            )
+            self.actor = self._resolve()
+
+        retrying = AsyncRetrying(
+            wait=wait_random_exponential(multiplier=0.5, max=30),
+            stop=stop_never,
+            retry=retry_if_exception_type(RayActorError),
+            before_sleep=on_failure,
+        )
         try:
-            await self.actor.submit.remote(asdict(turn))
-        except Exception as exc:
-            log.error("memory actor rejected turn %s of user %s: %r", turn.turn_id, turn.user_id, exc)
+            async for attempt in retrying:
+                with attempt:
+                    await self.actor.submit.remote(asdict(turn))
+        except JournalError as exc:  # Ray re-raises the actor's exception as this type too
+            log.error("memory actor rejected turn %s of user %s: %s", turn.turn_id, turn.user_id, exc)
+        if retrying.statistics.get("attempt_number", 1) > 1:
+            log.info("memory actor reachable again: turn %s delivered", turn.turn_id)
+
+
+class ActorMemoryContext:
+    """Each user's memory text for prompts, from a router-side copy of the actor's cache.
+
+    The copy answers at once and is refreshed from the actor in the background at most every
+    `refresh_s`, so a turn costs no hop to the actor; a user's first turn waits at most `budget_s`.
+    """
+
+    def __init__(self, actor_sink: ActorMemorySink, budget_s: float, refresh_s: float = 1.0) -> None:
+        self._sink = actor_sink
+        self._cache = MemoryCache(self._fetch, ttl_s=refresh_s, budget_s=budget_s)
+
+    async def _fetch(self, user_id: str) -> str:
+        return await self._sink.actor.memory_context.remote(user_id) or ""
+
+    async def __call__(self, user_id: str) -> str | None:
+        return await self._cache.context(user_id) or None

@@ -43,6 +43,8 @@ class RouterDeps:
     warmups: list[Callable[[], Awaitable[None]]] = field(default_factory=list)  # run before serving
     # Answers which engine each stage runs once every stage can take requests (raises otherwise).
     readiness: Callable[[], Awaitable[dict[str, str]]] | None = None
+    # Metrics of other processes (the memory actor) in Prometheus text, appended to /metrics.
+    extra_metrics: Callable[[], Awaitable[bytes]] | None = None
 
 
 def default_options(settings: Settings) -> SessionOptions:
@@ -126,7 +128,14 @@ def build_router_app(deps: RouterDeps) -> Starlette:
             return JSONResponse(
                 {"error": {"message": "invalid or missing API key", "type": "auth_error"}}, status_code=401
             )
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+        body = generate_latest()
+        if deps.extra_metrics is not None:
+            try:
+                async with asyncio.timeout(2):
+                    body += await deps.extra_metrics()
+            except Exception as exc:  # the router's own metrics still answer
+                log.warning("memory metrics unavailable: %r", exc)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -8,10 +8,11 @@ import time
 from pathlib import Path
 
 import pytest
+from letta_client import APITimeoutError
 
 from actors.events import FinishedTurn
 from actors.journal import TurnJournal
-from actors.letta_memory import LettaConfig, LettaMemory, turn_tag
+from actors.letta_memory import LettaConfig, LettaMemory
 from actors.memory_writer import MemoryWriter, WriterConfig
 from tests.fakes import finished_turn
 from tests.letta_fixtures import LettaEnv
@@ -29,21 +30,23 @@ def turn(user: str, n: int) -> FinishedTurn:
     )
 
 
-def memory_for(env: LettaEnv, prefix: str) -> LettaMemory:
+def memory_for(env: LettaEnv, prefix: str, timeout_s: float = 60.0) -> LettaMemory:
     return LettaMemory(
         LettaConfig(
             base_url=env.base_url,
             llm_config=dict(env.llm_config),
             embedding_config=dict(env.embedding_config),
             agent_prefix=prefix,
+            timeout_s=timeout_s,
         )
     )
 
 
-async def user_messages(memory: LettaMemory, user: str) -> list[str]:
+async def delivered_ids(memory: LettaMemory, user: str) -> list[str]:
+    """The turn ids of the user's agent's messages, oldest first (with repeats, if any)."""
     agent = await memory.agent_id(user)
     listed = await memory.client.agents.messages.list(agent, limit=200, order="asc")
-    return [str(m.content) for m in listed.items if m.message_type == "user_message"]
+    return [str(m.otid) for m in listed.items if m.message_type == "user_message"]
 
 
 async def test_a_batch_is_one_call_and_a_resend_is_not_delivered_twice(letta_env: LettaEnv) -> None:
@@ -52,12 +55,10 @@ async def test_a_batch_is_one_call_and_a_resend_is_not_delivered_twice(letta_env
     chats_before = sum(r["path"] == "/v1/chat/completions" for r in letta_env.sim.requests)
     await memory.write_turns("ada", turns)
     assert memory.message_calls == 1
-    texts = await user_messages(memory, "ada")
-    positions = [next(i for i, text in enumerate(texts) if turn_tag(t.turn_id) in text) for t in turns]
-    assert positions == sorted(positions)  # in order
+    assert await delivered_ids(memory, "ada") == [t.turn_id for t in turns]  # in order
     await memory.write_turns("ada", turns)  # replay after a crash
     assert memory.message_calls == 1
-    assert sum(turn_tag(turns[0].turn_id) in text for text in await user_messages(memory, "ada")) == 1
+    assert await delivered_ids(memory, "ada") == [t.turn_id for t in turns]
     assert sum(r["path"] == "/v1/chat/completions" for r in letta_env.sim.requests) > chats_before
     await memory.close()
 
@@ -90,8 +91,30 @@ async def test_journaled_writer_delivers_a_conversation_in_fewer_calls_than_turn
         while len(writer.journal):  # noqa: ASYNC110 - polls the journal on disk
             await asyncio.sleep(0.1)
     assert memory.message_calls <= 3
-    texts = await user_messages(memory, "cy")
-    for t in turns:
-        assert sum(turn_tag(t.turn_id) in text for text in texts) == 1
+    assert await delivered_ids(memory, "cy") == [t.turn_id for t in turns]
     await writer.close()
     await memory.close()
+
+
+async def test_a_batch_cut_off_mid_call_and_resent_is_delivered_once(letta_env: LettaEnv) -> None:
+    """The crash case: the writer's call dies while Letta is still working on it (Letta stores the
+    messages only when that run ends); the replay must wait for the run, then see the turns."""
+    prefix = f"t4-{time.monotonic_ns()}-"
+    cut_off = memory_for(letta_env, prefix, timeout_s=0.5)
+    replay = memory_for(letta_env, prefix)
+    turns = [turn("di", n) for n in range(3)]
+    await replay.agent_id("di")
+    letta_env.sim.config.ttft_ms = 2500  # the agent's LLM call outlives the first writer's patience
+    try:
+        with pytest.raises(APITimeoutError):
+            await cut_off.client.with_options(max_retries=0).agents.messages.create(
+                await cut_off.agent_id("di"),
+                messages=[{"role": "user", "content": "first try", "otid": t.turn_id} for t in turns],
+            )
+        await replay.write_turns("di", turns)
+    finally:
+        letta_env.sim.config.ttft_ms = 0
+    assert replay.message_calls == 0  # the cut-off call went through; nothing was sent again
+    assert await delivered_ids(replay, "di") == [t.turn_id for t in turns]
+    await cut_off.close()
+    await replay.close()

@@ -30,9 +30,17 @@ class OpenAILLMEngine(LLMEngine):
         temperature: float,
         user_id: str = "anonymous",
     ) -> AsyncIterator[str]:
+        async for delta in self.stream_completion(
+            self.model, messages, max_tokens=max_tokens, temperature=temperature
+        ):
+            yield delta
+
+    async def stream_completion(
+        self, model: str, messages: list[ChatMessage], *, max_tokens: int, temperature: float
+    ) -> AsyncIterator[str]:
         # max_tokens rather than max_completion_tokens: every OpenAI-compatible server accepts it.
         stream = await self._client.chat.completions.create(
-            model=self.model,
+            model=model,
             messages=cast(Any, messages),  # ChatMessage is a subset of the SDK's message params
             max_tokens=max_tokens,
             temperature=temperature,

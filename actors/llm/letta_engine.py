@@ -1,0 +1,51 @@
+"""Full-Letta mode: each reply streams from the user's own Letta agent instead of the LLM directly.
+
+Letta serves an OpenAI-compatible `POST /v1/chat/completions` where `model` is the agent id and the
+stream carries the agent's reply. The agent keeps the conversation, its persona and its memory blocks
+itself, so only the newest user message is sent; the agent is the same one the hybrid mode's memory
+actor writes to (see `actors.letta_memory`), so a user keeps their memory across the switch.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+from actors.letta_memory import LettaMemory
+from actors.llm.base import ChatMessage
+from actors.llm.openai_engine import OpenAILLMEngine
+
+log = logging.getLogger(__name__)
+
+
+class LettaAgentLLMEngine(OpenAILLMEngine):
+    name = "letta"
+
+    def __init__(self, letta: LettaMemory) -> None:
+        base_url = letta.config.base_url.rstrip("/") + "/v1"
+        super().__init__(api_key=letta.config.api_key, base_url=base_url, model="letta-agent")
+        self.letta = letta
+
+    async def stream(
+        self,
+        messages: list[ChatMessage],
+        *,
+        max_tokens: int,
+        temperature: float,
+        user_id: str = "anonymous",
+    ) -> AsyncIterator[str]:
+        newest = [m for m in messages if m["role"] == "user"][-1:]
+        if not newest:
+            raise ValueError("full-Letta mode answers a user message, and this response has none")
+        agent_id = await self.letta.agent_id(user_id)
+        async for delta in self.stream_completion(
+            agent_id, newest, max_tokens=max_tokens, temperature=temperature
+        ):
+            yield delta
+
+    async def warmup(self) -> None:
+        # Say at start when Letta is unreachable; replies fail until it answers (it may start later).
+        try:
+            await self.letta.client.health()
+        except Exception as exc:
+            log.warning("Letta at %s is not answering yet: %r", self.letta.config.base_url, exc)
