@@ -56,13 +56,20 @@ class JournalEntry:
     last_error: str | None
 
 
+def user_id_problem(user_id: str) -> str | None:
+    """Why `user_id` cannot name a user's memory, or None when it can."""
+    if USER_ID.match(user_id):
+        return None
+    return (
+        f"user id {user_id[:40]!r} is not valid: use 1-128 letters, digits and _ . @ : -, "
+        "starting with a letter or digit"
+    )
+
+
 def validate_turn(turn: FinishedTurn) -> None:
     """Reject what Letta could never take, with a message that says why."""
-    if not USER_ID.match(turn.user_id):
-        raise JournalError(
-            f"user id {turn.user_id[:40]!r} is not valid: use 1-128 letters, digits and _ . @ : -, "
-            "starting with a letter or digit"
-        )
+    if (problem := user_id_problem(turn.user_id)) is not None:
+        raise JournalError(problem)
     if not turn.turn_id:
         raise JournalError("turn has no turn id")
     size = len(turn.user_text) + len(turn.assistant_text)

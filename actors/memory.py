@@ -46,6 +46,7 @@ class MemoryService:
             WriterConfig(
                 batch_size=settings.memory_batch_size,
                 flush_interval_s=settings.memory_flush_interval_s,
+                retry_max_s=settings.memory_retry_max_s,
             ),
             on_delivered=self._delivered,
         )

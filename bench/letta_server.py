@@ -191,6 +191,18 @@ class LettaServer:
         if self._own_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
+    def stop_letta(self) -> None:
+        """Stop the Letta process alone, as in an outage; Postgres and every agent's data stay."""
+        if self._letta is not None:
+            self._stop_process_group(self._letta)
+            self._letta = None
+
+    def restart_letta(self) -> None:
+        """Start Letta again on the same port and database, after `stop_letta`."""
+        if self._letta is None:
+            port = int(self.base_url.rsplit(":", 1)[1])
+            self._start_letta(ensure_letta_venv(self.cache_dir), fixed_port=port)
+
     def __enter__(self) -> LettaServer:
         return self.start()
 
@@ -314,10 +326,10 @@ class LettaServer:
         if result.returncode != 0:
             raise RuntimeError(f"Letta schema creation failed:\n{result.stderr[-4000:]}")
 
-    def _start_letta(self, venv: Path) -> None:
+    def _start_letta(self, venv: Path, fixed_port: int | None = None) -> None:
         self._letta_log = self.workdir / "letta.log"
-        for _attempt in range(3):  # the free port can be taken between probing and binding
-            port = _free_port()
+        for _attempt in range(3):  # a free port can be taken between probing and binding
+            port = fixed_port or _free_port()
             with open(self._letta_log, "ab") as log:
                 self._letta = subprocess.Popen(
                     [str(venv / "bin" / "letta"), "server", "--host", "127.0.0.1", "--port", str(port)],

@@ -91,6 +91,24 @@ class ServeRun:
         )
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.ws_url = f"ws://127.0.0.1:{self.port}/v1"
+        self.address = f"127.0.0.1:{gcs_port}"
+        self._env = run_env
+
+    def run_driver(self, code: str, timeout: float = 120.0) -> str:
+        """Run Python `code` as a Ray driver on this cluster (`ray` imported and connected); returns
+        what it printed. For operations a user runs with Ray's own tools."""
+        prologue = f"import ray\nray.init(address={self.address!r})\n"
+        result = subprocess.run(
+            [sys.executable, "-c", prologue + code],
+            cwd=ROOT,
+            env=self._env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"Ray driver failed:\n{result.stderr[-4000:]}")
+        return result.stdout
 
     def wait_ready(self, timeout: float = 180.0) -> None:
         deadline = time.monotonic() + timeout

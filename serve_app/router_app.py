@@ -21,6 +21,7 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from actors.config import Settings
+from actors.journal import user_id_problem
 from actors.memory_sink import MemorySink
 from actors.pipeline import PhraseLLMClient, SynthesizerClient, TranscriberClient
 from actors.session import SessionLimits, SessionOptions, VoiceSession
@@ -88,8 +89,12 @@ def build_router_app(deps: RouterDeps) -> Starlette:
         if not _authorized(keys, presented):
             await websocket.close(code=1008, reason="invalid or missing API key")
             return
-        await websocket.accept()
         user_id = websocket.query_params.get("user") or "anonymous"
+        if (problem := user_id_problem(user_id)) is not None:
+            # A close reason is capped at 123 bytes.
+            await websocket.close(code=1008, reason=problem.encode()[:120].decode(errors="ignore"))
+            return
+        await websocket.accept()
 
         def make_session(emit: Callable) -> VoiceSession:
             return VoiceSession(

@@ -9,6 +9,7 @@ import pytest
 from openai.types.realtime import RealtimeServerEvent
 from pydantic import TypeAdapter
 from starlette.testclient import TestClient
+from starlette.websockets import WebSocketDisconnect
 
 from actors.config import Settings
 from actors.llm.stage import LLMStage
@@ -189,3 +190,12 @@ def test_api_key_required_when_configured() -> None:
     assert client.get("/healthz").status_code == 200
     assert client.get("/metrics").status_code == 401
     assert "voice_e2e_latency_ms" in client.get("/metrics", headers={"Authorization": "Bearer k1"}).text
+
+
+def test_a_malformed_user_id_is_refused_with_the_reason() -> None:
+    client = make_app()
+    with pytest.raises(WebSocketDisconnect) as refused, client.websocket_connect("/v1/realtime?user=../etc"):
+        pass
+    assert refused.value.code == 1008 and "user id" in refused.value.reason
+    with client.websocket_connect("/v1/realtime?user=ada@example.com") as ws:
+        assert json.loads(ws.receive_text())["type"] == "session.created"

@@ -11,61 +11,16 @@ import time
 import numpy as np
 import pytest
 import websockets
-from openai import AsyncOpenAI
 
 from actors.audio import STT_SAMPLE_RATE, resample, rms_dbfs
 from actors.vad import SileroSpeechDetector
 from tests.fakes import realtime_text_turn
+from tests.realtime_client import RATE, Turn, client_for, collect_turn, stream_audio
 from tests.speech import espeak_speech, librivox, silence, word_error_rate
 
 pytestmark = pytest.mark.slow
 
-RATE = 24_000
 METRICS = ("end_of_turn_delay", "transcription_delay", "llm_ttft", "llm_ttfs", "tts_ttfb", "e2e_latency")
-
-
-def client_for(agent) -> AsyncOpenAI:
-    return AsyncOpenAI(
-        api_key="unused-locally", base_url=f"{agent.base_url}/v1", websocket_base_url=agent.ws_url
-    )
-
-
-async def stream_audio(conn, pcm: bytes, chunk_ms: int = 100, speed: float = 1.0) -> None:
-    """Send audio like a microphone: `chunk_ms` pieces at real time (or `speed` times faster)."""
-    step = RATE * 2 * chunk_ms // 1000
-    for i in range(0, len(pcm), step):
-        await conn.input_audio_buffer.append(audio=base64.b64encode(pcm[i : i + step]).decode())
-        await asyncio.sleep(chunk_ms / 1000 / speed)
-
-
-class Turn:
-    def __init__(self) -> None:
-        self.events: list = []
-        self.audio = bytearray()
-        self.transcript = ""
-        self.reply = ""
-
-    @property
-    def done(self):
-        return next(e for e in self.events if e.type == "response.done")
-
-
-async def collect_turn(conn, limit_s: float = 60.0) -> Turn:
-    turn = Turn()
-    async with asyncio.timeout(limit_s):
-        async for event in conn:
-            turn.events.append(event)
-            if event.type == "response.output_audio.delta":
-                turn.audio += base64.b64decode(event.delta)
-            elif event.type == "conversation.item.input_audio_transcription.completed":
-                turn.transcript = event.transcript
-            elif event.type == "response.output_audio_transcript.delta":
-                turn.reply += event.delta
-            elif event.type == "error":
-                raise AssertionError(f"error event: {event.error}")
-            elif event.type == "response.done":
-                return turn
-    raise AssertionError("connection closed before response.done")
 
 
 def speech_fraction(pcm24k: bytes) -> float:
