@@ -52,7 +52,7 @@ class JournalEntry:
     seq: int
     turn: FinishedTurn
     journaled_at: float
-    attempts: int
+    attempts: int  # times sent to the backend so far (a crash may have cut a send off)
     last_error: str | None
 
 
@@ -166,11 +166,17 @@ class TurnJournal:
         with self._lock:
             self._db.executemany("DELETE FROM turns WHERE turn_id = ?", [(t,) for t in turn_ids])
 
+    def record_send(self, turn_ids: list[str]) -> None:
+        """These turns are about to be sent: from now on a replay must check before resending them."""
+        with self._lock:
+            self._db.executemany(
+                "UPDATE turns SET attempts = attempts + 1 WHERE turn_id = ?", [(t,) for t in turn_ids]
+            )
+
     def record_failure(self, turn_ids: list[str], error: str) -> None:
         with self._lock:
             self._db.executemany(
-                "UPDATE turns SET attempts = attempts + 1, last_error = ? WHERE turn_id = ?",
-                [(error[:500], t) for t in turn_ids],
+                "UPDATE turns SET last_error = ? WHERE turn_id = ?", [(error[:500], t) for t in turn_ids]
             )
 
     def __len__(self) -> int:

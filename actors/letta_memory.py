@@ -4,10 +4,10 @@ Each user id maps to its own Letta agent (named `<prefix><user id>`, created on 
 configured memory blocks and LLM / embedding endpoints), so no request can reach another user's memory.
 A batch of turns is one `agents.messages.create` call whose messages are the turns, each carrying its
 turn id as Letta's client-side message id (`otid`): the agent reads the conversation and updates its
-memory blocks from it. A batch resent after a crash is delivered once: Letta stores a call's messages
-only when its run ends, so the writer first waits until the agent has no active run (a call cut off
-by the crash may still be running) and then skips the turns whose ids are among the agent's recent
-messages.
+memory blocks from it. A batch that may have been sent before (the journal counts sends) is delivered
+once: Letta stores a call's messages only when its run ends, so the resend first waits until the agent
+has no active run (a call cut off by a crash may still be running), then skips the turns whose ids are
+among the agent's recent messages. A first send costs one call.
 """
 
 from __future__ import annotations
@@ -98,11 +98,15 @@ class LettaMemory:
                     self._agents[user_id] = agent.id
         return self._agents[user_id]
 
-    async def write_turns(self, user_id: str, turns: Sequence[FinishedTurn]) -> None:
+    async def write_turns(
+        self, user_id: str, turns: Sequence[FinishedTurn], maybe_delivered: bool = True
+    ) -> None:
         agent = await self.agent_id(user_id)
-        await self._wait_until_idle(agent)
-        delivered = await self._delivered(agent)
-        todo = [t for t in turns if t.turn_id not in delivered]
+        todo = list(turns)
+        if maybe_delivered:  # two extra reads, only on a resend
+            await self._wait_until_idle(agent)
+            delivered = await self._delivered(agent)
+            todo = [t for t in turns if t.turn_id not in delivered]
         if not todo:
             return
         self.message_calls += 1

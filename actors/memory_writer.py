@@ -64,11 +64,13 @@ BACKEND_ERRORS = Counter("voice_memory_backend_errors", "Failed memory write cal
 
 
 class MemoryBackend(Protocol):
-    async def write_turns(self, user_id: str, turns: Sequence[FinishedTurn]) -> None:
+    async def write_turns(
+        self, user_id: str, turns: Sequence[FinishedTurn], maybe_delivered: bool = True
+    ) -> None:
         """Deliver `turns` (one user's, in order) in one call; return only once they are stored.
 
-        Must be idempotent per turn id: a batch may be resent after a crash between the call and the
-        journal's confirmation.
+        `maybe_delivered` says some of them were sent before (a failed attempt, or a crash between a
+        call and the journal's confirmation): then the backend must skip the turns it already holds.
         """
         ...
 
@@ -152,7 +154,7 @@ class MemoryWriter:
                 continue
             turns = [e.turn for e in entries]
             started = time.perf_counter()
-            await self._write_with_retries(user_id, turns)
+            await self._write_with_retries(user_id, turns, any(e.attempts for e in entries))
             FLUSH_SECONDS.observe(time.perf_counter() - started)
             BATCH_SIZE.observe(len(turns))
             now = time.time()
@@ -163,7 +165,9 @@ class MemoryWriter:
             if self.on_delivered is not None:
                 self.on_delivered(user_id)
 
-    async def _write_with_retries(self, user_id: str, turns: list[FinishedTurn]) -> None:
+    async def _write_with_retries(
+        self, user_id: str, turns: list[FinishedTurn], maybe_delivered: bool
+    ) -> None:
         ids = [t.turn_id for t in turns]
 
         def on_failure(state: RetryCallState) -> None:
@@ -191,7 +195,10 @@ class MemoryWriter:
         async for attempt in retrying:
             with attempt:
                 self.calls += 1
-                await self.backend.write_turns(user_id, turns)
+                self.journal.record_send(ids)
+                # A failed attempt may still have landed (say Letta timed out but went on).
+                first_send = attempt.retry_state.attempt_number == 1 and not maybe_delivered
+                await self.backend.write_turns(user_id, turns, maybe_delivered=not first_send)
         if self._failing:
             log.info("memory backend recovered: delivered %d turns for %s", len(ids), user_id)
             self._failing = False

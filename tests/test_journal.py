@@ -25,6 +25,8 @@ def test_turns_round_trip_in_order_per_user_and_leave_only_when_confirmed(tmp_pa
     alice = journal.pending("alice")
     assert [e.turn.turn_id for e in alice] == ["resp_0", "resp_2", "resp_4"]
     assert alice[1].turn.user_text == "hello 2" and alice[1].turn.metrics == {"e2e_latency": 812.5}
+    assert journal.pending("alice")[0].attempts == 0
+    journal.record_send(["resp_0"])
     journal.record_failure(["resp_0"], "Letta unreachable")
     assert journal.pending("alice")[0].attempts == 1
     assert journal.pending("alice")[0].last_error == "Letta unreachable"

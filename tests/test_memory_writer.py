@@ -18,7 +18,7 @@ def turn(n: int, user: str = "alice") -> FinishedTurn:
 
 
 class FakeBackend:
-    """Stores turns idempotently by turn id, like the real backend must; latency and outage knobs."""
+    """Stores turns as Letta does (deduplicated only on a flagged resend); latency and outage knobs."""
 
     def __init__(self, latency_s: float = 0.0) -> None:
         self.latency_s = latency_s
@@ -26,13 +26,18 @@ class FakeBackend:
         self.stored: dict[str, list[str]] = {}
         self.calls: list[tuple[str, int]] = []
 
-    async def write_turns(self, user_id: str, turns: Sequence[FinishedTurn]) -> None:
+    async def write_turns(
+        self, user_id: str, turns: Sequence[FinishedTurn], maybe_delivered: bool = True
+    ) -> None:
         self.calls.append((user_id, len(turns)))
-        await asyncio.sleep(self.latency_s)
         if self.down:
+            await asyncio.sleep(self.latency_s)
             raise ConnectionError("memory backend unreachable")
+        # Like Letta: turns are taken as the call arrives (a caller that dies mid-call has still
+        # delivered them), and only a call flagged as a possible resend is checked for duplicates.
         have = self.stored.setdefault(user_id, [])
-        have += [t.turn_id for t in turns if t.turn_id not in have]
+        have += [t.turn_id for t in turns if not (maybe_delivered and t.turn_id in have)]
+        await asyncio.sleep(self.latency_s)
 
 
 CONFIG = WriterConfig(batch_size=4, flush_interval_s=0.3, retry_min_s=0.05, retry_max_s=0.2)
