@@ -57,7 +57,7 @@ FLUSH_SECONDS = Histogram(
 LAG_SECONDS = Histogram(
     "voice_memory_lag_seconds",
     "Turn end to confirmed in the memory backend",
-    buckets=(0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 30, 60, 300),
+    buckets=(0.1, 0.25, 0.5, 1, 1.5, 2, 3, 4, 5, 6, 7.5, 10, 15, 20, 30, 45, 60, 120, 300),
     registry=MEMORY_REGISTRY,
 )
 BACKEND_ERRORS = Counter("voice_memory_backend_errors", "Failed memory write calls", registry=MEMORY_REGISTRY)

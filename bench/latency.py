@@ -91,14 +91,14 @@ def percentile(values: list[float], q: float) -> float:
 
 
 async def run_session(
-    url: str, turns: int, utterance: bytes, start_delay: float, out: ScenarioResult
+    url: str, turns: int, utterance: bytes, start_delay: float, out: ScenarioResult, user: str = "anonymous"
 ) -> None:
     await asyncio.sleep(start_delay)
     lead, tail = silence(300), silence(1500)
     audio = lead + utterance + tail
     end_of_speech = len(lead) + speech_end_byte(utterance)
     frame = RATE * 2 * FRAME_MS // 1000
-    async with websockets.connect(f"{url}/realtime", max_size=None) as ws:
+    async with websockets.connect(f"{url}/realtime?user={user}", max_size=None) as ws:
         json.loads(await ws.recv())  # session.created
         for _ in range(turns):
             first_audio: float | None = None
@@ -150,9 +150,17 @@ async def run_session(
             out.turns.append(TurnResult((first_audio - speech_end_sent) * 1000, server))
 
 
-async def run_scenario(name: str, url: str, sessions: int, turns: int, utterance: bytes) -> ScenarioResult:
+async def run_scenario(
+    name: str, url: str, sessions: int, turns: int, utterance: bytes, user_prefix: str = "user"
+) -> ScenarioResult:
+    """`sessions` concurrent sessions (staggered starts), one user each, `turns` spoken turns each."""
     result = ScenarioResult(name, sessions)
-    await asyncio.gather(*(run_session(url, turns, utterance, i * 0.37, result) for i in range(sessions)))
+    await asyncio.gather(
+        *(
+            run_session(url, turns, utterance, i * 0.37, result, user=f"{user_prefix}-{i}")
+            for i in range(sessions)
+        )
+    )
     return result
 
 
@@ -192,7 +200,10 @@ def summarize(result: ScenarioResult, simulated: bool) -> dict[str, Any]:
     }
 
 
-def start_sim_llm(workdir: Path) -> tuple[subprocess.Popen, str]:
+def start_sim_llm(
+    workdir: Path, ttft_ms: float = TTFT_MS, reply: str = REPLY, name: str = "sim_llm"
+) -> tuple[subprocess.Popen, str]:
+    """The simulated OpenAI-compatible LLM server in its own process; returns it and its base URL."""
     port = free_port()
     process = subprocess.Popen(
         [
@@ -202,14 +213,14 @@ def start_sim_llm(workdir: Path) -> tuple[subprocess.Popen, str]:
             "--port",
             str(port),
             "--ttft-ms",
-            str(TTFT_MS),
+            str(ttft_ms),
             "--tokens-per-s",
             str(TOKENS_PER_S),
             "--reply",
-            REPLY,
+            reply,
         ],
         cwd=ROOT,
-        stdout=(workdir / "sim_llm.log").open("wb"),
+        stdout=(workdir / f"{name}.log").open("wb"),
         stderr=subprocess.STDOUT,
     )
     base = f"http://127.0.0.1:{port}/v1"

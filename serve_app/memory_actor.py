@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 ACTOR_NAME = "voice-agent-memory"
 NAMESPACE = "voice-agent"
 DRAIN_TIMEOUT_S = 10.0
+HEAD_NODE_RESOURCE = "node:__internal_head__"
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
@@ -71,7 +72,13 @@ class MemoryActor:
 def memory_actor(config: dict[str, Any]) -> Any:
     """The cluster's memory actor, created by the first router replica that asks."""
     return MemoryActor.options(  # type: ignore[attr-defined]
-        name=ACTOR_NAME, namespace=NAMESPACE, lifetime="detached", get_if_exists=True
+        name=ACTOR_NAME,
+        namespace=NAMESPACE,
+        lifetime="detached",
+        get_if_exists=True,
+        # Always on the head node, where the journal's volume is mounted (k8s/rayservice.yaml), so a
+        # restarted actor finds its journal; this is Ray's own head-node resource (HEAD_NODE_RESOURCE_NAME).
+        resources={HEAD_NODE_RESOURCE: 0.001},
     ).remote(config)
 
 

@@ -36,3 +36,17 @@ def test_serve_config_v2_is_serve_config_yaml() -> None:
     embedded = yaml.safe_load(MANIFEST["spec"]["serveConfigV2"])
     assert embedded == yaml.safe_load((ROOT / "serve_config.yaml").read_text())
     assert check_serve_config(embedded) == []
+
+
+def test_the_memory_journal_lives_on_the_head_pods_persistent_volume() -> None:
+    # The memory actor is pinned to the head node: its journal path must be on the claimed volume there.
+    head = MANIFEST["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]
+    env = {e["name"]: e.get("value") for e in head["containers"][0]["env"]}
+    mounts = {m["name"]: m["mountPath"] for m in head["containers"][0]["volumeMounts"]}
+    volumes = {v["name"]: v for v in head["volumes"]}
+    journal = Path(env["VOICE_MEMORY_JOURNAL_PATH"])
+    (volume,) = [name for name, path in mounts.items() if journal.is_relative_to(path)]
+    claim = volumes[volume]["persistentVolumeClaim"]["claimName"]
+    pvc = yaml.safe_load((ROOT / "k8s" / "memory-pvc.yaml").read_text())
+    assert (pvc["kind"], pvc["metadata"]["name"]) == ("PersistentVolumeClaim", claim)
+    assert pvc["spec"]["accessModes"] == ["ReadWriteOnce"]
