@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from actors.memory_sink import MemorySink
 from actors.pipeline import PhraseLLMClient, SynthesizerClient, TranscriberClient
 from actors.session import SessionLimits, SessionOptions, VoiceSession
 from actors.vad import SileroSpeechDetector, SpeechDetector, VadConfig
+from serve_app.auth import authorized, bearer_token
 from serve_app.protocol import ProtocolLimits
 from serve_app.realtime import RealtimeConnection
 
@@ -59,18 +59,6 @@ def default_options(settings: Settings) -> SessionOptions:
     )
 
 
-def _bearer(headers_auth: str | None, query_key: str | None) -> str | None:
-    if headers_auth and headers_auth.lower().startswith("bearer "):
-        return headers_auth[7:].strip()
-    return query_key
-
-
-def _authorized(keys: frozenset[str], presented: str | None) -> bool:
-    if not keys:
-        return True
-    return presented is not None and any(hmac.compare_digest(presented, k) for k in keys)
-
-
 def build_router_app(deps: RouterDeps) -> Starlette:
     settings = deps.settings
     limits = ProtocolLimits(settings.max_event_bytes, settings.max_append_bytes, settings.max_text_chars)
@@ -82,8 +70,9 @@ def build_router_app(deps: RouterDeps) -> Starlette:
     keys = settings.bearer_keys
 
     async def realtime(websocket: WebSocket) -> None:
-        presented = _bearer(websocket.headers.get("authorization"), websocket.query_params.get("api_key"))
-        if not _authorized(keys, presented):
+        headers, query = websocket.headers, websocket.query_params
+        presented = bearer_token(headers.get("authorization"), query.get("api_key"))
+        if not authorized(keys, presented):
             await websocket.close(code=1008, reason="invalid or missing API key")
             return
         await websocket.accept()
@@ -121,8 +110,8 @@ def build_router_app(deps: RouterDeps) -> Starlette:
         return JSONResponse({"status": "ready", "stages": stages})
 
     async def metrics(request: Request) -> Response:
-        presented = _bearer(request.headers.get("authorization"), None)
-        if not _authorized(keys, presented):
+        presented = bearer_token(request.headers.get("authorization"), None)
+        if not authorized(keys, presented):
             return JSONResponse(
                 {"error": {"message": "invalid or missing API key", "type": "auth_error"}}, status_code=401
             )
