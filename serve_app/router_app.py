@@ -21,7 +21,7 @@ from starlette.websockets import WebSocket
 
 from actors.config import Settings
 from actors.memory_sink import MemorySink
-from actors.pipeline import PhraseLLMClient, SynthesizerClient, TranscriberClient
+from actors.pipeline import LLMClient, SynthesizerClient, TranscriberClient
 from actors.session import SessionLimits, SessionOptions, VoiceSession
 from actors.vad import SileroSpeechDetector, SpeechDetector, VadConfig
 from serve_app.auth import authorized, bearer_token
@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 class RouterDeps:
     settings: Settings
     stt: TranscriberClient
-    llm: PhraseLLMClient
+    llm: LLMClient
     tts: SynthesizerClient
     memory_sink: MemorySink | None = None
     memory_context: Callable[[str], Awaitable[str | None]] | None = None  # the user's long-term memory

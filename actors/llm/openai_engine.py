@@ -29,10 +29,11 @@ class OpenAILLMEngine(LLMEngine):
         max_tokens: int,
         temperature: float,
         user_id: str = "anonymous",
+        model: str | None = None,
     ) -> AsyncIterator[str]:
         # max_tokens rather than max_completion_tokens: every OpenAI-compatible server accepts it.
         stream = await self._client.chat.completions.create(
-            model=self.model,
+            model=model or self.model,
             messages=cast(Any, messages),  # ChatMessage is a subset of the SDK's message params
             max_tokens=max_tokens,
             temperature=temperature,
