@@ -1,4 +1,5 @@
-"""The router's Starlette app: `WS /v1/realtime`, `GET /healthz`, `GET /readyz`, `GET /metrics`.
+"""The router's Starlette app: `WS /v1/realtime`, `GET /healthz`, `GET /readyz`, `GET /metrics`, and the
+OpenAI-compatible REST endpoints of `serve_app.rest_api`.
 
 Plain ASGI with no Ray imports, so it runs under Serve (see `serve_app.deployments.Router`), under
 uvicorn, or in Starlette's TestClient with in-process stages.
@@ -27,6 +28,7 @@ from actors.vad import SileroSpeechDetector, SpeechDetector, VadConfig
 from serve_app.auth import authorized, bearer_token
 from serve_app.protocol import ProtocolLimits
 from serve_app.realtime import RealtimeConnection
+from serve_app.rest_api import rest_routes
 
 log = logging.getLogger(__name__)
 
@@ -130,5 +132,6 @@ def build_router_app(deps: RouterDeps) -> Starlette:
             Route("/healthz", healthz),
             Route("/readyz", readyz),
             Route("/metrics", metrics),
+            *rest_routes(deps),  # OpenAI-compatible REST; after the WebSocket route it must not shadow
         ],
     )
