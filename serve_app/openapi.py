@@ -85,10 +85,18 @@ def openapi_document() -> dict[str, Any]:
                         {
                             "application/json": {"schema": ref(ChatCompletion)},
                             "text/event-stream": {
+                                # One schema per server-sent event, as SSE tooling reads it.
                                 "schema": {
-                                    "type": "string",
-                                    "description": "`data: <ChatCompletionChunk JSON>` lines, then "
-                                    "`data: [DONE]`",
+                                    "type": "object",
+                                    "required": ["data"],
+                                    "properties": {
+                                        "event": {"type": "string"},
+                                        "data": {
+                                            "type": "string",
+                                            "description": "A ChatCompletionChunk as JSON (or an "
+                                            "ErrorResponse if a stage fails mid-stream), then [DONE]",
+                                        },
+                                    },
                                 }
                             },
                         }

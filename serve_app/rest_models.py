@@ -33,13 +33,20 @@ class ErrorResponse(BaseModel):
 # ------------------------------------------------------------------------------------------- chat
 
 
+# Requests validate strictly: 0 is not false and "1" is not 1, as the document's types say.
+STRICT = ConfigDict(strict=True)
+STRICT_OPEN = ConfigDict(strict=True, extra="allow")
+
+
 class TextPart(BaseModel):
+    model_config = STRICT
+
     type: Literal["text"]
     text: str
 
 
 class ChatMessageIn(BaseModel):
-    model_config = ConfigDict(extra="allow")  # e.g. `name`, ignored
+    model_config = STRICT_OPEN  # e.g. `name`, ignored
 
     role: Literal["system", "developer", "user", "assistant"] = Field(
         description="Tool messages are not supported (no function calling)."
@@ -55,7 +62,7 @@ class ChatMessageIn(BaseModel):
 
 
 class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = STRICT_OPEN
     include_usage: bool = False
 
 
@@ -80,7 +87,7 @@ def _valid_user(value: str | None) -> str | None:
 
 
 class ChatCompletionRequest(BaseModel):
-    model_config = ConfigDict(extra="allow")  # other OpenAI parameters are accepted and ignored
+    model_config = STRICT_OPEN  # other OpenAI parameters are accepted and ignored
 
     model: str = Field(
         min_length=1,
@@ -192,11 +199,12 @@ class ModelList(BaseModel):
 
 
 class VoiceRef(BaseModel):
+    model_config = STRICT
     id: str
 
 
 class SpeechRequest(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = STRICT_OPEN
 
     model: str = Field(min_length=1, max_length=256, description="Any value: the TTS engine is fixed.")
     input: str = Field(description="1 to `rest_max_speech_chars` characters.")
