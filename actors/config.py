@@ -108,6 +108,13 @@ class Settings(BaseSettings):
     max_event_bytes: int = Field(default=2 * 1024 * 1024, ge=1024)
     api_keys: SecretStr | None = None  # comma-separated bearer keys; unset = no auth (local use)
 
+    # --- REST API limits (OpenAI-compatible /v1/chat/completions and /v1/audio/*) ---------------------
+    rest_max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)  # JSON request bodies
+    rest_max_upload_bytes: int = Field(default=25 * 1024 * 1024, ge=1024)  # audio files (OpenAI's limit)
+    rest_max_audio_s: float = Field(default=600.0, gt=0, le=7200)  # decoded length of an upload
+    rest_max_speech_chars: int = Field(default=4096, ge=1)  # /v1/audio/speech input (OpenAI's limit)
+    rest_max_completion_tokens: int = Field(default=4096, ge=1)  # largest max_tokens a request may ask
+
     def resolved(self) -> Settings:
         """Return a copy with every 'auto' engine and empty model replaced by a concrete choice."""
         online = self.openai_api_key is not None or self.openai_base_url is not None

@@ -8,7 +8,7 @@ Items are plain dicts and bytes so they pickle cheaply between deployments.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Literal, Protocol, TypedDict
+from typing import Literal, NotRequired, Protocol, TypedDict
 
 from actors.llm.base import ChatMessage
 from actors.stt.base import STTStream
@@ -19,6 +19,7 @@ class LLMRequest(TypedDict):
     max_tokens: int
     temperature: float
     user_id: str  # whose conversation this is (full-Letta mode answers from that user's agent)
+    model: NotRequired[str]  # another model on the same server (OpenAI-compatible engine only)
 
 
 class LLMEvent(TypedDict):
@@ -34,6 +35,16 @@ class TranscriberClient(Protocol):
 
 class PhraseLLMClient(Protocol):
     def stream_phrases(self, request: LLMRequest) -> AsyncIterator[LLMEvent]: ...
+
+
+class TokenLLMClient(Protocol):
+    """Raw text deltas as generated, for clients that want tokens (the REST chat endpoint)."""
+
+    def stream_tokens(self, request: LLMRequest) -> AsyncIterator[str]: ...
+
+
+class LLMClient(PhraseLLMClient, TokenLLMClient, Protocol):
+    """What the router holds: phrases for voice turns, tokens for REST chat."""
 
 
 class SynthesizerClient(Protocol):

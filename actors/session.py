@@ -42,6 +42,7 @@ from actors.llm.base import ChatMessage
 from actors.memory_sink import MemorySink
 from actors.metrics import TurnTimeline, observe_turn
 from actors.pipeline import LLMRequest, PhraseLLMClient, SynthesizerClient, TranscriberClient
+from actors.prompt import with_memory
 from actors.stt.base import STTStream
 from actors.vad import Endpointer, SpeechDetector, VadConfig
 
@@ -371,9 +372,7 @@ class VoiceSession:
             await task
 
     def _messages(self, user_text: str | None, memory: str | None = None) -> list[ChatMessage]:
-        system = self.options.instructions
-        if memory:
-            system += f"\n\nWhat you remember about this user from earlier conversations:\n{memory}"
+        system = with_memory(self.options.instructions, memory)
         messages: list[ChatMessage] = [{"role": "system", "content": system}]
         keep = self.limits.history_turns * 2
         messages += self._history[-keep:] if keep else []

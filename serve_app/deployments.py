@@ -72,6 +72,10 @@ class LLMDeployment:
         async for event in self.stage.stream_phrases(request):
             yield event
 
+    async def stream_tokens(self, request: LLMRequest) -> AsyncIterator[str]:
+        async for delta in self.stage.stream_tokens(request):
+            yield delta
+
 
 @serve.deployment
 class TTSDeployment:

@@ -1,4 +1,5 @@
-"""The router's Starlette app: `WS /v1/realtime`, `GET /healthz`, `GET /readyz`, `GET /metrics`.
+"""The router's Starlette app: `WS /v1/realtime`, `GET /healthz`, `GET /readyz`, `GET /metrics`, and the
+OpenAI-compatible REST endpoints of `serve_app.rest_api`.
 
 Plain ASGI with no Ray imports, so it runs under Serve (see `serve_app.deployments.Router`), under
 uvicorn, or in Starlette's TestClient with in-process stages.
@@ -8,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -23,11 +23,13 @@ from starlette.websockets import WebSocket
 from actors.config import Settings
 from actors.journal import user_id_problem
 from actors.memory_sink import MemorySink
-from actors.pipeline import PhraseLLMClient, SynthesizerClient, TranscriberClient
+from actors.pipeline import LLMClient, SynthesizerClient, TranscriberClient
 from actors.session import SessionLimits, SessionOptions, VoiceSession
 from actors.vad import SileroSpeechDetector, SpeechDetector, VadConfig
+from serve_app.auth import authorized, bearer_token
 from serve_app.protocol import ProtocolLimits
 from serve_app.realtime import RealtimeConnection
+from serve_app.rest_api import rest_routes
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +38,7 @@ log = logging.getLogger(__name__)
 class RouterDeps:
     settings: Settings
     stt: TranscriberClient
-    llm: PhraseLLMClient
+    llm: LLMClient
     tts: SynthesizerClient
     memory_sink: MemorySink | None = None
     memory_context: Callable[[str], Awaitable[str | None]] | None = None  # the user's long-term memory
@@ -62,18 +64,6 @@ def default_options(settings: Settings) -> SessionOptions:
     )
 
 
-def _bearer(headers_auth: str | None, query_key: str | None) -> str | None:
-    if headers_auth and headers_auth.lower().startswith("bearer "):
-        return headers_auth[7:].strip()
-    return query_key
-
-
-def _authorized(keys: frozenset[str], presented: str | None) -> bool:
-    if not keys:
-        return True
-    return presented is not None and any(hmac.compare_digest(presented, k) for k in keys)
-
-
 def build_router_app(deps: RouterDeps) -> Starlette:
     settings = deps.settings
     limits = ProtocolLimits(settings.max_event_bytes, settings.max_append_bytes, settings.max_text_chars)
@@ -85,8 +75,9 @@ def build_router_app(deps: RouterDeps) -> Starlette:
     keys = settings.bearer_keys
 
     async def realtime(websocket: WebSocket) -> None:
-        presented = _bearer(websocket.headers.get("authorization"), websocket.query_params.get("api_key"))
-        if not _authorized(keys, presented):
+        headers, query = websocket.headers, websocket.query_params
+        presented = bearer_token(headers.get("authorization"), query.get("api_key"))
+        if not authorized(keys, presented):
             await websocket.close(code=1008, reason="invalid or missing API key")
             return
         user_id = websocket.query_params.get("user") or "anonymous"
@@ -128,8 +119,8 @@ def build_router_app(deps: RouterDeps) -> Starlette:
         return JSONResponse({"status": "ready", "stages": stages})
 
     async def metrics(request: Request) -> Response:
-        presented = _bearer(request.headers.get("authorization"), None)
-        if not _authorized(keys, presented):
+        presented = bearer_token(request.headers.get("authorization"), None)
+        if not authorized(keys, presented):
             return JSONResponse(
                 {"error": {"message": "invalid or missing API key", "type": "auth_error"}}, status_code=401
             )
@@ -155,5 +146,6 @@ def build_router_app(deps: RouterDeps) -> Starlette:
             Route("/healthz", healthz),
             Route("/readyz", readyz),
             Route("/metrics", metrics),
+            *rest_routes(deps),  # OpenAI-compatible REST; after the WebSocket route it must not shadow
         ],
     )

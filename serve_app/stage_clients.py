@@ -4,6 +4,7 @@ Hop design (DESIGN §4: ~3 ms per call, ~0.6 ms per streamed item):
 - STT: one call per ≥100 ms of utterance audio (the session batches), routed to the same replica with
   Serve model multiplexing keyed by the stream id; a replica without the stream asks for a resync.
 - LLM: one streaming call per response; items are phrases (plus one first-token marker), not tokens.
+  REST chat streams tokens (its client asked for them); that costs ~0.6 ms per token per hop.
 - TTS: one streaming call per phrase; items are ≥120 ms of audio after the first chunk.
 """
 
@@ -65,6 +66,14 @@ class RemotePhraseLLM:
                 yield event
         finally:
             response.cancel()  # barge-in: stop generation on the replica
+
+    async def stream_tokens(self, request: LLMRequest) -> AsyncIterator[str]:
+        response = self._handle.stream_tokens.remote(request)
+        try:
+            async for delta in response:
+                yield delta
+        finally:
+            response.cancel()  # the HTTP client went away: stop generation on the replica
 
 
 class RemoteSynthesizer:

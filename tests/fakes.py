@@ -36,6 +36,7 @@ class FakeLLMEngine(LLMEngine):
         self.ttft_ms = ttft_ms
         self.tokens_per_s = tokens_per_s
         self.requests: list[list[ChatMessage]] = []
+        self.calls: list[dict[str, Any]] = []  # the other arguments of each request
         self.cancelled = 0
 
     def tokens(self) -> list[str]:
@@ -49,8 +50,12 @@ class FakeLLMEngine(LLMEngine):
         max_tokens: int,
         temperature: float,
         user_id: str = "anonymous",
+        model: str | None = None,
     ) -> AsyncIterator[str]:
         self.requests.append(messages)
+        self.calls.append(
+            {"max_tokens": max_tokens, "temperature": temperature, "user_id": user_id, "model": model}
+        )
         try:
             await asyncio.sleep(self.ttft_ms / 1000)
             for i, token in enumerate(self.tokens()):

@@ -24,10 +24,13 @@ class LLMEngine(ABC):
         max_tokens: int,
         temperature: float,
         user_id: str = "anonymous",
+        model: str | None = None,
     ) -> AsyncIterator[str]:
         """Yield text deltas. Closing the iterator early (barge-in) must stop generation.
 
         `user_id` says whose conversation it is; engines that keep no per-user state ignore it.
+        `model` asks for another model than the configured one; an engine that loads one model
+        ignores it.
         """
 
     async def warmup(self) -> None:  # noqa: B027 - optional hook

@@ -33,6 +33,7 @@ class LettaAgentLLMEngine(OpenAILLMEngine):
         max_tokens: int,
         temperature: float,
         user_id: str = "anonymous",
+        model: str | None = None,  # ignored: the user's agent is the model
     ) -> AsyncIterator[str]:
         newest = [m for m in messages if m["role"] == "user"][-1:]
         if not newest:

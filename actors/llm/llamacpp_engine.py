@@ -177,6 +177,7 @@ class LlamaCppEngine(LLMEngine):
         max_tokens: int,
         temperature: float,
         user_id: str = "anonymous",
+        model: str | None = None,  # one GGUF is loaded: ignored
     ) -> AsyncIterator[str]:
         def produce(emit: Any, stop: threading.Event) -> None:
             self._generate(messages, max_tokens, temperature, stop, emit)

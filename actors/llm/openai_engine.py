@@ -29,9 +29,10 @@ class OpenAILLMEngine(LLMEngine):
         max_tokens: int,
         temperature: float,
         user_id: str = "anonymous",
+        model: str | None = None,
     ) -> AsyncIterator[str]:
         async for delta in self.stream_completion(
-            self.model, messages, max_tokens=max_tokens, temperature=temperature
+            model or self.model, messages, max_tokens=max_tokens, temperature=temperature
         ):
             yield delta
 

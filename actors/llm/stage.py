@@ -1,4 +1,5 @@
-"""LLM stage: engine tokens → speakable phrases, so only phrases cross process boundaries."""
+"""LLM stage: engine tokens → speakable phrases, so only phrases cross process boundaries on a voice
+turn; REST chat clients that want tokens get them as generated (`stream_tokens`)."""
 
 from __future__ import annotations
 
@@ -18,16 +19,32 @@ class LLMStage:
         self.engine = engine
         self.chunker_config = chunker_config
 
-    async def stream_phrases(self, request: LLMRequest) -> AsyncIterator[LLMEvent]:
-        chunker = PhraseChunker(self.chunker_config)
-        started = time.perf_counter()
-        first = True
-        tokens = self.engine.stream(
+    def _engine_stream(self, request: LLMRequest) -> AsyncIterator[str]:
+        # `model` only when asked: engines written before it existed need not take it.
+        extra = {"model": request["model"]} if "model" in request else {}
+        return self.engine.stream(
             request["messages"],
             max_tokens=request["max_tokens"],
             temperature=request["temperature"],
             user_id=request["user_id"],
+            **extra,
         )
+
+    async def stream_tokens(self, request: LLMRequest) -> AsyncIterator[str]:
+        """The engine's text deltas as generated (empty ones dropped)."""
+        tokens = self._engine_stream(request)
+        try:
+            async for delta in tokens:
+                if delta:
+                    yield delta
+        finally:
+            await tokens.aclose()  # type: ignore[attr-defined]
+
+    async def stream_phrases(self, request: LLMRequest) -> AsyncIterator[LLMEvent]:
+        chunker = PhraseChunker(self.chunker_config)
+        started = time.perf_counter()
+        first = True
+        tokens = self._engine_stream(request)
         try:
             async for delta in tokens:
                 if not delta:

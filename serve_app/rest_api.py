@@ -1,0 +1,433 @@
+"""OpenAI-compatible REST endpoints on the router: chat completions, transcriptions, speech, models.
+
+Each handler validates its request (a 4xx in OpenAI's error shape that says what is wrong), runs the
+stage clients the WebSocket path uses (in-process stages or Serve handles), and measures the same
+per-turn latencies under the same Prometheus names. Routes are mounted by `serve_app.router_app`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+from starlette.applications import Starlette
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.routing import BaseRoute, Mount, Route
+
+from actors.audio import DEFAULT_OUTPUT_RATE, AudioFormatError
+from actors.audio_files import decode_upload, streaming_wav_header
+from actors.chat_turn import ChatTurn
+from actors.llm.base import ChatMessage
+from actors.metrics import HISTOGRAMS
+from serve_app.auth import authorized, bearer_token
+from serve_app.openapi import openapi_document
+from serve_app.rest_models import (
+    TRANSCRIPTION_FORMATS,
+    AssistantMessage,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    Choice,
+    ChunkChoice,
+    Delta,
+    ErrorDetail,
+    ErrorResponse,
+    ModelCard,
+    ModelList,
+    SpeechRequest,
+    Transcription,
+    TranscriptionUsage,
+    TranscriptionVerbose,
+    Usage,
+)
+
+if TYPE_CHECKING:
+    from serve_app.router_app import RouterDeps
+
+log = logging.getLogger(__name__)
+
+M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
+MAX_FORM_FIELD_BYTES = 64 * 1024  # a non-file form field (model, language, prompt, ...)
+
+
+class ApiError(Exception):
+    """A request we answer with OpenAI's error JSON."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        type: str = "invalid_request_error",
+    ) -> None:
+        super().__init__(message)
+        self.status, self.message, self.param, self.code, self.type = status, message, param, code, type
+
+    def response(self) -> JSONResponse:
+        body = ErrorResponse(
+            error=ErrorDetail(message=self.message, type=self.type, param=self.param, code=self.code)
+        )
+        return JSONResponse(body.model_dump(), status_code=self.status)
+
+
+def _validation_error(exc: ValidationError) -> ApiError:
+    problems = []
+    for err in exc.errors(include_url=False):
+        where = ".".join(str(part) for part in err["loc"]) or "body"
+        problems.append(f"{where}: {err['msg'].removeprefix('Value error, ')}")
+    first = exc.errors(include_url=False)[0]
+    param = ".".join(str(part) for part in first["loc"]) or None
+    code = "missing_required_parameter" if first["type"] == "missing" else "invalid_value"
+    return ApiError(400, "invalid request: " + "; ".join(problems), param=param, code=code)
+
+
+def _sse(model: BaseModel) -> str:
+    return f"data: {model.model_dump_json()}\n\n"
+
+
+async def _first(items: AsyncIterator[T], stage: str) -> T | None:
+    """Start a stream before answering, so a failing stage is a clean 502, not a broken body."""
+    try:
+        return await anext(items)
+    except StopAsyncIteration:
+        return None
+    except Exception as exc:
+        log.exception("%s failed", stage)
+        with contextlib.suppress(Exception):
+            await items.aclose()  # type: ignore[attr-defined]
+        raise ApiError(
+            502, f"the {stage} stage failed: {exc}", type="server_error", code="stage_failed"
+        ) from exc
+
+
+class RestApi:
+    def __init__(self, deps: RouterDeps) -> None:
+        self.deps = deps
+        self.settings = deps.settings
+        self.keys = deps.settings.bearer_keys
+        self.created = int(time.time())
+        self.document = openapi_document()
+
+    # ------------------------------------------------------------------ plumbing
+    def routes(self) -> list[BaseRoute]:
+        v1 = Starlette(
+            routes=[
+                Route("/chat/completions", self.chat_completions, methods=["POST"]),
+                Route("/audio/transcriptions", self.transcriptions, methods=["POST"]),
+                Route("/audio/speech", self.speech, methods=["POST"]),
+                Route("/models", self.list_models, methods=["GET"]),
+                Route("/models/{model:path}", self.retrieve_model, methods=["GET"]),
+            ],
+            exception_handlers={ApiError: self._api_error, HTTPException: self._http_error},
+        )
+        return [Route("/openapi.json", self.openapi, methods=["GET"]), Mount("/v1", app=v1)]
+
+    async def _api_error(self, request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ApiError)
+        return exc.response()
+
+    async def _http_error(self, request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        message = f"{request.method} {request.url.path}: {exc.detail}"
+        return ApiError(exc.status_code, message, code=code).response()
+
+    def _authorize(self, request: Request) -> None:
+        if not authorized(self.keys, bearer_token(request.headers.get("authorization"))):
+            raise ApiError(
+                401, "invalid or missing API key: send Authorization: Bearer <key>", code="invalid_api_key"
+            )
+
+    async def _body(self, request: Request, limit: int) -> AsyncGenerator[bytes, None]:
+        """The request body, refused with 413 as soon as it is larger than `limit` bytes."""
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise ApiError(413, f"request body of {declared} bytes exceeds the limit of {limit} bytes")
+        received = 0
+        async for chunk in request.stream():
+            received += len(chunk)
+            if received > limit:
+                raise ApiError(413, f"request body exceeds the limit of {limit} bytes")
+            yield chunk
+
+    async def _json(self, request: Request, model: type[M]) -> M:
+        body = b"".join([chunk async for chunk in self._body(request, self.settings.rest_max_body_bytes)])
+        if not body.strip():
+            raise ApiError(400, "the request body is empty: send a JSON object")
+        try:
+            data = json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ApiError(400, f"the request body is not valid JSON: {exc}", code="invalid_json") from exc
+        if not isinstance(data, dict):
+            raise ApiError(400, f"the request body must be a JSON object, not {type(data).__name__}")
+        try:
+            return model.model_validate(data)
+        except ValidationError as exc:
+            raise _validation_error(exc) from exc
+
+    # ------------------------------------------------------------------ endpoints
+    async def openapi(self, request: Request) -> Response:
+        return JSONResponse(self.document)
+
+    def _models(self) -> list[ModelCard]:
+        s = self.settings
+        return [
+            ModelCard(id=s.llm_model, created=self.created, owned_by=f"llm:{s.llm_engine}"),
+            ModelCard(id=s.stt_model, created=self.created, owned_by=f"stt:{s.stt_engine}"),
+            ModelCard(id=s.tts_model, created=self.created, owned_by=f"tts:{s.tts_engine}:{s.tts_voice}"),
+        ]
+
+    async def list_models(self, request: Request) -> Response:
+        self._authorize(request)
+        return JSONResponse(ModelList(data=self._models()).model_dump())
+
+    async def retrieve_model(self, request: Request) -> Response:
+        self._authorize(request)
+        wanted = request.path_params["model"]
+        for card in self._models():
+            if card.id == wanted:
+                return JSONResponse(card.model_dump())
+        raise ApiError(
+            404, f"the model {wanted!r} does not exist here", param="model", code="model_not_found"
+        )
+
+    async def chat_completions(self, request: Request) -> Response:
+        self._authorize(request)
+        body = await self._json(request, ChatCompletionRequest)
+        s = self.settings
+        max_tokens = body.max_completion_tokens or body.max_tokens or s.llm_max_tokens
+        if max_tokens > s.rest_max_completion_tokens:
+            param = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
+            raise ApiError(
+                400, f"{param} is {max_tokens}; the limit is {s.rest_max_completion_tokens}", param=param
+            )
+        messages: list[ChatMessage] = [
+            {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+            for m in body.messages
+        ]
+        if all(m["role"] == "system" for m in messages):
+            raise ApiError(400, "messages has no user or assistant message to answer", param="messages")
+        # Only an OpenAI-compatible engine can switch models per request; the offline engine answers
+        # with the one model it loaded, and the response's `model` says so.
+        switchable = s.llm_engine == "openai"
+        model = body.model if switchable else s.llm_model
+        turn = ChatTurn(
+            llm=self.deps.llm,
+            messages=messages,
+            user_id=body.user or "anonymous",
+            max_tokens=max_tokens,
+            temperature=body.temperature if body.temperature is not None else s.llm_temperature,
+            default_instructions=s.system_prompt,
+            model=body.model if switchable else None,
+            memory_sink=self.deps.memory_sink,
+            memory_context=self.deps.memory_context,
+        )
+        deltas = turn.stream()
+        first = await _first(deltas, "LLM")
+        created = int(time.time())
+        if body.stream:
+            usage = body.stream_options is not None and body.stream_options.include_usage
+            return StreamingResponse(
+                self._chat_events(turn, deltas, first, model, created, usage),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            )
+        parts = [] if first is None else [first]
+        try:
+            parts += [delta async for delta in deltas]
+        except Exception as exc:
+            log.exception("LLM failed")
+            raise ApiError(
+                502, f"the LLM stage failed: {exc}", type="server_error", code="stage_failed"
+            ) from exc
+        out = turn.outcome
+        completion = ChatCompletion(
+            id=turn.turn_id,
+            created=created,
+            model=model,
+            choices=[Choice(message=AssistantMessage(content=out.text), finish_reason=out.finish_reason)],
+            usage=Usage(
+                prompt_tokens=out.prompt_tokens,
+                completion_tokens=out.completion_tokens,
+                total_tokens=out.prompt_tokens + out.completion_tokens,
+            ),
+            metrics=out.metrics,
+        )
+        return JSONResponse(completion.model_dump())
+
+    async def _chat_events(
+        self,
+        turn: ChatTurn,
+        deltas: AsyncIterator[str],
+        first: str | None,
+        model: str,
+        created: int,
+        include_usage: bool,
+    ) -> AsyncIterator[str]:
+        def chunk(delta: Delta, finish: Any = None) -> str:
+            choice = ChunkChoice(delta=delta, finish_reason=finish)
+            return _sse(ChatCompletionChunk(id=turn.turn_id, created=created, model=model, choices=[choice]))
+
+        try:
+            yield chunk(Delta(role="assistant", content=""))
+            if first is not None:
+                yield chunk(Delta(content=first))
+                async for delta in deltas:
+                    yield chunk(Delta(content=delta))
+        except Exception as exc:
+            # Headers are gone: OpenAI's way is an error object as the last event.
+            log.exception("LLM failed mid-stream")
+            detail = ErrorDetail(
+                message=f"the LLM stage failed: {exc}", type="server_error", code="stage_failed"
+            )
+            yield _sse(ErrorResponse(error=detail))
+            return
+        finally:
+            await deltas.aclose()  # type: ignore[attr-defined]
+        out = turn.outcome
+        yield chunk(Delta(), out.finish_reason)
+        if include_usage:
+            usage = Usage(
+                prompt_tokens=out.prompt_tokens,
+                completion_tokens=out.completion_tokens,
+                total_tokens=out.prompt_tokens + out.completion_tokens,
+            )
+            yield _sse(
+                ChatCompletionChunk(id=turn.turn_id, created=created, model=model, choices=[], usage=usage)
+            )
+        yield "data: [DONE]\n\n"
+
+    async def speech(self, request: Request) -> Response:
+        self._authorize(request)
+        body = await self._json(request, SpeechRequest)
+        s = self.settings
+        text = body.input.strip()
+        if not text:
+            raise ApiError(400, "input is empty: send the text to speak", param="input")
+        if len(body.input) > s.rest_max_speech_chars:
+            raise ApiError(
+                400,
+                f"input has {len(body.input)} characters; the limit is {s.rest_max_speech_chars}",
+                param="input",
+            )
+        if body.voice_name() != s.tts_voice:
+            raise ApiError(
+                400,
+                f"voice {body.voice_name()[:60]!r} is not available: this server speaks with {s.tts_voice!r}",
+                param="voice",
+                code="unsupported_voice",
+            )
+        if body.speed is not None and body.speed != 1.0:
+            raise ApiError(400, "speed is not supported by this server: omit it or send 1.0", param="speed")
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        chunks = self.deps.tts.synthesize(text, DEFAULT_OUTPUT_RATE)
+        first = await _first(chunks, "TTS")
+        HISTOGRAMS["tts_ttfb"].observe((loop.time() - started) * 1000)
+        wav = body.response_format == "wav"
+
+        async def audio() -> AsyncIterator[bytes]:
+            try:
+                if wav:
+                    yield streaming_wav_header(DEFAULT_OUTPUT_RATE)
+                if first is not None:
+                    yield first
+                    async for piece in chunks:
+                        yield piece
+            finally:
+                await chunks.aclose()  # type: ignore[attr-defined]
+
+        return StreamingResponse(audio(), media_type="audio/wav" if wav else "audio/pcm")
+
+    async def transcriptions(self, request: Request) -> Response:
+        self._authorize(request)
+        if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+            raise ApiError(400, "send the recording as multipart/form-data with a `file` field", param="file")
+        parser = MultiPartParser(
+            request.headers,
+            self._body(request, self.settings.rest_max_upload_bytes),
+            max_files=1,
+            max_fields=32,
+            max_part_size=MAX_FORM_FIELD_BYTES,
+        )
+        try:
+            form = await parser.parse()
+        except MultiPartException as exc:
+            raise ApiError(400, f"malformed multipart form: {exc.message}") from exc
+        try:
+            return await self._transcribe(form)
+        finally:
+            await form.close()
+
+    async def _transcribe(self, form: Any) -> Response:
+        upload, model = form.get("file"), form.get("model")
+        if not isinstance(upload, UploadFile):
+            raise ApiError(400, "the form has no `file` upload: attach the recording as `file`", param="file")
+        if not isinstance(model, str) or not model.strip():
+            raise ApiError(
+                400, "the form has no `model` field", param="model", code="missing_required_parameter"
+            )
+        fmt = form.get("response_format") or "json"
+        if fmt not in TRANSCRIPTION_FORMATS:
+            raise ApiError(
+                400,
+                f"response_format {str(fmt)[:40]!r} is not supported: use "
+                + ", ".join(TRANSCRIPTION_FORMATS),
+                param="response_format",
+            )
+        if str(form.get("stream", "false")).lower() not in ("false", "0"):
+            raise ApiError(400, "streamed transcription is not supported: omit `stream`", param="stream")
+        temperature = form.get("temperature")
+        if temperature is not None:
+            try:
+                float(temperature)
+            except (TypeError, ValueError) as exc:
+                raise ApiError(400, "temperature must be a number", param="temperature") from exc
+        language = form.get("language")
+        if language is not None and not isinstance(language, str):
+            raise ApiError(400, "language must be a string", param="language")
+        data = await upload.read()
+        try:
+            pcm, seconds = await asyncio.to_thread(decode_upload, data, self.settings.rest_max_audio_s)
+        except AudioFormatError as exc:
+            raise ApiError(400, str(exc), param="file", code="invalid_audio") from exc
+        loop = asyncio.get_running_loop()
+        started = loop.time()  # the whole recording is here: its end is "end of speech"
+        stream = self.deps.stt.open_stream()
+        try:
+            text = (await stream.finish_with(pcm)).strip()
+        except Exception as exc:
+            log.exception("STT failed")
+            with contextlib.suppress(Exception):
+                await stream.aclose()
+            raise ApiError(
+                502, f"the STT stage failed: {exc}", type="server_error", code="stage_failed"
+            ) from exc
+        HISTOGRAMS["transcription_delay"].observe((loop.time() - started) * 1000)
+        usage = TranscriptionUsage(seconds=round(seconds, 3))
+        if fmt == "text":
+            return PlainTextResponse(text)
+        if fmt == "verbose_json":
+            verbose = TranscriptionVerbose(
+                language=language or "en", duration=round(seconds, 3), text=text, usage=usage
+            )
+            return JSONResponse(verbose.model_dump())
+        return JSONResponse(Transcription(text=text, usage=usage).model_dump())
+
+
+def rest_routes(deps: RouterDeps) -> list[BaseRoute]:
+    """`GET /openapi.json` and everything under `/v1` except the WebSocket (mount after it)."""
+    return RestApi(deps).routes()
