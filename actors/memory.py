@@ -68,6 +68,10 @@ class MemoryService:
         self.start()
         self.writer.submit(turn)
 
+    def session_ended(self, user_id: str) -> None:
+        self.start()
+        self.writer.flush_user(user_id)
+
     async def memory_context(self, user_id: str) -> str | None:
         self.start()
         return await self.cache.context(user_id)

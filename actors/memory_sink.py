@@ -16,12 +16,19 @@ class MemorySink(Protocol):
         """Accept a finished turn without blocking; delivery happens elsewhere."""
         ...
 
+    def session_ended(self, user_id: str) -> None:
+        """The user's conversation is over: deliver their waiting turns now, not at the window's end."""
+        ...
+
 
 class RecentTurnsSink:
     """Keeps the latest turns in process and logs them; the default until a memory actor is configured."""
 
     def __init__(self, capacity: int = 1000) -> None:
         self.turns: deque[FinishedTurn] = deque(maxlen=capacity)
+
+    def session_ended(self, user_id: str) -> None:
+        pass  # nothing is waiting: turns are kept as they come
 
     def submit(self, turn: FinishedTurn) -> None:
         self.turns.append(turn)

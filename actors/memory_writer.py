@@ -99,6 +99,7 @@ class MemoryWriter:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._failing = False
         self._flushing = False  # deliver partial batches at once (shutdown)
+        self._flush_users: set[str] = set()  # deliver these users' partial batches at once
         self.calls = 0  # backend write calls made (successful or not)
 
     def start(self) -> None:
@@ -114,6 +115,13 @@ class MemoryWriter:
         if len(self.journal.pending(turn.user_id, limit=self.config.batch_size)) >= self.config.batch_size:
             self._wake[turn.user_id].set()
         self._update_gauges()
+
+    def flush_user(self, user_id: str) -> None:
+        """Deliver the user's waiting turns now, without waiting for the batch to fill (session end)."""
+        if self.journal.pending(user_id, limit=1):
+            self._flush_users.add(user_id)
+            self._ensure_task(user_id)
+            self._wake[user_id].set()
 
     async def flush(self) -> None:
         """Deliver everything now (graceful shutdown); waits while the backend is down."""
@@ -144,10 +152,11 @@ class MemoryWriter:
         while True:
             entries = self.journal.pending(user_id, limit=self.config.batch_size)
             if not entries:
+                self._flush_users.discard(user_id)
                 return  # a new submit starts a new task
             oldest_wait = time.time() - entries[0].journaled_at
             batch_due = len(entries) >= self.config.batch_size or oldest_wait >= self.config.flush_interval_s
-            if not (batch_due or self._flushing):
+            if not (batch_due or self._flushing or user_id in self._flush_users):
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(wake.wait(), self.config.flush_interval_s - oldest_wait)
                 wake.clear()

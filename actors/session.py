@@ -327,6 +327,8 @@ class VoiceSession:
         for task in list(self._turn_tasks):
             task.cancel()
         await asyncio.gather(*self._turn_tasks, return_exceptions=True)
+        if self._sink is not None:
+            self._sink.session_ended(self.user_id)
 
     # ---------------------------------------------------------------- turns
     async def _commit_utterance(self, timeline: TurnTimeline) -> None:

@@ -49,6 +49,9 @@ class MemoryActor:
     async def submit(self, turn: dict[str, Any]) -> None:
         self.service.submit(FinishedTurn(**turn))
 
+    async def session_ended(self, user_id: str) -> None:
+        self.service.session_ended(user_id)
+
     async def memory_context(self, user_id: str) -> str | None:
         return await self.service.memory_context(user_id)
 
@@ -110,6 +113,18 @@ class ActorMemorySink:
         task = asyncio.get_running_loop().create_task(self._deliver(turn))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
+
+    def session_ended(self, user_id: str) -> None:
+        # After the session's last turn: Ray runs an actor's calls from one caller in order.
+        task = asyncio.get_running_loop().create_task(self._end_session(user_id))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _end_session(self, user_id: str) -> None:
+        try:
+            await self.actor.session_ended.remote(user_id)
+        except Exception as exc:  # only hastens delivery: the turns are journaled either way
+            log.warning("memory actor did not take the end of %s's session: %r", user_id, exc)
 
     async def _deliver(self, turn: FinishedTurn) -> None:
         def on_failure(state: RetryCallState) -> None:

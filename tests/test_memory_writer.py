@@ -95,6 +95,24 @@ async def test_a_crashed_writer_is_replayed_from_the_journal_exactly_once(tmp_pa
     await second.close()
 
 
+async def test_a_users_session_end_delivers_their_partial_batch_at_once(tmp_path: Path) -> None:
+    backend = FakeBackend()
+    writer = MemoryWriter(
+        TurnJournal(tmp_path / "j.db"), backend, WriterConfig(batch_size=50, flush_interval_s=60)
+    )
+    writer.submit(turn(1, user="ann"))
+    writer.submit(turn(2, user="ann"))
+    writer.submit(turn(1, user="ben"))
+    writer.flush_user("ann")
+    await wait_until(lambda: "ann" in backend.stored)
+    assert backend.stored["ann"] == ["resp_ann_1", "resp_ann_2"] and backend.calls == [("ann", 2)]
+    assert [e.turn.user_id for e in writer.journal.pending()] == ["ben"]  # ben's window still runs
+    writer.submit(turn(3, user="ann"))  # a new session's turn waits for its batch again
+    await asyncio.sleep(0.3)
+    assert backend.stored["ann"] == ["resp_ann_1", "resp_ann_2"]
+    await writer.close()
+
+
 async def test_flush_delivers_a_partial_batch_at_once(tmp_path: Path) -> None:
     backend = FakeBackend()
     writer = MemoryWriter(

@@ -31,6 +31,15 @@ pytestmark = pytest.mark.looptime
 QUESTION = "what time is it"
 
 
+class EndRecordingSink(RecentTurnsSink):
+    def __init__(self) -> None:
+        super().__init__()
+        self.ended: list[str] = []
+
+    def session_ended(self, user_id: str) -> None:
+        self.ended.append(user_id)
+
+
 class Harness:
     def __init__(
         self,
@@ -46,7 +55,7 @@ class Harness:
     ) -> None:
         self.events: list[object] = []
         self.llm = FakeLLMEngine(reply, ttft_ms=ttft_ms, tokens_per_s=50)
-        self.sink = RecentTurnsSink()
+        self.sink = EndRecordingSink()
         self.session = VoiceSession(
             stt=SimulatedSTTEngine(QUESTION, finalize_delay_ms=stt_delay_ms),
             llm=LLMStage(self.llm),
@@ -205,3 +214,5 @@ async def test_the_users_memory_is_in_the_system_prompt_and_only_theirs() -> Non
         system = h.llm.requests[0][0]["content"]
         assert system.startswith("Be brief.") and fact in system and other not in system
         assert h.sink.turns[0].user_id == user
+        await h.session.close()
+        assert h.sink.ended == [user]  # the end of the session lets the memory writer deliver now
