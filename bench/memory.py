@@ -12,10 +12,10 @@ figure of the system this project replaces. Clients stream an eSpeak question in
 Scenarios (each a fresh `serve run serve_config.yaml` on a private Ray cluster):
 - `memory off`: no Letta at all, the baseline;
 - `memory on (hybrid)`: the memory actor journals every turn and batches it to Letta off the request
-  path; memory read into every prompt. Then 10 concurrent sessions, with the default flush window and
-  longer ones: Letta write calls per turn and memory lag (turn end → confirmed in Letta, from the actor's
-  own `voice_memory_lag_seconds` histogram, interpolated within buckets as Prometheus' histogram_quantile
-  does);
+  path; memory read into every prompt. Then 10 concurrent sessions of 8 turns, with several flush
+  windows (the first one also gives the latency rows): Letta write calls per turn and memory lag (turn
+  end → confirmed in Letta, from the actor's own `voice_memory_lag_seconds` histogram, interpolated
+  within buckets as Prometheus' histogram_quantile does). Each session's end flushes its user's turns;
 - `full Letta`: `use_hybrid_streaming: false`, every reply streamed from the user's Letta agent.
 """
 
@@ -131,6 +131,7 @@ async def memory_load(
     run: ServeRun, label: str, sessions: int, turns: int, utterance: bytes, flush_s: float
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The latency summary of `sessions` concurrent sessions, and what their memory writes cost."""
+    await wait_drained(run, flush_s + LETTA_TURN_S * 4 + 30)  # earlier turns are not counted here
     before = memory_metrics(run)
     result = await run_scenario(
         label, run.ws_url, sessions, turns, utterance, user_prefix=f"load{int(flush_s)}"
@@ -250,7 +251,7 @@ async def main_async(args: argparse.Namespace) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="voice-mem-bench-"))
     utterance = espeak_speech(QUESTION)
     turns_1, turns_10 = (4, 3) if args.quick else (12, 8)
-    windows = [2.0] if args.quick else [2.0, 10.0, 30.0]
+    windows = args.windows or ([2.0] if args.quick else [2.0, 10.0, 30.0])
     processes = []
     (workdir / "letta").mkdir()
     letta = LettaServer(workdir / "letta")
@@ -326,6 +327,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="fewer turns, the default flush window only")
+    parser.add_argument("--windows", type=float, nargs="+", help="flush windows to compare (s)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
     asyncio.run(main_async(parser.parse_args()))
 

@@ -59,31 +59,26 @@ class RemotePhraseLLM:
     def __init__(self, handle: Any) -> None:
         self._handle = handle.options(stream=True)
 
-    async def stream_phrases(self, request: LLMRequest) -> AsyncIterator[LLMEvent]:
-        response = self._handle.stream_phrases.remote(request)
-        try:
-            async for event in response:
-                yield event
-        finally:
-            response.cancel()  # barge-in: stop generation on the replica
+    def stream_phrases(self, request: LLMRequest) -> AsyncIterator[LLMEvent]:
+        return _cancelled_on_close(self._handle.stream_phrases.remote(request))
 
-    async def stream_tokens(self, request: LLMRequest) -> AsyncIterator[str]:
-        response = self._handle.stream_tokens.remote(request)
-        try:
-            async for delta in response:
-                yield delta
-        finally:
-            response.cancel()  # the HTTP client went away: stop generation on the replica
+    def stream_tokens(self, request: LLMRequest) -> AsyncIterator[str]:
+        return _cancelled_on_close(self._handle.stream_tokens.remote(request))
 
 
 class RemoteSynthesizer:
     def __init__(self, handle: Any) -> None:
         self._handle = handle.options(stream=True)
 
-    async def synthesize(self, text: str, sample_rate: int) -> AsyncIterator[bytes]:
-        response = self._handle.synthesize.remote(text, sample_rate)
-        try:
-            async for chunk in response:
-                yield chunk
-        finally:
-            response.cancel()
+    def synthesize(self, text: str, sample_rate: int) -> AsyncIterator[bytes]:
+        return _cancelled_on_close(self._handle.synthesize.remote(text, sample_rate))
+
+
+async def _cancelled_on_close(response: Any) -> AsyncIterator[Any]:
+    """The items of a streaming handle call. Closing early (barge-in, an HTTP client gone) cancels the
+    call, which stops generation or synthesis on the replica."""
+    try:
+        async for item in response:
+            yield item
+    finally:
+        response.cancel()

@@ -22,7 +22,7 @@ from tests.fakes import EnergySpeechDetector, FakeLLMEngine, silence, tone, user
 SERVER_EVENT = TypeAdapter(RealtimeServerEvent)
 
 
-def make_app(**overrides: object) -> TestClient:
+def make_app(memory_context=None, **overrides: object) -> TestClient:
     settings = Settings(
         stt_engine="pocketsphinx", llm_engine="openai", tts_engine="espeak", max_text_chars=200, **overrides
     ).resolved()
@@ -32,6 +32,7 @@ def make_app(**overrides: object) -> TestClient:
         llm=LLMStage(FakeLLMEngine("Hi. Nice to meet you.", ttft_ms=10, tokens_per_s=500)),
         tts=TTSStage(SimulatedTTSEngine(ttfb_ms=5, realtime_factor=1000)),
         speech_detector=EnergySpeechDetector,
+        memory_context=memory_context,
     )
     return TestClient(build_router_app(deps))
 
@@ -199,3 +200,16 @@ def test_a_malformed_user_id_is_refused_with_the_reason() -> None:
     assert refused.value.code == 1008 and "user id" in refused.value.reason
     with client.websocket_connect("/v1/realtime?user=ada@example.com") as ws:
         assert json.loads(ws.receive_text())["type"] == "session.created"
+
+
+def test_a_users_memory_is_read_as_their_session_opens() -> None:
+    reads: list[str] = []
+
+    async def memory_context(user_id: str) -> str:
+        reads.append(user_id)
+        return "Ada likes tea."
+
+    client = make_app(memory_context=memory_context)
+    with client.websocket_connect("/v1/realtime?user=ada") as ws:
+        assert json.loads(ws.receive_text())["type"] == "session.created"
+        assert reads == ["ada"]  # before any turn: the first one finds it cached
