@@ -4,13 +4,15 @@ assertions, and its STT / TTS plugins, against the router's REST API. No LiveKit
 In process (the router with fake stages behind a real uvicorn socket): the participant's identity reaches
 the memory path. On the running agent (`serve run serve_config.yaml`, offline engines): a text turn answered
 by llama.cpp, pocketsphinx transcribing a real recording through the STT plugin, eSpeak speech through the
-TTS plugin.
+TTS plugin, and a whole spoken turn through the session with a fake microphone and speaker (LiveKit's
+`AudioInput` / `AudioOutput`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 
 import numpy as np
@@ -19,6 +21,8 @@ import uvicorn
 from livekit import rtc
 from livekit.agents import AgentSession, metrics
 from livekit.agents.llm import ChatMessage
+from livekit.agents.voice.events import ConversationItemAddedEvent
+from livekit.agents.voice.io import AudioInput, AudioOutput, AudioOutputCapabilities
 from livekit.plugins import silero
 
 from actors.audio import rms_dbfs
@@ -215,3 +219,74 @@ async def test_tts_plugin_streams_plausible_speech(served_cfg: WorkerConfig) -> 
     assert 0.03 * len(text) < seconds < 0.15 * len(text), seconds  # eSpeak speaks ~55 ms a character
     assert rms_dbfs(pcm) > -30.0
     assert np.abs(np.frombuffer(pcm, dtype="<i2")).max() > 1000
+
+
+class RecordingInput(AudioInput):
+    """A participant's microphone: the recording in 20 ms frames at real time, then silence."""
+
+    def __init__(self, pcm: bytes, rate: int) -> None:
+        super().__init__(label="recording")
+        self._frames = iter(frames_of(pcm + bytes(rate * 2), rate))  # 1 s of silence after the speech
+        self._silence = frames_of(bytes(rate * 2 // 50), rate)[0]
+
+    async def __anext__(self) -> rtc.AudioFrame:
+        await asyncio.sleep(0.02)  # the VAD and endpointing run on the wall clock
+        return next(self._frames, self._silence)
+
+
+class CapturingOutput(AudioOutput):
+    """A speaker that plays instantly and keeps what it was given."""
+
+    def __init__(self) -> None:
+        super().__init__(label="capture", capabilities=AudioOutputCapabilities(pause=False))
+        self.frames: list[rtc.AudioFrame] = []
+        self._position = 0.0
+
+    async def capture_frame(self, frame: rtc.AudioFrame) -> None:
+        if self._position == 0.0:
+            self.on_playback_started(created_at=time.time())
+        await super().capture_frame(frame)
+        self.frames.append(frame)
+        self._position += frame.duration
+
+    def flush(self) -> None:
+        super().flush()
+        self.on_playback_finished(playback_position=self._position, interrupted=False)
+        self._position = 0.0
+
+    def clear_buffer(self) -> None:
+        self.on_playback_finished(playback_position=self._position, interrupted=True)
+        self._position = 0.0
+
+
+@pytest.mark.slow
+async def test_spoken_turn_through_the_whole_session(served_cfg: WorkerConfig, vad: silero.VAD) -> None:
+    """LiveKit's VAD cuts the utterance, our STT transcribes it, our LLM answers, our TTS speaks, and
+    every latency LiveKit reports for the turn lands in our histograms."""
+    if not LIBRIVOX.exists():
+        pytest.skip("needs the Debian pocketsphinx-testdata package")
+    pcm, _ = librivox("0880", rate=24_000)
+    before = {name: _sum(name) for name in HISTOGRAMS}
+    replied: asyncio.Future[ChatMessage] = asyncio.get_running_loop().create_future()
+    heard: list[str] = []
+    speaker = CapturingOutput()
+    async with build_session(served_cfg, user="livekit-voice", vad=vad) as session:
+
+        @session.on("conversation_item_added")
+        def _added(ev: ConversationItemAddedEvent) -> None:
+            item = ev.item
+            if isinstance(item, ChatMessage) and item.role == "user":
+                heard.append(item.text_content or "")
+            if isinstance(item, ChatMessage) and item.role == "assistant" and not replied.done():
+                replied.set_result(item)
+
+        session.input.audio = RecordingInput(pcm, 24_000)
+        session.output.audio = speaker
+        await session.start(VoiceAgent())
+        reply = await asyncio.wait_for(replied, 120)
+    assert heard and heard[0].strip(), heard  # pocketsphinx's transcript of the recording
+    assert (reply.text_content or "").strip()
+    spoken = sum(f.duration for f in speaker.frames)
+    assert spoken > 0.3, spoken
+    grew = {name for name in HISTOGRAMS if _sum(name) > before[name]}
+    assert {"end_of_turn_delay", "transcription_delay", "llm_ttft", "tts_ttfb", "e2e_latency"} <= grew, grew
