@@ -192,16 +192,14 @@ def observe_reply(item: Any) -> float | None:
 
 
 def record_metrics(session: AgentSession) -> None:
-    session.on("metrics_collected", lambda ev: observe_metrics(_metrics_of(ev)))
-    session.on("conversation_item_added", lambda ev: observe_reply(_item_of(ev)))
+    def on_metrics(ev: MetricsCollectedEvent) -> None:
+        observe_metrics(ev.metrics)
 
+    def on_item(ev: ConversationItemAddedEvent) -> None:
+        observe_reply(ev.item)
 
-def _metrics_of(ev: MetricsCollectedEvent) -> metrics.AgentMetrics:
-    return ev.metrics
-
-
-def _item_of(ev: ConversationItemAddedEvent) -> Any:
-    return ev.item
+    session.on("metrics_collected", on_metrics)
+    session.on("conversation_item_added", on_item)
 
 
 # ------------------------------------------------------------------------------------------- worker
