@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Create .venv with every locked dependency (idempotent; fast when nothing changed).
 #   scripts/setup.sh          runtime + offline LLM
-#   scripts/setup.sh --dev    + test, lint and benchmark tools, and Debian's test recordings
+#   scripts/setup.sh --dev    + test, lint and benchmark tools, the LiveKit worker, and Debian's test recordings
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,7 +17,7 @@ export CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON 
 
 extras=(--extra offline-llm)
 if [[ "${1:-}" == "--dev" ]]; then
-  extras+=(--extra dev --extra bench)
+  extras+=(--extra dev --extra bench --extra livekit)
 fi
 uv sync --frozen --python 3.11 "${extras[@]}"
 

@@ -15,6 +15,8 @@ from serve_app.rest_models import (
     ErrorResponse,
     ModelCard,
     ModelList,
+    SpeechAudioDelta,
+    SpeechAudioDone,
     SpeechRequest,
     Transcription,
     TranscriptionVerbose,
@@ -30,6 +32,8 @@ _MODELS: list[tuple[type[BaseModel], JsonSchemaMode]] = [
     (Transcription, "serialization"),
     (TranscriptionVerbose, "serialization"),
     (ErrorResponse, "serialization"),
+    (SpeechAudioDelta, "serialization"),
+    (SpeechAudioDone, "serialization"),
 ]
 
 
@@ -126,7 +130,27 @@ def openapi_document() -> dict[str, Any]:
                     "operationId": "createSpeech",
                     "summary": "Speech from text, streamed while it is synthesised (24 kHz mono PCM16)",
                     "requestBody": _json_body(ref(SpeechRequest, "validation")),
-                    "responses": ok({"audio/wav": binary, "audio/pcm": binary}),
+                    "responses": ok(
+                        {
+                            "audio/wav": binary,
+                            "audio/pcm": binary,
+                            "text/event-stream": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["data"],
+                                    "properties": {
+                                        "event": {"type": "string"},
+                                        "data": {
+                                            "type": "string",
+                                            "description": "With stream_format sse: SpeechAudioDelta "
+                                            "events as JSON, then one SpeechAudioDone (or an ErrorResponse "
+                                            "if the stage fails mid-stream)",
+                                        },
+                                    },
+                                }
+                            },
+                        }
+                    ),
                 }
             },
             "/v1/models": {

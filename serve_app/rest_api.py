@@ -8,6 +8,7 @@ per-turn latencies under the same Prometheus names. Routes are mounted by `serve
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import logging
@@ -44,7 +45,10 @@ from serve_app.rest_models import (
     ErrorResponse,
     ModelCard,
     ModelList,
+    SpeechAudioDelta,
+    SpeechAudioDone,
     SpeechRequest,
+    SpeechUsage,
     Transcription,
     TranscriptionUsage,
     TranscriptionVerbose,
@@ -350,7 +354,29 @@ class RestApi:
             finally:
                 await chunks.aclose()  # type: ignore[attr-defined]
 
+        if body.stream_format == "sse":
+            return StreamingResponse(
+                self._speech_events(audio()),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            )
         return StreamingResponse(audio(), media_type="audio/wav" if wav else "audio/pcm")
+
+    async def _speech_events(self, audio: AsyncIterator[bytes]) -> AsyncIterator[str]:
+        """OpenAI's SSE speech stream: the same bytes, base64 in `speech.audio.delta` events."""
+        try:
+            async for piece in audio:
+                yield _sse(SpeechAudioDelta(audio=base64.b64encode(piece).decode("ascii")))
+        except Exception as exc:
+            log.exception("TTS failed mid-stream")
+            detail = ErrorDetail(
+                message=f"the TTS stage failed: {exc}", type="server_error", code="stage_failed"
+            )
+            yield _sse(ErrorResponse(error=detail))
+            return
+        finally:
+            await audio.aclose()  # type: ignore[attr-defined]
+        yield _sse(SpeechAudioDone(usage=SpeechUsage(input_tokens=0, output_tokens=0, total_tokens=0)))
 
     async def transcriptions(self, request: Request) -> Response:
         self._authorize(request)

@@ -213,11 +213,35 @@ class SpeechRequest(BaseModel):
         default="wav", description="24 kHz mono PCM16, raw or in a streamed WAV. Default: wav."
     )
     speed: float | None = Field(default=None, description="Only 1.0.")
-    stream_format: Literal["audio"] | None = Field(default=None, description="Only audio (no SSE).")
+    stream_format: Literal["audio", "sse"] | None = Field(
+        default=None,
+        description="audio (default): the raw byte stream; sse: `speech.audio.delta` events carrying the "
+        "same bytes base64-encoded, then `speech.audio.done`.",
+    )
     instructions: str | None = Field(default=None, description="Accepted and ignored.")
 
     def voice_name(self) -> str:
         return self.voice.id if isinstance(self.voice, VoiceRef) else self.voice
+
+
+class SpeechAudioDelta(BaseModel):
+    """One `data:` event of a speech stream with `stream_format: sse`."""
+
+    type: Literal["speech.audio.delta"] = "speech.audio.delta"
+    audio: str = Field(description="Base64 of the next bytes of the `response_format` stream.")
+
+
+class SpeechUsage(BaseModel):
+    input_tokens: int
+    output_tokens: int
+    total_tokens: int
+
+
+class SpeechAudioDone(BaseModel):
+    """The last event of a speech stream with `stream_format: sse`."""
+
+    type: Literal["speech.audio.done"] = "speech.audio.done"
+    usage: SpeechUsage = Field(description="The TTS engines count no tokens: zeros.")
 
 
 class TranscriptionUsage(BaseModel):

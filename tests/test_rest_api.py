@@ -3,6 +3,7 @@ SDK parses, memory in the prompt and turns to the sink, limits, auth, and the Op
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 from collections.abc import Iterator
@@ -203,6 +204,29 @@ def test_speech_streams_pcm_and_wav(api: Harness) -> None:
     info = sf.info(io.BytesIO(wav))
     assert (info.samplerate, info.channels) == (24_000, 1)
     assert wav[44:] == pcm
+
+
+def test_speech_streams_sse_events(api: Harness) -> None:
+    """`stream_format: sse` (what LiveKit's OpenAI TTS plugin asks for): the PCM of the raw stream, in
+    base64 `speech.audio.delta` events, then `speech.audio.done`."""
+    voice, text = api.settings.tts_voice, "Hello there, this is a test."
+    with api.client.audio.speech.with_streaming_response.create(
+        model="tts", voice=voice, input=text, response_format="pcm"
+    ) as response:
+        pcm = b"".join(response.iter_bytes())
+    with api.client.audio.speech.with_streaming_response.create(
+        model="tts", voice=voice, input=text, response_format="pcm", stream_format="sse"
+    ) as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        events = [json.loads(line[6:]) for line in response.iter_lines() if line.startswith("data: ")]
+    deltas = [e for e in events if e["type"] == "speech.audio.delta"]
+    assert len(deltas) > 1  # streamed while synthesised, not one blob
+    assert b"".join(base64.b64decode(e["audio"]) for e in deltas) == pcm
+    assert events[-1] == {
+        "type": "speech.audio.done",
+        "usage": {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0},
+    }
+    assert [e["type"] for e in events[:-1]] == ["speech.audio.delta"] * len(deltas)
 
 
 BAD_REQUESTS: list[tuple[str, str, dict[str, Any], int, str]] = [
