@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
 
-Fetch = Callable[[str], Awaitable[str]]
+# None: not known yet (another cache's read is still under way): nothing is cached, the next turn asks again.
+Fetch = Callable[[str], Awaitable[str | None]]
 
 
 @dataclass
@@ -72,6 +73,8 @@ class MemoryCache:
         finally:
             if self._inflight.get(user_id) is asyncio.current_task():
                 del self._inflight[user_id]
+        if text is None:
+            return
         self._entries[user_id] = _Entry(text, asyncio.get_running_loop().time())
         self._entries.move_to_end(user_id)
         while len(self._entries) > self.max_users:

@@ -166,8 +166,9 @@ class ActorMemoryContext:
         self._sink = actor_sink
         self._cache = MemoryCache(self._fetch, ttl_s=refresh_s, budget_s=budget_s)
 
-    async def _fetch(self, user_id: str) -> str:
-        return await self._sink.actor.memory_context.remote(user_id) or ""
+    async def _fetch(self, user_id: str) -> str | None:
+        # None while the actor's own first read is under way: then the next turn asks again.
+        return await self._sink.actor.memory_context.remote(user_id)
 
     async def __call__(self, user_id: str) -> str | None:
         return await self._cache.context(user_id) or None

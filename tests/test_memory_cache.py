@@ -68,3 +68,15 @@ async def test_invalidate_refreshes_and_failures_keep_the_old_copy() -> None:
     cache.invalidate("alice")
     await asyncio.sleep(0.05)
     assert await cache.context("alice") == "moved to Paris"
+
+
+async def test_a_source_that_does_not_know_yet_is_asked_again_next_turn() -> None:
+    # The router's copy of the memory actor's cache: None means the actor's own read is still going.
+    answers = iter([None, "likes tea"])
+
+    async def fetch(user_id: str) -> str | None:
+        return next(answers)
+
+    cache = MemoryCache(fetch, ttl_s=60, budget_s=0.05)
+    assert await cache.context("alice") is None
+    assert await cache.context("alice") == "likes tea"  # not an hour of "nothing" from a cached None
