@@ -95,7 +95,7 @@ class Settings(BaseSettings):
     )
     memory_journal_path: str = "~/.local/state/voice-agent/memory-journal.db"  # a PVC on Kubernetes
     memory_batch_size: int = Field(default=8, ge=1, le=256)
-    memory_flush_interval_s: float = Field(default=2.0, gt=0, le=3600)
+    memory_flush_interval_s: float = Field(default=30.0, gt=0, le=3600)  # see README "Performance"
     memory_retry_max_s: float = Field(default=30.0, gt=0, le=3600)  # longest backoff while Letta is down
     memory_cache_ttl_s: float = Field(default=30.0, gt=0)
     memory_read_budget_ms: int = Field(default=50, ge=0, le=5000)

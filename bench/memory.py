@@ -219,7 +219,8 @@ def plot(latency_rows: list[dict[str, Any]], load_rows: list[dict[str, Any]], pa
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
     labels = [
-        f"{r['scenario']}\n{r['sessions']} session{'s' if r['sessions'] > 1 else ''}" for r in latency_rows
+        r["scenario"].replace(" (", "\n(") + f"\n{r['sessions']} session{'s' if r['sessions'] > 1 else ''}"
+        for r in latency_rows
     ]
     x = range(len(latency_rows))
     ax1.bar([i - 0.2 for i in x], [r["e2e_p50"] for r in latency_rows], 0.4, label="p50")

@@ -219,3 +219,29 @@ async def test_memory_actor_killed_mid_batch_replays_each_turn_once(
         f"print(ray.get(ray.get_actor({ACTOR_NAME!r}, namespace={NAMESPACE!r}).pending.remote()))"
     )
     assert pending.strip() == "0"
+
+
+async def test_graceful_actor_exit_delivers_what_it_holds(
+    agent_with_memory: ServeRun, letta: LettaMemory
+) -> None:
+    # A turn handed straight to the actor, far from a full batch and inside the 5 s window; then Ray's
+    # graceful exit (the one `ray.kill` skips): the shutdown hook must deliver it before the process ends.
+    turn = {
+        "session_id": "s-zed",
+        "user_id": "zed",
+        "turn_id": f"resp_zed_{time.time_ns()}",
+        "user_item_id": None,
+        "user_text": "Remember that I leave on Friday.",
+        "assistant_text": "Noted.",
+        "started_at": time.time(),
+        "ended_at": time.time(),
+        "interrupted": False,
+    }
+    await letta.agent_id("zed")
+    agent_with_memory.run_driver(
+        f"actor = ray.get_actor({ACTOR_NAME!r}, namespace={NAMESPACE!r})\n"
+        f"ray.get(actor.submit.remote({turn!r}))\n"
+        "actor.__ray_terminate__.remote()\n"
+        "import time; time.sleep(8)\n"  # the drain runs after the call returns; let it finish
+    )
+    assert await turn_ids_in_letta(letta, "zed") == [turn["turn_id"]]
