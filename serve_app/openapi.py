@@ -52,6 +52,17 @@ _COMMON_ERRORS = {
 }
 
 
+def _sse_events(data: str) -> dict[str, Any]:
+    """A text/event-stream body: one schema per server-sent event, as SSE tooling reads it."""
+    return {
+        "schema": {
+            "type": "object",
+            "required": ["data"],
+            "properties": {"event": {"type": "string"}, "data": {"type": "string", "description": data}},
+        }
+    }
+
+
 def _json_body(ref: dict[str, Any]) -> dict[str, Any]:
     return {"required": True, "content": {"application/json": {"schema": ref}}}
 
@@ -88,21 +99,10 @@ def openapi_document() -> dict[str, Any]:
                     "responses": ok(
                         {
                             "application/json": {"schema": ref(ChatCompletion)},
-                            "text/event-stream": {
-                                # One schema per server-sent event, as SSE tooling reads it.
-                                "schema": {
-                                    "type": "object",
-                                    "required": ["data"],
-                                    "properties": {
-                                        "event": {"type": "string"},
-                                        "data": {
-                                            "type": "string",
-                                            "description": "A ChatCompletionChunk as JSON (or an "
-                                            "ErrorResponse if a stage fails mid-stream), then [DONE]",
-                                        },
-                                    },
-                                }
-                            },
+                            "text/event-stream": _sse_events(
+                                "A ChatCompletionChunk as JSON (or an ErrorResponse if a stage fails "
+                                "mid-stream), then [DONE]"
+                            ),
                         }
                     ),
                 }
@@ -134,21 +134,10 @@ def openapi_document() -> dict[str, Any]:
                         {
                             "audio/wav": binary,
                             "audio/pcm": binary,
-                            "text/event-stream": {
-                                "schema": {
-                                    "type": "object",
-                                    "required": ["data"],
-                                    "properties": {
-                                        "event": {"type": "string"},
-                                        "data": {
-                                            "type": "string",
-                                            "description": "With stream_format sse: SpeechAudioDelta "
-                                            "events as JSON, then one SpeechAudioDone (or an ErrorResponse "
-                                            "if the stage fails mid-stream)",
-                                        },
-                                    },
-                                }
-                            },
+                            "text/event-stream": _sse_events(
+                                "With stream_format sse: SpeechAudioDelta events as JSON, then one "
+                                "SpeechAudioDone (or an ErrorResponse if the stage fails mid-stream)"
+                            ),
                         }
                     ),
                 }

@@ -102,6 +102,13 @@ def _sse(model: BaseModel) -> str:
     return f"data: {model.model_dump_json()}\n\n"
 
 
+def _stage_failed_event(stage: str, exc: Exception) -> str:
+    """A stage failed mid-stream, after the headers: OpenAI's way is an error object as the last event."""
+    log.exception("%s failed mid-stream", stage)
+    detail = ErrorDetail(message=f"the {stage} stage failed: {exc}", type="server_error", code="stage_failed")
+    return _sse(ErrorResponse(error=detail))
+
+
 async def _first(items: AsyncIterator[T], stage: str) -> T | None:
     """Start a stream before answering, so a failing stage is a clean 502, not a broken body."""
     try:
@@ -292,12 +299,7 @@ class RestApi:
                 async for delta in deltas:
                     yield chunk(Delta(content=delta))
         except Exception as exc:
-            # Headers are gone: OpenAI's way is an error object as the last event.
-            log.exception("LLM failed mid-stream")
-            detail = ErrorDetail(
-                message=f"the LLM stage failed: {exc}", type="server_error", code="stage_failed"
-            )
-            yield _sse(ErrorResponse(error=detail))
+            yield _stage_failed_event("LLM", exc)
             return
         finally:
             await deltas.aclose()  # type: ignore[attr-defined]
@@ -368,11 +370,7 @@ class RestApi:
             async for piece in audio:
                 yield _sse(SpeechAudioDelta(audio=base64.b64encode(piece).decode("ascii")))
         except Exception as exc:
-            log.exception("TTS failed mid-stream")
-            detail = ErrorDetail(
-                message=f"the TTS stage failed: {exc}", type="server_error", code="stage_failed"
-            )
-            yield _sse(ErrorResponse(error=detail))
+            yield _stage_failed_event("TTS", exc)
             return
         finally:
             await audio.aclose()  # type: ignore[attr-defined]
