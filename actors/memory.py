@@ -7,8 +7,8 @@ single long-lived memory actor; tests and tools can run it in process.
 - `memory_context` answers from a per-user cache within the read budget; the cache refreshes on its TTL
   and right after each batch of that user's turns is confirmed by Letta (the agent may have changed
   its memory blocks while reading them).
-- `drain` delivers what is held (graceful shutdown), bounded by a deadline: whatever is left stays in
-  the journal for the next start.
+- `drain_blocking` delivers what is held (graceful shutdown, after the event loop stopped), bounded by a
+  deadline: whatever is left stays in the journal for the next start.
 """
 
 from __future__ import annotations
@@ -79,22 +79,10 @@ class MemoryService:
     def pending(self) -> int:
         return len(self.journal)
 
-    async def drain(self, timeout_s: float) -> int:
-        """Deliver everything held, for at most `timeout_s`; returns the turns still in the journal."""
-        self.start()
-        try:
-            await asyncio.wait_for(self.writer.flush(), timeout_s)
-        except TimeoutError:
-            log.warning(
-                "memory drain stopped after %.1f s with %d turns still journaled (delivered on next start)",
-                timeout_s,
-                len(self.journal),
-            )
-        return len(self.journal)
-
     def drain_blocking(self, timeout_s: float) -> int:
-        """`drain` for a caller with no running event loop (a shutdown hook after the loop stopped):
-        a fresh writer and Letta client on a loop of their own deliver what the journal holds."""
+        """Deliver what the journal holds, for at most `timeout_s`, from a caller with no running event
+        loop (a shutdown hook after the loop stopped): a fresh writer and Letta client on a loop of their
+        own. Returns the turns still in the journal (delivered on the next start)."""
 
         async def run() -> int:
             letta = LettaMemory(self.letta.config)

@@ -100,7 +100,6 @@ class MemoryWriter:
         self._failing = False
         self._flushing = False  # deliver partial batches at once (shutdown)
         self._flush_users: set[str] = set()  # deliver these users' partial batches at once
-        self.calls = 0  # backend write calls made (successful or not)
 
     def start(self) -> None:
         """Resume delivery of whatever the journal holds (a replay after a restart or crash)."""
@@ -203,7 +202,6 @@ class MemoryWriter:
         )
         async for attempt in retrying:
             with attempt:
-                self.calls += 1
                 self.journal.record_send(ids)
                 # A failed attempt may still have landed (say Letta timed out but went on).
                 first_send = attempt.retry_state.attempt_number == 1 and not maybe_delivered

@@ -32,6 +32,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from types import TracebackType
+from typing import Any
+
+from letta_client.types import EmbeddingConfigParam, LlmConfigParam
 
 LETTA_VERSION = "0.16.8"
 CONSTRAINTS = Path(__file__).with_name("letta") / f"constraints-{LETTA_VERSION}.txt"
@@ -61,6 +64,36 @@ with engine.begin() as conn:
     ))
 engine.dispose()
 """
+
+
+def sim_llm_config(sim_base_url: str, model: str) -> LlmConfigParam:
+    """A Letta agent LLM config whose calls go to an OpenAI-compatible (simulated) server."""
+    return {
+        "model": model,
+        "model_endpoint_type": "openai",
+        "model_endpoint": sim_base_url,
+        "context_window": 32_000,
+    }
+
+
+def sim_embedding_config(sim_base_url: str) -> EmbeddingConfigParam:
+    return {
+        "embedding_endpoint_type": "openai",
+        "embedding_endpoint": sim_base_url,
+        "embedding_model": "text-embedding-3-small",
+        "embedding_dim": 1536,
+    }
+
+
+def memory_args(letta_base_url: str, sim_base_url: str, model: str, journal: Path) -> dict[str, Any]:
+    """The voice agent's settings that put its long-term memory on a Letta server whose agents think
+    and embed through an OpenAI-compatible (simulated) server."""
+    return {
+        "letta_base_url": letta_base_url,
+        "letta_llm_config": dict(sim_llm_config(sim_base_url, model)),
+        "letta_embedding_config": dict(sim_embedding_config(sim_base_url)),
+        "memory_journal_path": str(journal),
+    }
 
 
 def default_cache_dir() -> Path:
@@ -164,9 +197,7 @@ class LettaServer:
         return self
 
     def stop(self) -> None:
-        if self._letta is not None:
-            self._stop_process_group(self._letta)
-            self._letta = None
+        self.stop_letta()
         if self._pg_started and self._pg_dir is not None and self._pg_bin is not None:
             data = self._pg_dir / "data"
             result = subprocess.run(

@@ -41,7 +41,7 @@ from bench.latency import (
     start_sim_llm,
     summarize,
 )
-from bench.letta_server import LettaServer
+from bench.letta_server import LettaServer, memory_args
 from bench.serve_cluster import ROOT, ServeRun
 from bench.speech import espeak_speech
 
@@ -51,22 +51,7 @@ LETTA_REPLY = "It will be sunny tomorrow."
 
 
 def letta_args(letta: LettaServer, letta_llm: str, workdir: Path) -> dict[str, Any]:
-    return {
-        "letta_base_url": letta.base_url,
-        "letta_llm_config": {
-            "model": LETTA_MODEL,
-            "model_endpoint_type": "openai",
-            "model_endpoint": letta_llm,
-            "context_window": 32_000,
-        },
-        "letta_embedding_config": {
-            "embedding_endpoint_type": "openai",
-            "embedding_endpoint": letta_llm,
-            "embedding_model": "text-embedding-3-small",
-            "embedding_dim": 1536,
-        },
-        "memory_journal_path": str(workdir / "journal.db"),
-    }
+    return memory_args(letta.base_url, letta_llm, LETTA_MODEL, workdir / "journal.db")
 
 
 async def letta_turn_seconds(letta: LettaServer, args: dict[str, Any], samples: int = 3) -> float:

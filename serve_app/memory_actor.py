@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import asdict
 from typing import Any
 
@@ -57,9 +57,6 @@ class MemoryActor:
 
     async def pending(self) -> int:
         return self.service.pending()
-
-    async def drain(self, timeout_s: float = DRAIN_TIMEOUT_S) -> int:
-        return await self.service.drain(timeout_s)
 
     async def metrics_text(self) -> bytes:
         return self.service.metrics_text()
@@ -110,14 +107,15 @@ class ActorMemorySink:
                 turn.user_id,
             )
             return
-        task = asyncio.get_running_loop().create_task(self._deliver(turn))
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
+        self._in_background(self._deliver(turn))
 
     def session_ended(self, user_id: str) -> None:
         # After the session's last turn: Ray runs an actor's calls from one caller in order.
-        task = asyncio.get_running_loop().create_task(self._end_session(user_id))
-        self._pending.add(task)
+        self._in_background(self._end_session(user_id))
+
+    def _in_background(self, call: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(call)
+        self._pending.add(task)  # referenced until done, so the loop cannot drop it
         task.add_done_callback(self._pending.discard)
 
     async def _end_session(self, user_id: str) -> None:

@@ -10,17 +10,18 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import pytest
 from letta_client.types import EmbeddingConfigParam, LlmConfigParam
 
-from bench.letta_server import LettaServer
+from actors.letta_memory import LettaMemory
+from bench.letta_server import LettaServer, memory_args, sim_embedding_config, sim_llm_config
 from bench.sim_openai_server import SimOpenAIConfig, SimOpenAIServer, start_sim_openai_server
 
 SIM_REPLY = "Nice to meet you, I will remember that."
 SIM_MODEL = "sim-llm"
-EMBEDDING_MODEL = "text-embedding-3-small"
-EMBEDDING_DIM = 1536
 
 
 @dataclass
@@ -35,21 +36,22 @@ class LettaEnv:
     @property
     def llm_config(self) -> LlmConfigParam:
         # Letta calls this endpoint with the OpenAI SDK; the simulated server answers it.
-        return {
-            "model": SIM_MODEL,
-            "model_endpoint_type": "openai",
-            "model_endpoint": self.sim.base_url,
-            "context_window": 32_000,
-        }
+        return sim_llm_config(self.sim.base_url, SIM_MODEL)
 
     @property
     def embedding_config(self) -> EmbeddingConfigParam:
-        return {
-            "embedding_endpoint_type": "openai",
-            "embedding_endpoint": self.sim.base_url,
-            "embedding_model": EMBEDDING_MODEL,
-            "embedding_dim": EMBEDDING_DIM,
-        }
+        return sim_embedding_config(self.sim.base_url)
+
+    def serve_args(self, journal: Path) -> dict[str, Any]:
+        """The agent's settings that put its long-term memory on this Letta server."""
+        return memory_args(self.base_url, self.sim.base_url, SIM_MODEL, journal)
+
+
+async def delivered_turn_ids(letta: LettaMemory, user: str) -> list[str]:
+    """The turn ids of the messages in the user's agent, oldest first (repeats included, if any)."""
+    agent = await letta.agent_id(user)
+    listed = await letta.client.agents.messages.list(agent, limit=200, order="asc")
+    return [str(m.otid) for m in listed.items if m.message_type == "user_message"]
 
 
 @pytest.fixture(scope="session")

@@ -33,10 +33,7 @@ def full_letta_agent(letta_env: LettaEnv, tmp_path_factory: pytest.TempPathFacto
         args={
             "stt_engine": "pocketsphinx",
             "tts_engine": "espeak",
-            "letta_base_url": letta_env.base_url,
-            "letta_llm_config": dict(letta_env.llm_config),
-            "letta_embedding_config": dict(letta_env.embedding_config),
-            "memory_journal_path": str(workdir / "journal.db"),
+            **letta_env.serve_args(workdir / "journal.db"),
         },
         env={"USE_HYBRID_STREAMING": "false"},
     )

@@ -15,7 +15,7 @@ from actors.journal import TurnJournal
 from actors.letta_memory import LettaConfig, LettaMemory
 from actors.memory_writer import MemoryWriter, WriterConfig
 from tests.fakes import finished_turn
-from tests.letta_fixtures import LettaEnv
+from tests.letta_fixtures import LettaEnv, delivered_turn_ids
 
 pytestmark = pytest.mark.slow
 
@@ -42,23 +42,16 @@ def memory_for(env: LettaEnv, prefix: str, timeout_s: float = 60.0) -> LettaMemo
     )
 
 
-async def delivered_ids(memory: LettaMemory, user: str) -> list[str]:
-    """The turn ids of the user's agent's messages, oldest first (with repeats, if any)."""
-    agent = await memory.agent_id(user)
-    listed = await memory.client.agents.messages.list(agent, limit=200, order="asc")
-    return [str(m.otid) for m in listed.items if m.message_type == "user_message"]
-
-
 async def test_a_batch_is_one_call_and_a_resend_is_not_delivered_twice(letta_env: LettaEnv) -> None:
     memory = memory_for(letta_env, f"t1-{time.monotonic_ns()}-")
     turns = [turn("ada", n) for n in range(5)]
     chats_before = sum(r["path"] == "/v1/chat/completions" for r in letta_env.sim.requests)
     await memory.write_turns("ada", turns)
     assert memory.message_calls == 1
-    assert await delivered_ids(memory, "ada") == [t.turn_id for t in turns]  # in order
+    assert await delivered_turn_ids(memory, "ada") == [t.turn_id for t in turns]  # in order
     await memory.write_turns("ada", turns)  # replay after a crash
     assert memory.message_calls == 1
-    assert await delivered_ids(memory, "ada") == [t.turn_id for t in turns]
+    assert await delivered_turn_ids(memory, "ada") == [t.turn_id for t in turns]
     assert sum(r["path"] == "/v1/chat/completions" for r in letta_env.sim.requests) > chats_before
     await memory.close()
 
@@ -91,7 +84,7 @@ async def test_journaled_writer_delivers_a_conversation_in_fewer_calls_than_turn
         while len(writer.journal):  # noqa: ASYNC110 - polls the journal on disk
             await asyncio.sleep(0.1)
     assert memory.message_calls <= 3
-    assert await delivered_ids(memory, "cy") == [t.turn_id for t in turns]
+    assert await delivered_turn_ids(memory, "cy") == [t.turn_id for t in turns]
     await writer.close()
     await memory.close()
 
@@ -115,6 +108,6 @@ async def test_a_batch_cut_off_mid_call_and_resent_is_delivered_once(letta_env: 
     finally:
         letta_env.sim.config.ttft_ms = 0
     assert replay.message_calls == 0  # the cut-off call went through; nothing was sent again
-    assert await delivered_ids(replay, "di") == [t.turn_id for t in turns]
+    assert await delivered_turn_ids(replay, "di") == [t.turn_id for t in turns]
     await cut_off.close()
     await replay.close()

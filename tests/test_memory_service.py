@@ -20,17 +20,14 @@ from actors.letta_memory import LettaMemory, letta_config
 from actors.memory import MemoryService
 from serve_app.memory_actor import ActorMemorySink
 from tests.fakes import finished_turn
-from tests.letta_fixtures import LettaEnv
+from tests.letta_fixtures import LettaEnv, delivered_turn_ids
 
 pytestmark = pytest.mark.slow
 
 
 def settings_for(env: LettaEnv, journal: Path, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
-        "letta_base_url": env.base_url,
-        "letta_llm_config": dict(env.llm_config),
-        "letta_embedding_config": dict(env.embedding_config),
-        "memory_journal_path": str(journal),
+        **env.serve_args(journal),
         "memory_batch_size": 2,
         "memory_flush_interval_s": 0.5,
         "memory_cache_ttl_s": 3600,  # only a write can refresh the cache within a test
@@ -100,10 +97,9 @@ def test_graceful_shutdown_delivers_what_the_service_holds(letta_env: LettaEnv, 
 
     async def delivered() -> list[str]:
         letta = LettaMemory(letta_config(settings))
-        agent = await letta.agent_id(ben)
-        listed = await letta.client.agents.messages.list(agent, limit=50, order="asc")
+        ids = await delivered_turn_ids(letta, ben)
         await letta.close()
-        return [str(m.otid) for m in listed.items if m.message_type == "user_message"]
+        return ids
 
     assert asyncio.run(delivered()) == [f"resp_{ben}_{n}" for n in range(3)]
 

@@ -6,21 +6,20 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import statistics
 import time
 from collections.abc import AsyncIterator, Iterator
 
-import httpx
 import pytest
 import websockets
 
 from actors.letta_memory import LettaConfig, LettaMemory
+from bench.memory import memory_metrics
 from bench.serve_cluster import ServeRun
 from bench.sim_openai_server import SimOpenAIConfig, SimOpenAIServer, start_sim_openai_server
 from serve_app.memory_actor import ACTOR_NAME, NAMESPACE
 from tests.fakes import realtime_text_turn
-from tests.letta_fixtures import LettaEnv
+from tests.letta_fixtures import LettaEnv, delivered_turn_ids
 
 pytestmark = pytest.mark.slow
 
@@ -48,10 +47,7 @@ def agent_with_memory(
             "tts_engine": "simulated",
             "llm_engine": "openai",
             "llm_base_url": voice_llm.base_url,
-            "letta_base_url": letta_env.base_url,
-            "letta_llm_config": dict(letta_env.llm_config),
-            "letta_embedding_config": dict(letta_env.embedding_config),
-            "memory_journal_path": str(workdir / "journal.db"),
+            **letta_env.serve_args(workdir / "journal.db"),
             "memory_batch_size": 3,
             "memory_flush_interval_s": 5.0,  # replies take ~2 s (audio at real time): batches of 3
             "memory_retry_max_s": 2.0,
@@ -96,27 +92,13 @@ async def text_turn(url: str, user: str, text: str) -> tuple[dict, float]:
     return (await conversation(url, user, [text]))[0]
 
 
-async def turn_ids_in_letta(letta: LettaMemory, user: str) -> list[str]:
-    agent = await letta.agent_id(user)
-    listed = await letta.client.agents.messages.list(agent, limit=200, order="asc")
-    return [str(m.otid) for m in listed.items if m.message_type == "user_message"]
-
-
 async def wait_for_turns(letta: LettaMemory, user: str, expected: list[str], limit_s: float) -> list[str]:
     deadline = time.monotonic() + limit_s
     while True:
-        found = await turn_ids_in_letta(letta, user)
+        found = await delivered_turn_ids(letta, user)
         if set(expected) <= set(found) or time.monotonic() > deadline:
             return found
         await asyncio.sleep(0.5)
-
-
-def memory_metrics(run: ServeRun) -> dict[str, float]:
-    text = httpx.get(f"{run.base_url}/metrics", timeout=10).text
-    return {
-        m.group(1): float(m.group(2))
-        for m in re.finditer(r"^(voice_memory_\w+(?:\{[^}]*\})?) (\S+)$", text, re.MULTILINE)
-    }
 
 
 def system_prompts(sim: SimOpenAIServer, since: int) -> list[str]:
@@ -244,4 +226,4 @@ async def test_graceful_actor_exit_delivers_what_it_holds(
         "actor.__ray_terminate__.remote()\n"
         "import time; time.sleep(8)\n"  # the drain runs after the call returns; let it finish
     )
-    assert await turn_ids_in_letta(letta, "zed") == [turn["turn_id"]]
+    assert await delivered_turn_ids(letta, "zed") == [turn["turn_id"]]
