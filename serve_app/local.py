@@ -24,12 +24,6 @@ log = logging.getLogger(__name__)
 
 def create_app() -> Starlette:
     settings = load_settings()
-    if settings.llm_engine == "llamacpp":
-        # llama.cpp and the Silero VAD each ship their own libggml; one process cannot load both.
-        raise RuntimeError(
-            "single-process mode cannot run the llama.cpp engine next to the VAD: use "
-            "`serve run serve_config.yaml`, or an OpenAI-compatible LLM (VOICE_LLM_BASE_URL)"
-        )
     log.info("voice agent (single process) engines: %s", settings.describe_engines())
     stt, llm, tts = create_stt_engine(settings), create_llm_engine(settings), create_tts_engine(settings)
     return build_router_app(

