@@ -226,13 +226,18 @@ async def run_client(
                 async for raw in ws:
                     if isinstance(raw, bytes):
                         continue
+                    # Only what follows the question counts: an overloaded agent may still be
+                    # answering the previous one.
                     if '"response.output_audio.delta"' in raw[:80]:
-                        state.setdefault("first_audio", time.perf_counter())
+                        if "speech_end" in state:
+                            state.setdefault("first_audio", time.perf_counter())
                         continue
                     event = json.loads(raw)
                     kind = event.get("type")
-                    if kind == "response.done":
-                        state.setdefault("done", event["response"])
+                    if kind == "response.done" and "speech_end" in state:
+                        # The reply to this question, or one that failed before any audio.
+                        if "first_audio" in state or event["response"].get("status") != "completed":
+                            state.setdefault("done", event["response"])
                     elif kind == "error":
                         out.errors.append(f"error event: {event['error'].get('code')}")
 
@@ -242,25 +247,24 @@ async def run_client(
                     utterance = material[(index + turn) % len(material)]
                     state.clear()
                     await mic.noise_until(lambda: False, rng.uniform(0.3, 0.8))
-                    speech_end = 0.0
                     for i, frame in enumerate(utterance.frames):
                         sent = await mic.send(frame)
                         if i == utterance.last_speech_frame:
-                            speech_end = sent
+                            state["speech_end"] = sent
                     await mic.noise_until(lambda: "done" in state or receiver.done(), TURN_TIMEOUT_S)
                     done = state.get("done")
                     if done is None:
                         out.errors.append("no response.done" if not receiver.done() else "connection lost")
                         if receiver.done():
                             return
-                    elif done.get("status") != "completed" or "first_audio" not in state:
+                    elif done.get("status") != "completed":
                         out.errors.append(f"turn {done.get('status')}: {done.get('status_details')}")
                     else:
                         metadata = done.get("metadata") or {}
                         out.turns.append(
                             Turn(
                                 utterance.name,
-                                (state["first_audio"] - speech_end) * 1000,
+                                (state["first_audio"] - state["speech_end"]) * 1000,
                                 {k: float(v) for k, v in metadata.items() if _is_number(v)},
                             )
                         )

@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import yaml
 
-from serve_app.ingress import HAPROXY_INGRESS
+from serve_app.serve_env import SERVE_ENV
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -31,13 +31,13 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def haproxy_ingress_env(private_dir: Path) -> dict[str, str]:
-    """Serve's HAProxy ingress as `scripts/run.sh` turns it on, with its admin socket, config and state
+def serve_env(private_dir: Path) -> dict[str, str]:
+    """The Serve environment `scripts/run.sh` exports, with HAProxy's admin socket, config and state
     files, its stats and metrics ports and the fallback proxy's ports private to this cluster."""
     files = private_dir / "haproxy"
     files.mkdir(exist_ok=True)
     return {
-        **HAPROXY_INGRESS,
+        **SERVE_ENV,
         "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
         "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
         "RAY_SERVE_HAPROXY_SOCKET_PATH": str(files / "admin.sock"),
@@ -72,7 +72,7 @@ class ServeRun:
                 "RAY_AUTH_MODE": "disabled",
                 "RAY_USAGE_STATS_ENABLED": "0",
                 "PYTHONPATH": str(ROOT),
-                **haproxy_ingress_env(ray_tmp),
+                **serve_env(ray_tmp),
                 **(env or {}),
             }
         )

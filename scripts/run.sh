@@ -16,7 +16,7 @@ yaml.safe_dump(cfg, open(sys.argv[1], "w"), sort_keys=False)
 PY
 fi
 export RAY_USAGE_STATS_ENABLED=0
-# HAProxy in front of the router replicas instead of Serve's Python proxy (serve_app/ingress.py says why).
-eval "$(.venv/bin/python -m serve_app.ingress)"
+# HAProxy in front of the router replicas, gRPC between deployments (serve_app/serve_env.py says why).
+eval "$(.venv/bin/python -m serve_app.serve_env)"
 echo "voice agent: ws://127.0.0.1:${VOICE_PORT:-8000}/v1/realtime  (Ctrl-C to stop)"
 exec .venv/bin/serve run "$config"

