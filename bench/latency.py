@@ -268,6 +268,7 @@ def start_single_process(workdir: Path, llm_base: str) -> tuple[subprocess.Popen
         env=env,
         stdout=(workdir / "single.log").open("wb"),
         stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own process group: the load benchmark counts its CPU by session
     )
     wait_http(f"http://127.0.0.1:{port}/healthz", process)
     return process, f"ws://127.0.0.1:{port}/v1"

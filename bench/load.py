@@ -50,9 +50,9 @@ from bench.latency import (
     TTFT_MS,
     percentile,
     start_sim_llm,
-    wait_http,
+    start_single_process,
 )
-from bench.serve_cluster import ROOT, ServeRun, free_port, session_members
+from bench.serve_cluster import ROOT, ServeRun, session_members
 from bench.speech import espeak_speech, speech_end_byte
 
 RATE = 24_000
@@ -358,40 +358,13 @@ class Target:
 def start_target(name: str, llm_base: str, workdir: Path, serve_env: dict[str, str] | None = None) -> Target:
     started = time.monotonic()
     if name == "single-process":
-        port = free_port()
-        env = {
-            **os.environ,
-            "OPENAI_API_KEY": "sim",
-            "VOICE_LLM_BASE_URL": llm_base,
-            **{f"VOICE_{k.upper()}": str(v) for k, v in SIM_ARGS.items()},
-        }
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "--factory",
-                "serve_app.local:create_app",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--log-level",
-                "warning",
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=(workdir / "single.log").open("wb"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        wait_http(f"http://127.0.0.1:{port}/healthz", process)
+        process, ws_url = start_single_process(workdir, llm_base)
 
         def stop() -> None:
             process.send_signal(signal.SIGTERM)
             process.wait()
 
-        return Target(name, f"ws://127.0.0.1:{port}/v1", [process.pid], stop, time.monotonic() - started)
+        return Target(name, ws_url, [process.pid], stop, time.monotonic() - started)
     if name == "ray-serve":
         serve_dir = workdir / "serve"
         serve_dir.mkdir(exist_ok=True)
