@@ -101,7 +101,7 @@ class Settings(BaseSettings):
     memory_read_budget_ms: int = Field(default=50, ge=0, le=5000)
 
     # --- transport and limits -------------------------------------------------------------------------
-    stt_chunk_ms: int = Field(default=100, ge=20, le=1000)  # audio per STT call (DESIGN §4: ≥100 ms)
+    stt_chunk_ms: int = Field(default=100, ge=20, le=1000)  # audio per STT call (≥100 ms: a hop costs ~3 ms)
     audio_lead_ms: int = Field(default=500, ge=0, le=60_000)  # reply audio sent ahead of real time
     max_append_bytes: int = Field(default=1024 * 1024, ge=1024)
     max_text_chars: int = Field(default=4000, ge=1)

@@ -21,11 +21,11 @@ from actors.stt.pocketsphinx_engine import PocketsphinxEngine
 from bench.sim_openai_server import SimOpenAIConfig, SimOpenAIServer, start_sim_openai_server
 
 LIBRIVOX = Path("/usr/share/pocketsphinx/test/data/librivox")  # Debian pocketsphinx-testdata
-CHUNK_BYTES = STT_SAMPLE_RATE * 2 // 10  # 100 ms, as the STT stage sends it (DESIGN §4)
+CHUNK_BYTES = STT_SAMPLE_RATE * 2 // 10  # 100 ms, as the STT stage sends it
 
 # Bounds from measurement on this machine (pocketsphinx 5.1.1, bundled en-us model):
-# - the 5 LibriVox utterances (24.7 s of read speech): aggregate WER 0.28, which is DESIGN §6's
-#   25-30 %; dither makes runs differ by a few points, so 0.35 leaves room without hiding a
+# - the 5 LibriVox utterances (24.7 s of read speech): aggregate WER 0.28, within the
+#   25-30 % measured before; dither makes runs differ by a few points, so 0.35 leaves room without hiding a
 #   regression (a broken feed path, e.g. dropped or misordered chunks, gives > 0.6).
 # - eSpeak speech: formant synthesis is far from the acoustic model's training data; the 8
 #   sentences below measured 0.49-0.53 (0.59 without dither), and 0.75 still catches a failure

@@ -16,7 +16,7 @@ from typing import Any
 from actors.llm.base import ChatMessage, LLMEngine
 from actors.thread_stream import stream_from_thread
 
-# Spin-waiting OpenMP threads collapse when STT/TTS share the cores (DESIGN §6). libgomp reads
+# Spin-waiting OpenMP threads collapse when STT/TTS share the cores (measured). libgomp reads
 # this once when llama_cpp loads it, so it must be set before that import.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
