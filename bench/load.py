@@ -178,10 +178,9 @@ class RunResult:
 class Microphone:
     """One session's client: frames at a fixed real-time schedule, never paused."""
 
-    def __init__(self, ws: Any, noise_frames: list[str], rng: random.Random) -> None:
+    def __init__(self, ws: Any, noise_frames: list[str]) -> None:
         self.ws = ws
         self.noise = noise_frames
-        self.rng = rng
         self.sent = 0
         self.start = time.perf_counter()
         self.max_lag = 0.0
@@ -219,7 +218,7 @@ async def run_client(
             created = json.loads(await ws.recv())
             if created.get("type") != "session.created":
                 raise RuntimeError(f"expected session.created, got {created.get('type')}")
-            mic = Microphone(ws, noise, rng)
+            mic = Microphone(ws, noise)
             state: dict[str, Any] = {}
 
             async def receive() -> None:
@@ -359,12 +358,7 @@ def start_target(name: str, llm_base: str, workdir: Path, serve_env: dict[str, s
     started = time.monotonic()
     if name == "single-process":
         process, ws_url = start_single_process(workdir, llm_base)
-
-        def stop() -> None:
-            process.send_signal(signal.SIGTERM)
-            process.wait()
-
-        return Target(name, ws_url, [process.pid], stop, time.monotonic() - started)
+        return Target(name, ws_url, [process.pid], lambda: terminate(process), time.monotonic() - started)
     if name == "ray-serve":
         serve_dir = workdir / "serve"
         serve_dir.mkdir(exist_ok=True)
@@ -376,16 +370,17 @@ def start_target(name: str, llm_base: str, workdir: Path, serve_env: dict[str, s
 
     peer, profile = name.split(":")
     process, ws_url = start_peer(peer, profile, llm_base, workdir)
+    return Target(name, ws_url, [process.pid], lambda: terminate(process), time.monotonic() - started)
 
-    def stop_peer() -> None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
-    return Target(name, ws_url, [process.pid], stop_peer, time.monotonic() - started)
+def terminate(process: subprocess.Popen) -> None:
+    """SIGTERM, then SIGKILL if the server has not exited within 10 s."""
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def py_spy(target: Target, out_dir: Path, seconds: int) -> list[tuple[str, subprocess.Popen]]:
