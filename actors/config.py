@@ -10,16 +10,23 @@ from __future__ import annotations
 import logging
 from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from actors.journal import USER_ID
 
 log = logging.getLogger(__name__)
 
-SECRET_FIELDS = frozenset({"openai_api_key", "api_keys", "letta_api_key"})
+SECRET_FIELDS = frozenset(
+    {"openai_api_key", "api_keys", "user_keys", "client_secret_signing_key", "letta_api_key"}
+)
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="VOICE_", extra="forbid", populate_by_name=True)
+    # hide_input_in_errors: a malformed secret must not be echoed into a log.
+    model_config = SettingsConfigDict(
+        env_prefix="VOICE_", extra="forbid", populate_by_name=True, hide_input_in_errors=True
+    )
 
     # --- engines -----------------------------------------------------------------------------------
     stt_engine: Literal["auto", "pocketsphinx", "openai", "simulated"] = "auto"
@@ -106,7 +113,12 @@ class Settings(BaseSettings):
     max_append_bytes: int = Field(default=1024 * 1024, ge=1024)
     max_text_chars: int = Field(default=4000, ge=1)
     max_event_bytes: int = Field(default=2 * 1024 * 1024, ge=1024)
-    api_keys: SecretStr | None = None  # comma-separated bearer keys; unset = no auth (local use)
+
+    # --- credentials (README "Security"); with none of them set, anyone may act as any user (local use) ---
+    api_keys: SecretStr | None = None  # comma-separated server keys: a trusted backend, acts for any user
+    user_keys: SecretStr | None = None  # comma-separated `user:key` pairs: each key acts only as its user
+    # Signs client secrets; unset = derived from the server keys (rotating those then ends the secrets).
+    client_secret_signing_key: SecretStr | None = None
 
     # --- REST API limits (OpenAI-compatible /v1/chat/completions and /v1/audio/*) ---------------------
     rest_max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)  # JSON request bodies
@@ -160,6 +172,20 @@ class Settings(BaseSettings):
         return frozenset(k.strip() for k in self.api_keys.get_secret_value().split(",") if k.strip())
 
     @property
+    def user_key_map(self) -> dict[str, str]:
+        """key → the one user it may act as, from `user_keys` ("alice:key1,bob:key2")."""
+        if self.user_keys is None:
+            return {}
+        return _parse_user_keys(self.user_keys.get_secret_value())
+
+    @field_validator("user_keys")
+    @classmethod
+    def _check_user_keys(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            _parse_user_keys(value.get_secret_value())
+        return value
+
+    @property
     def letta_key(self) -> str | None:
         return self.letta_api_key.get_secret_value() if self.letta_api_key else None
 
@@ -173,6 +199,18 @@ class Settings(BaseSettings):
             f"{' @' + self.llm_base_url if self.llm_base_url else ''} "
             f"tts={self.tts_engine}:{self.tts_model}/{self.tts_voice}"
         )
+
+
+def _parse_user_keys(text: str) -> dict[str, str]:
+    # A user id may contain ':' and a key should not, so the key is what follows the last ':'.
+    keys: dict[str, str] = {}
+    for number, pair in enumerate((p.strip() for p in text.split(",") if p.strip()), start=1):
+        user, _, key = (part.strip() for part in pair.rpartition(":"))
+        if not key or not USER_ID.match(user):
+            # Never echo the entry: it holds a key.
+            raise ValueError(f"user_keys entry {number} is not `user:key` with a valid user id")
+        keys[key] = user
+    return keys
 
 
 def load_settings(overrides: dict[str, Any] | None = None) -> Settings:

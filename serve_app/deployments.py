@@ -18,6 +18,7 @@ from actors.pipeline import LLMEvent, LLMRequest
 from actors.stt.registry import FeedResult, FinishResult, STTStreamRegistry
 from actors.tts.stage import TTSStage
 from serve_app.memory_actor import ActorMemoryContext, ActorMemorySink, memory_actor
+from serve_app.revocations import SharedRevocations
 from serve_app.router_app import RouterDeps, build_router_app
 from serve_app.stage_clients import RemotePhraseLLM, RemoteSynthesizer, RemoteTranscriber
 
@@ -130,6 +131,7 @@ class Router:
                 memory_context=memory_context,
                 readiness=readiness,
                 extra_metrics=extra_metrics,
+                revocations=SharedRevocations(),
             )
         )
 

@@ -12,6 +12,10 @@ from serve_app.rest_models import (
     ChatCompletion,
     ChatCompletionChunk,
     ChatCompletionRequest,
+    ClientSecret,
+    ClientSecretRequest,
+    ClientSecretRevoked,
+    ClientSecretRevokeRequest,
     ErrorResponse,
     ModelCard,
     ModelList,
@@ -34,6 +38,10 @@ _MODELS: list[tuple[type[BaseModel], JsonSchemaMode]] = [
     (ErrorResponse, "serialization"),
     (SpeechAudioDelta, "serialization"),
     (SpeechAudioDone, "serialization"),
+    (ClientSecretRequest, "validation"),
+    (ClientSecret, "serialization"),
+    (ClientSecretRevokeRequest, "validation"),
+    (ClientSecretRevoked, "serialization"),
 ]
 
 
@@ -46,7 +54,8 @@ def _error(description: str) -> dict[str, Any]:
 
 _COMMON_ERRORS = {
     "400": _error("Bad request: malformed JSON, a wrong type or value, an unsupported option"),
-    "401": _error("Missing or wrong API key"),
+    "401": _error("Missing, wrong, expired or revoked API key or client secret"),
+    "403": _error("The credential may not do this: act as another user, mint secrets, read metrics"),
     "413": _error("Request body larger than the configured limit"),
     "502": _error("A stage (STT, LLM or TTS engine) failed"),
 }
@@ -140,6 +149,22 @@ def openapi_document() -> dict[str, Any]:
                             ),
                         }
                     ),
+                }
+            },
+            "/v1/realtime/client_secrets": {
+                "post": {
+                    "operationId": "createRealtimeClientSecret",
+                    "summary": "A short-lived secret bound to one user, for browsers and phones (server key)",
+                    "requestBody": _json_body(ref(ClientSecretRequest, "validation")),
+                    "responses": ok({"application/json": {"schema": ref(ClientSecret)}}),
+                }
+            },
+            "/v1/realtime/client_secrets/revoke": {
+                "post": {
+                    "operationId": "revokeRealtimeClientSecret",
+                    "summary": "Revoke a client secret: no new use, and its open sessions are closed",
+                    "requestBody": _json_body(ref(ClientSecretRevokeRequest, "validation")),
+                    "responses": ok({"application/json": {"schema": ref(ClientSecretRevoked)}}),
                 }
             },
             "/v1/models": {

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from actors.audio import SUPPORTED_INPUT_RATES, AudioFormatError, decode_base64_pcm, encode_base64_pcm
+from actors.config import Settings
 from actors.events import (
     AudioCommitted,
     InputCleared,
@@ -62,6 +63,10 @@ class ProtocolLimits:
     max_event_bytes: int
     max_append_bytes: int
     max_text_chars: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ProtocolLimits:
+        return cls(settings.max_event_bytes, settings.max_append_bytes, settings.max_text_chars)
 
 
 @dataclass(frozen=True)
@@ -173,6 +178,37 @@ def _rate(fmt: Any, where: str, allowed: tuple[int, ...], event: ClientEvent) ->
             where,
         )
     return int(rate)
+
+
+def default_options(settings: Settings) -> SessionOptions:
+    return SessionOptions(
+        instructions=settings.system_prompt,
+        turn_detection=VadConfig(
+            threshold=settings.vad_threshold,
+            silence_ms=settings.vad_silence_ms,
+            prefix_padding_ms=settings.vad_prefix_padding_ms,
+            min_speech_ms=settings.vad_min_speech_ms,
+        ),
+        max_tokens=settings.llm_max_tokens,
+        temperature=settings.llm_temperature,
+    )
+
+
+def initial_options(settings: Settings, session: dict[str, Any] | None) -> SessionOptions:
+    """A new session's options: the defaults, then the configuration a client secret was minted with
+    (`session` in `POST /v1/realtime/client_secrets`, validated like a session.update)."""
+    options = default_options(settings)
+    if not session:
+        return options
+    if session.get("type", "realtime") != "realtime":
+        raise ProtocolError(
+            "invalid_session",
+            "only realtime sessions are supported (session.type 'realtime')",
+            None,
+            "session.type",
+        )
+    update = ClientEvent("session.update", None, {"session": session})
+    return apply_session_update(options, update, ProtocolLimits.from_settings(settings))
 
 
 def apply_session_update(

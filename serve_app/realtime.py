@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
@@ -14,6 +14,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from actors.events import SessionEvent
 from actors.metrics import ERRORS
 from actors.session import VoiceSession
+from serve_app.auth import POLICY_VIOLATION
 from serve_app.protocol import (
     ProtocolError,
     ProtocolLimits,
@@ -27,6 +28,8 @@ from serve_app.protocol import (
 )
 
 log = logging.getLogger(__name__)
+
+REVOCATION_CHECK_S = 2.0
 
 SessionFactory = Callable[[Callable[[SessionEvent], Any]], VoiceSession]
 
@@ -53,8 +56,11 @@ class RealtimeConnection:
         for wire_event in server_events(event, audio_output=self.session.options.output_audio):
             await self._send(wire_event)
 
-    async def run(self) -> None:
+    async def run(self, still_authorized: Callable[[], Awaitable[bool]] | None = None) -> None:
+        """Serve the connection until the client leaves, or `still_authorized` says its credential was
+        revoked (checked every few seconds)."""
         await self._send(session_created(self.session.session_id, self.session.options, self.model))
+        watcher = None if still_authorized is None else asyncio.create_task(self._watch(still_authorized))
         try:
             while True:
                 message = await self.websocket.receive()
@@ -70,7 +76,20 @@ class RealtimeConnection:
         except WebSocketDisconnect:
             pass
         finally:
+            if watcher is not None:
+                watcher.cancel()
             await self.session.close()
+
+    async def _watch(self, still_authorized: Callable[[], Awaitable[bool]]) -> None:
+        # Polled: the list changes in other processes (serve_app.revocations).
+        while True:
+            await asyncio.sleep(REVOCATION_CHECK_S)
+            if not await still_authorized():
+                break
+        message = "the client secret has been revoked"
+        await self._send(error_event("revoked_client_secret", message))
+        with contextlib.suppress(WebSocketDisconnect, RuntimeError):
+            await self.websocket.close(code=POLICY_VIOLATION, reason=message)
 
     async def _handle(self, raw: str | bytes) -> None:
         event = parse_client_event(raw, self.limits)

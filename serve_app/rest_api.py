@@ -30,8 +30,17 @@ from actors.audio_files import decode_upload, streaming_wav_header
 from actors.chat_turn import ChatTurn
 from actors.llm.base import ChatMessage
 from actors.metrics import HISTOGRAMS
-from serve_app.auth import authorized, bearer_token
+from actors.session import new_id
+from serve_app.auth import bearer_token, credential_error_response
+from serve_app.credentials import (
+    ANONYMOUS,
+    DEFAULT_SECRET_TTL_S,
+    CredentialError,
+    Credentials,
+    Principal,
+)
 from serve_app.openapi import openapi_document
+from serve_app.protocol import ProtocolError, initial_options, session_object
 from serve_app.rest_models import (
     TRANSCRIPTION_FORMATS,
     AssistantMessage,
@@ -40,6 +49,10 @@ from serve_app.rest_models import (
     ChatCompletionRequest,
     Choice,
     ChunkChoice,
+    ClientSecret,
+    ClientSecretRequest,
+    ClientSecretRevoked,
+    ClientSecretRevokeRequest,
     Delta,
     ErrorDetail,
     ErrorResponse,
@@ -128,7 +141,7 @@ class RestApi:
     def __init__(self, deps: RouterDeps) -> None:
         self.deps = deps
         self.settings = deps.settings
-        self.keys = deps.settings.bearer_keys
+        self.credentials = Credentials.from_settings(deps.settings, deps.revocations)
         self.created = int(time.time())
         self.document = openapi_document()
 
@@ -140,9 +153,15 @@ class RestApi:
                 Route("/audio/transcriptions", self.transcriptions, methods=["POST"]),
                 Route("/audio/speech", self.speech, methods=["POST"]),
                 Route("/models", self.list_models, methods=["GET"]),
+                Route("/realtime/client_secrets", self.mint_client_secret, methods=["POST"]),
+                Route("/realtime/client_secrets/revoke", self.revoke_client_secret, methods=["POST"]),
                 Route("/models/{model:path}", self.retrieve_model, methods=["GET"]),
             ],
-            exception_handlers={ApiError: self._api_error, HTTPException: self._http_error},
+            exception_handlers={
+                ApiError: self._api_error,
+                HTTPException: self._http_error,
+                CredentialError: self._credential_error,
+            },
         )
         return [Route("/openapi.json", self.openapi, methods=["GET"]), Mount("/v1", app=v1)]
 
@@ -150,17 +169,18 @@ class RestApi:
         assert isinstance(exc, ApiError)
         return exc.response()
 
+    async def _credential_error(self, request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, CredentialError)
+        return credential_error_response(exc)
+
     async def _http_error(self, request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
         message = f"{request.method} {request.url.path}: {exc.detail}"
         return ApiError(exc.status_code, message, code=code).response()
 
-    def _authorize(self, request: Request) -> None:
-        if not authorized(self.keys, bearer_token(request.headers.get("authorization"))):
-            raise ApiError(
-                401, "invalid or missing API key: send Authorization: Bearer <key>", code="invalid_api_key"
-            )
+    async def _authorize(self, request: Request) -> Principal:
+        return await self.credentials.authenticate(bearer_token(request.headers.get("authorization")))
 
     async def _body(self, request: Request, limit: int) -> AsyncGenerator[bytes, None]:
         """The request body, refused with 413 as soon as it is larger than `limit` bytes."""
@@ -202,11 +222,11 @@ class RestApi:
         ]
 
     async def list_models(self, request: Request) -> Response:
-        self._authorize(request)
+        await self._authorize(request)
         return JSONResponse(ModelList(data=self._models()).model_dump())
 
     async def retrieve_model(self, request: Request) -> Response:
-        self._authorize(request)
+        await self._authorize(request)
         wanted = request.path_params["model"]
         for card in self._models():
             if card.id == wanted:
@@ -215,9 +235,49 @@ class RestApi:
             404, f"the model {wanted!r} does not exist here", param="model", code="model_not_found"
         )
 
+    async def mint_client_secret(self, request: Request) -> Response:
+        principal = await self._authorize(request)
+        body = await self._json(request, ClientSecretRequest)
+        try:
+            options = initial_options(self.settings, body.session)
+        except ProtocolError as exc:
+            raise ApiError(400, exc.message, param=exc.param, code=exc.code) from exc
+        ttl = body.expires_after.seconds if body.expires_after else DEFAULT_SECRET_TTL_S
+        secret = self.credentials.mint(principal, body.user or ANONYMOUS, ttl, body.session)
+        log.info(
+            "client secret %s for user %s, %d s, minted by %s",
+            secret.secret_id[:12],
+            secret.user,
+            ttl,
+            principal.label,
+        )
+        model = (body.session or {}).get("model")
+        session = session_object(
+            new_id("sess"), options, model if isinstance(model, str) else self.settings.llm_model
+        )
+        return JSONResponse(
+            ClientSecret(value=secret.value, expires_at=secret.expires_at, session=session).model_dump()
+        )
+
+    async def revoke_client_secret(self, request: Request) -> Response:
+        principal = await self._authorize(request)
+        body = await self._json(request, ClientSecretRevokeRequest)
+        try:
+            await self.credentials.revoke(principal, body.value)
+        except CredentialError:
+            raise
+        except Exception as exc:
+            log.exception("revoking a client secret failed")
+            raise ApiError(
+                503, "the revocation list is unavailable: try again", type="server_error", code="unavailable"
+            ) from exc
+        return JSONResponse(ClientSecretRevoked().model_dump())
+
     async def chat_completions(self, request: Request) -> Response:
-        self._authorize(request)
+        principal = await self._authorize(request)
         body = await self._json(request, ChatCompletionRequest)
+        user_id = principal.user_for(body.user)
+        remembered = user_id != ANONYMOUS  # a caller that names no user has no long-term memory
         s = self.settings
         max_tokens = body.max_completion_tokens or body.max_tokens or s.llm_max_tokens
         if max_tokens > s.rest_max_completion_tokens:
@@ -238,13 +298,13 @@ class RestApi:
         turn = ChatTurn(
             llm=self.deps.llm,
             messages=messages,
-            user_id=body.user or "anonymous",
+            user_id=user_id,
             max_tokens=max_tokens,
             temperature=body.temperature if body.temperature is not None else s.llm_temperature,
             default_instructions=s.system_prompt,
             model=body.model if switchable else None,
-            memory_sink=self.deps.memory_sink,
-            memory_context=self.deps.memory_context,
+            memory_sink=self.deps.memory_sink if remembered else None,
+            memory_context=self.deps.memory_context if remembered else None,
         )
         deltas = turn.stream()
         first = await _first(deltas, "LLM")
@@ -317,7 +377,7 @@ class RestApi:
         yield "data: [DONE]\n\n"
 
     async def speech(self, request: Request) -> Response:
-        self._authorize(request)
+        await self._authorize(request)
         body = await self._json(request, SpeechRequest)
         s = self.settings
         text = body.input.strip()
@@ -377,7 +437,7 @@ class RestApi:
         yield _sse(SpeechAudioDone(usage=SpeechUsage(input_tokens=0, output_tokens=0, total_tokens=0)))
 
     async def transcriptions(self, request: Request) -> Response:
-        self._authorize(request)
+        await self._authorize(request)
         if not request.headers.get("content-type", "").startswith("multipart/form-data"):
             raise ApiError(400, "send the recording as multipart/form-data with a `file` field", param="file")
         parser = MultiPartParser(

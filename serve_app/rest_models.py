@@ -281,3 +281,51 @@ TRANSCRIPTION_FORM_SCHEMA: dict[str, Any] = {
         "temperature": {"type": "number", "description": "Accepted and ignored."},
     },
 }
+
+
+# ----------------------------------------------------------------------------------- client secrets
+
+
+class ExpiresAfter(BaseModel):
+    model_config = STRICT
+
+    anchor: Literal["created_at"] = "created_at"
+    seconds: int = Field(default=600, ge=10, le=7200, description="Lifetime: 10 s to 2 h. Default: 600.")
+
+
+class ClientSecretRequest(BaseModel):
+    model_config = STRICT
+
+    expires_after: ExpiresAfter | None = None
+    session: dict[str, Any] | None = Field(
+        default=None,
+        description="The Realtime session configuration every session opened with the secret starts "
+        "with (what a session.update carries; `type` is `realtime`).",
+    )
+    user: str | None = Field(
+        default=None,
+        json_schema_extra={"pattern": USER_ID.pattern},
+        description="The one user the secret acts as: its sessions and requests get this user's "
+        "long-term memory and no one else's. Default: `anonymous` (no memory).",
+    )
+
+    _user = field_validator("user")(_valid_user)
+
+
+class ClientSecret(BaseModel):
+    value: str = Field(
+        description="The secret: `Authorization: Bearer <value>`, or the WebSocket "
+        "subprotocol `openai-insecure-api-key.<value>` from a browser."
+    )
+    expires_at: int = Field(description="Seconds since the epoch; sessions opened before it go on.")
+    session: dict[str, Any]
+
+
+class ClientSecretRevokeRequest(BaseModel):
+    model_config = STRICT
+
+    value: str = Field(min_length=1, max_length=8192, description="The client secret to revoke.")
+
+
+class ClientSecretRevoked(BaseModel):
+    revoked: bool = True

@@ -24,10 +24,17 @@ from actors.config import Settings
 from actors.journal import user_id_problem
 from actors.memory_sink import MemorySink
 from actors.pipeline import LLMClient, SynthesizerClient, TranscriberClient
-from actors.session import SessionLimits, SessionOptions, VoiceSession
-from actors.vad import SileroSpeechDetector, SpeechDetector, VadConfig
-from serve_app.auth import authorized, bearer_token
-from serve_app.protocol import ProtocolLimits
+from actors.session import SessionLimits, VoiceSession
+from actors.vad import SileroSpeechDetector, SpeechDetector
+from serve_app.auth import (
+    bearer_token,
+    credential_error_response,
+    refuse_websocket,
+    websocket_key,
+    websocket_subprotocols,
+)
+from serve_app.credentials import ANONYMOUS, CredentialError, Credentials, LocalRevocations, Revocations
+from serve_app.protocol import ProtocolError, ProtocolLimits, initial_options
 from serve_app.realtime import RealtimeConnection
 from serve_app.rest_api import rest_routes
 
@@ -48,49 +55,39 @@ class RouterDeps:
     readiness: Callable[[], Awaitable[dict[str, str]]] | None = None
     # Metrics of other processes (the memory actor) in Prometheus text, appended to /metrics.
     extra_metrics: Callable[[], Awaitable[bytes]] | None = None
-
-
-def default_options(settings: Settings) -> SessionOptions:
-    return SessionOptions(
-        instructions=settings.system_prompt,
-        turn_detection=VadConfig(
-            threshold=settings.vad_threshold,
-            silence_ms=settings.vad_silence_ms,
-            prefix_padding_ms=settings.vad_prefix_padding_ms,
-            min_speech_ms=settings.vad_min_speech_ms,
-        ),
-        max_tokens=settings.llm_max_tokens,
-        temperature=settings.llm_temperature,
-    )
+    # Revoked client secrets: this process's own list, or the cluster's (serve_app.revocations).
+    revocations: Revocations = field(default_factory=LocalRevocations)
 
 
 def build_router_app(deps: RouterDeps) -> Starlette:
     settings = deps.settings
-    limits = ProtocolLimits(settings.max_event_bytes, settings.max_append_bytes, settings.max_text_chars)
+    limits = ProtocolLimits.from_settings(settings)
     session_limits = SessionLimits(
         stt_chunk_ms=settings.stt_chunk_ms,
         audio_lead_ms=settings.audio_lead_ms,
         history_turns=settings.history_turns,
     )
-    keys = settings.bearer_keys
+    credentials = Credentials.from_settings(settings, deps.revocations)
     prefetches: set[asyncio.Future[str | None]] = set()
 
     async def realtime(websocket: WebSocket) -> None:
-        headers, query = websocket.headers, websocket.query_params
-        presented = bearer_token(headers.get("authorization"), query.get("api_key"))
-        if not authorized(keys, presented):
-            await websocket.close(code=1008, reason="invalid or missing API key")
+        query = websocket.query_params
+        offered = websocket_subprotocols(websocket.scope)
+        try:
+            principal = await credentials.authenticate(websocket_key(websocket.headers, query, offered))
+            user_id = principal.user_for(query.get("user"))
+            if (problem := user_id_problem(user_id)) is not None:
+                raise CredentialError(403, "invalid_user", problem)
+            options = initial_options(settings, principal.session)
+        except (CredentialError, ProtocolError) as exc:
+            await refuse_websocket(websocket, exc, offered)
             return
-        user_id = websocket.query_params.get("user") or "anonymous"
-        if (problem := user_id_problem(user_id)) is not None:
-            # A close reason is capped at 123 bytes.
-            await websocket.close(code=1008, reason=problem.encode()[:120].decode(errors="ignore"))
-            return
-        await websocket.accept()
-        if deps.memory_context is not None:
+        await websocket.accept(subprotocol="realtime" if "realtime" in offered else None)
+        memory_context = deps.memory_context if user_id != ANONYMOUS else None
+        if memory_context is not None:
             # Read the user's memory while they start speaking: the first turn then finds it cached
             # instead of spending its read budget (a new user's agent takes ~0.5 s to create).
-            prefetch = asyncio.ensure_future(deps.memory_context(user_id))
+            prefetch = asyncio.ensure_future(memory_context(user_id))
             prefetches.add(prefetch)
             prefetch.add_done_callback(prefetches.discard)
 
@@ -100,16 +97,18 @@ def build_router_app(deps: RouterDeps) -> Starlette:
                 llm=deps.llm,
                 tts=deps.tts,
                 emit=emit,
-                options=default_options(settings),
+                options=options,
                 limits=session_limits,
                 speech_detector=deps.speech_detector,
-                memory_sink=deps.memory_sink,
-                memory_context=deps.memory_context,
+                memory_sink=deps.memory_sink if user_id != ANONYMOUS else None,
+                memory_context=memory_context,
                 user_id=user_id,
             )
 
-        model = websocket.query_params.get("model") or settings.llm_model
-        await RealtimeConnection(websocket, make_session, limits, model).run()
+        model = query.get("model") or settings.llm_model
+        connection = RealtimeConnection(websocket, make_session, limits, model)
+        watch = None if principal.secret_id is None else lambda: credentials.still_valid(principal)
+        await connection.run(still_authorized=watch)
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok", "engines": settings.describe_engines()})
@@ -126,11 +125,12 @@ def build_router_app(deps: RouterDeps) -> Starlette:
         return JSONResponse({"status": "ready", "stages": stages})
 
     async def metrics(request: Request) -> Response:
-        presented = bearer_token(request.headers.get("authorization"), None)
-        if not authorized(keys, presented):
-            return JSONResponse(
-                {"error": {"message": "invalid or missing API key", "type": "auth_error"}}, status_code=401
-            )
+        try:
+            principal = await credentials.authenticate(bearer_token(request.headers.get("authorization")))
+            if not principal.may_administer:
+                raise CredentialError(403, "permission_denied", "metrics need a server key")
+        except CredentialError as exc:
+            return credential_error_response(exc)
         body = generate_latest()
         if deps.extra_metrics is not None:
             try:

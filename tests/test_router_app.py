@@ -9,7 +9,6 @@ import pytest
 from openai.types.realtime import RealtimeServerEvent
 from pydantic import TypeAdapter
 from starlette.testclient import TestClient
-from starlette.websockets import WebSocketDisconnect
 
 from actors.config import Settings
 from actors.llm.stage import LLMStage
@@ -180,26 +179,6 @@ def test_session_update_16k_input_and_text_only_output() -> None:
         assert "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta") == (
             "Hi. Nice to meet you."
         )
-
-
-def test_api_key_required_when_configured() -> None:
-    client = make_app(api_keys="k1,k2")
-    with pytest.raises(Exception), client.websocket_connect("/v1/realtime") as ws:  # noqa: B017
-        ws.receive_text()
-    with client.websocket_connect("/v1/realtime", headers={"Authorization": "Bearer k2"}) as ws:
-        assert json.loads(ws.receive_text())["type"] == "session.created"
-    assert client.get("/healthz").status_code == 200
-    assert client.get("/metrics").status_code == 401
-    assert "voice_e2e_latency_ms" in client.get("/metrics", headers={"Authorization": "Bearer k1"}).text
-
-
-def test_a_malformed_user_id_is_refused_with_the_reason() -> None:
-    client = make_app()
-    with pytest.raises(WebSocketDisconnect) as refused, client.websocket_connect("/v1/realtime?user=../etc"):
-        pass
-    assert refused.value.code == 1008 and "user id" in refused.value.reason
-    with client.websocket_connect("/v1/realtime?user=ada@example.com") as ws:
-        assert json.loads(ws.receive_text())["type"] == "session.created"
 
 
 def test_a_users_memory_is_read_as_their_session_opens() -> None:

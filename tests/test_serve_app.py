@@ -14,6 +14,7 @@ import websockets
 
 from actors.audio import STT_SAMPLE_RATE, resample, rms_dbfs
 from actors.vad import SileroSpeechDetector
+from serve_app import realtime
 from tests.fakes import realtime_text_turn
 from tests.realtime_client import RATE, Turn, client_for, collect_turn, stream_audio
 from tests.speech import espeak_speech, librivox, silence, word_error_rate
@@ -255,3 +256,45 @@ def test_readiness_names_each_stage_engine(agent) -> None:
         "llm": "llamacpp:gemma3-270m-q4_k_m",
         "tts": "espeak:espeak-ng",
     }
+
+
+async def test_a_client_secret_revoked_through_one_router_closes_its_sessions_on_every_router(agent) -> None:
+    import httpx
+
+    from serve_app import revocations
+
+    async with httpx.AsyncClient(base_url=agent.base_url, timeout=30) as http:
+        minted = await http.post(
+            "/v1/realtime/client_secrets",
+            json={"user": "ada", "session": {"type": "realtime", "instructions": "Be brief."}},
+        )
+        assert minted.status_code == 200, minted.text
+        secret = minted.json()["value"]
+        offered = ["realtime", f"openai-insecure-api-key.{secret}"]
+        # Several sessions: the ingress spreads them over both router replicas.
+        sessions = [
+            await websockets.connect(f"{agent.ws_url}/realtime", subprotocols=offered) for _ in range(4)
+        ]
+        try:
+            for ws in sessions:
+                created = json.loads(await ws.recv())
+                assert created["session"]["instructions"] == "Be brief."
+            async with websockets.connect(
+                f"{agent.ws_url}/realtime?user=bob", subprotocols=offered
+            ) as other_user:
+                assert json.loads(await other_user.recv())["error"]["code"] == "user_mismatch"
+
+            assert (await http.post("/v1/realtime/client_secrets/revoke", json={"value": secret})).is_success
+            # Each router's copy of the list is at most REFRESH_S old, checked every few seconds.
+            deadline = revocations.REFRESH_S + 2 * realtime.REVOCATION_CHECK_S + 5
+            for ws in sessions:
+                event = json.loads(await asyncio.wait_for(ws.recv(), deadline))
+                assert event["error"]["code"] == "revoked_client_secret"
+                with pytest.raises(websockets.ConnectionClosed) as closed:
+                    await asyncio.wait_for(ws.recv(), 5)
+                assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
+        finally:
+            for ws in sessions:
+                await ws.close()
+        async with websockets.connect(f"{agent.ws_url}/realtime", subprotocols=offered) as again:
+            assert json.loads(await again.recv())["error"]["code"] == "revoked_client_secret"
