@@ -114,6 +114,21 @@ class Settings(BaseSettings):
     max_text_chars: int = Field(default=4000, ge=1)
     max_event_bytes: int = Field(default=2 * 1024 * 1024, ge=1024)
 
+    # --- admission and limits (README "Security"); counts are per router replica ---------------------------
+    # Capacity: one router event loop holds ~20 microphone sessions before latency grows (README
+    # "Performance"); above this a new session is refused as busy instead of slowing everyone.
+    max_sessions_per_router: int = Field(default=32, ge=1)
+    max_requests_per_router: int = Field(default=64, ge=1)  # concurrent REST requests
+    credential_max_sessions: int = Field(default=4, ge=1)  # per user key or client secret
+    credential_requests_per_minute: int = Field(default=120, ge=1)  # REST requests + sessions opened
+    audio_max_speed: float = Field(default=1.2, ge=1.0, le=100.0)  # input audio, × real time ...
+    audio_burst_s: float = Field(default=10.0, ge=1.0, le=600.0)  # ... after this much audio ahead
+    max_utterance_s: float = Field(default=120.0, ge=5.0, le=3600.0)  # one user turn's audio
+    idle_timeout_s: float = Field(default=300.0, ge=5.0)  # no client event and no reply in progress
+    max_session_s: float = Field(default=3600.0, ge=60.0)
+    send_timeout_s: float = Field(default=10.0, ge=1.0)  # a client that reads nothing for this long
+    rest_body_timeout_s: float = Field(default=60.0, ge=1.0)  # the whole request body must arrive
+
     # --- credentials (README "Security"); with none of them set, anyone may act as any user (local use) ---
     api_keys: SecretStr | None = None  # comma-separated server keys: a trusted backend, acts for any user
     user_keys: SecretStr | None = None  # comma-separated `user:key` pairs: each key acts only as its user

@@ -74,6 +74,12 @@ class SessionLimits:
     stt_chunk_ms: int = 100
     audio_lead_ms: int = 500
     history_turns: int = 8
+    max_utterance_s: float = 120.0  # one user turn's audio: the end of a turn with VAD, a full buffer without
+
+
+# Audio chunks longer than this are scored by the VAD in a worker thread (ONNX Runtime releases the GIL),
+# so a client sending seconds of audio at once never holds up the event loop other sessions share.
+VAD_INLINE_MAX_MS = 200
 
 
 def new_id(prefix: str) -> str:
@@ -201,17 +207,34 @@ class VoiceSession:
         """Accept client audio at the session's input rate (already validated PCM16 mono)."""
         now = _now() if received_at is None else received_at
         pcm16k = self._resampler.process(pcm16)
-        self._samples_in += len(pcm16k) // PCM_SAMPLE_WIDTH
+        max_utterance_bytes = int(self.limits.max_utterance_s * STT_SAMPLE_RATE) * PCM_SAMPLE_WIDTH
         if self._endpointer is None:
-            # Manual turns: everything between commits is one utterance.
+            # Manual turns: everything between commits is one utterance, up to the limit.
+            held = self._utterance.audio_bytes if self._utterance is not None else 0
+            if held + len(pcm16k) > max_utterance_bytes:
+                await self._emit(
+                    SessionError(
+                        "input_audio_buffer_full",
+                        f"the input audio buffer holds {self.limits.max_utterance_s:.0f} s at most: "
+                        "commit or clear it; this audio was dropped",
+                    )
+                )
+                return
+            self._samples_in += len(pcm16k) // PCM_SAMPLE_WIDTH
             if self._utterance is None:
                 self._utterance = self._open_utterance()
             self._utterance.push(pcm16k)
             return
+        self._samples_in += len(pcm16k) // PCM_SAMPLE_WIDTH
         self._remember_preroll(pcm16k)
         if self._utterance is not None:
             self._utterance.push(pcm16k)
-        for event in self._endpointer.process(pcm16k):
+        endpointer = self._endpointer
+        if duration_ms(pcm16k, STT_SAMPLE_RATE) <= VAD_INLINE_MAX_MS:
+            events = endpointer.process(pcm16k)
+        else:
+            events = await asyncio.to_thread(endpointer.process, pcm16k)
+        for event in events:
             # When the event's sample arrived: chunk arrival minus the audio after it in this chunk,
             # i.e. the moment it was spoken for a client streaming in real time.
             at = now - max(self._samples_in - event.sample, 0) / STT_SAMPLE_RATE
@@ -219,6 +242,10 @@ class VoiceSession:
                 await self._on_speech_started(event.sample)
             else:
                 await self._on_speech_stopped(event.sample, at, now)
+        if self._utterance is not None and self._utterance.audio_bytes > max_utterance_bytes:
+            # Nobody speaks for minutes without a pause: end the turn here rather than grow without bound.
+            endpointer.reset()
+            await self._on_speech_stopped(self._samples_in, now, now)
 
     def _remember_preroll(self, pcm16k: bytes) -> None:
         vad = self.options.turn_detection

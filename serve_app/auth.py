@@ -15,11 +15,13 @@ from typing import Any
 from starlette.responses import JSONResponse
 from starlette.websockets import WebSocket
 
+from serve_app.admission import Refused
 from serve_app.credentials import CredentialError
 from serve_app.protocol import ProtocolError, error_event
 
 KEY_SUBPROTOCOL = "openai-insecure-api-key."
 POLICY_VIOLATION = 1008
+TRY_AGAIN_LATER = 1013
 MAX_CLOSE_REASON_BYTES = 123  # the WebSocket protocol's limit
 
 
@@ -51,8 +53,20 @@ def close_reason(message: str) -> str:
 
 
 async def refuse_websocket(
-    websocket: WebSocket, exc: CredentialError | ProtocolError, offered: list[str]
+    websocket: WebSocket, exc: CredentialError | ProtocolError | Refused, offered: list[str]
 ) -> None:
+    """Accept, say why in one `error` event, close: 1013 when the server is full, else 1008."""
+    message = exc.message
+    if isinstance(exc, Refused):
+        message = f"{message} (retry after {exc.retry_after_s} s)"
+    busy = isinstance(exc, Refused) and exc.status == 503
     await websocket.accept(subprotocol="realtime" if "realtime" in offered else None)
-    await websocket.send_text(json.dumps(error_event(exc.code, exc.message)))
-    await websocket.close(code=POLICY_VIOLATION, reason=close_reason(exc.message))
+    await websocket.send_text(json.dumps(error_event(exc.code, message)))
+    await websocket.close(code=TRY_AGAIN_LATER if busy else POLICY_VIOLATION, reason=close_reason(message))
+
+
+def refused_response(exc: Refused) -> JSONResponse:
+    body = {"error": {"message": exc.message, "type": "rate_limit_error", "param": None, "code": exc.code}}
+    if exc.status == 503:
+        body["error"]["type"] = "server_error"
+    return JSONResponse(body, status_code=exc.status, headers={"Retry-After": str(exc.retry_after_s)})

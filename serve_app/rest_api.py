@@ -24,6 +24,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Mount, Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from actors.audio import DEFAULT_OUTPUT_RATE, AudioFormatError
 from actors.audio_files import decode_upload, streaming_wav_header
@@ -31,7 +32,8 @@ from actors.chat_turn import ChatTurn
 from actors.llm.base import ChatMessage
 from actors.metrics import HISTOGRAMS
 from actors.session import new_id
-from serve_app.auth import bearer_token, credential_error_response
+from serve_app.admission import Admission, Refused
+from serve_app.auth import bearer_token, credential_error_response, refused_response
 from serve_app.credentials import (
     ANONYMOUS,
     DEFAULT_SECRET_TTL_S,
@@ -138,10 +140,11 @@ async def _first(items: AsyncIterator[T], stage: str) -> T | None:
 
 
 class RestApi:
-    def __init__(self, deps: RouterDeps) -> None:
+    def __init__(self, deps: RouterDeps, credentials: Credentials, admission: Admission) -> None:
         self.deps = deps
         self.settings = deps.settings
-        self.credentials = Credentials.from_settings(deps.settings, deps.revocations)
+        self.credentials = credentials
+        self.admission = admission
         self.created = int(time.time())
         self.document = openapi_document()
 
@@ -161,9 +164,25 @@ class RestApi:
                 ApiError: self._api_error,
                 HTTPException: self._http_error,
                 CredentialError: self._credential_error,
+                Refused: self._refused,
             },
         )
-        return [Route("/openapi.json", self.openapi, methods=["GET"]), Mount("/v1", app=v1)]
+        return [
+            Route("/openapi.json", self.openapi, methods=["GET"]),
+            Mount("/v1", app=self._admitted(v1)),
+        ]
+
+    def _admitted(self, app: ASGIApp) -> ASGIApp:
+        """Each request holds a place on this replica until its response (a stream too) has been sent."""
+
+        async def admitted(scope: Scope, receive: Receive, send: Send) -> None:
+            try:
+                with self.admission.request_slot():
+                    await app(scope, receive, send)
+            except Refused as exc:
+                await refused_response(exc)(scope, receive, send)
+
+        return admitted
 
     async def _api_error(self, request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ApiError)
@@ -173,6 +192,10 @@ class RestApi:
         assert isinstance(exc, CredentialError)
         return credential_error_response(exc)
 
+    async def _refused(self, request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, Refused)
+        return refused_response(exc)
+
     async def _http_error(self, request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
@@ -180,7 +203,9 @@ class RestApi:
         return ApiError(exc.status_code, message, code=code).response()
 
     async def _authorize(self, request: Request) -> Principal:
-        return await self.credentials.authenticate(bearer_token(request.headers.get("authorization")))
+        principal = await self.credentials.authenticate(bearer_token(request.headers.get("authorization")))
+        self.admission.charge(principal)
+        return principal
 
     async def _body(self, request: Request, limit: int) -> AsyncGenerator[bytes, None]:
         """The request body, refused with 413 as soon as it is larger than `limit` bytes."""
@@ -188,7 +213,19 @@ class RestApi:
         if declared.isdigit() and int(declared) > limit:
             raise ApiError(413, f"request body of {declared} bytes exceeds the limit of {limit} bytes")
         received = 0
-        async for chunk in request.stream():
+        timeout = self.settings.rest_body_timeout_s
+        deadline = asyncio.get_running_loop().time() + timeout
+        stream = request.stream()
+        while True:
+            try:
+                # A client trickling its body holds a request: it gets a deadline, not the replica.
+                async with asyncio.timeout_at(deadline):
+                    chunk = await anext(stream)
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                message = f"the request body did not arrive within {timeout:.0f} s"
+                raise ApiError(408, message, code="request_timeout") from None
             received += len(chunk)
             if received > limit:
                 raise ApiError(413, f"request body exceeds the limit of {limit} bytes")
@@ -512,6 +549,6 @@ class RestApi:
         return JSONResponse(Transcription(text=text, usage=usage).model_dump())
 
 
-def rest_routes(deps: RouterDeps) -> list[BaseRoute]:
+def rest_routes(deps: RouterDeps, credentials: Credentials, admission: Admission) -> list[BaseRoute]:
     """`GET /openapi.json` and everything under `/v1` except the WebSocket (mount after it)."""
-    return RestApi(deps).routes()
+    return RestApi(deps, credentials, admission).routes()

@@ -24,8 +24,9 @@ from actors.config import Settings
 from actors.journal import user_id_problem
 from actors.memory_sink import MemorySink
 from actors.pipeline import LLMClient, SynthesizerClient, TranscriberClient
-from actors.session import SessionLimits, VoiceSession
+from actors.session import SessionLimits, SessionOptions, VoiceSession
 from actors.vad import SileroSpeechDetector, SpeechDetector
+from serve_app.admission import Admission, AdmissionLimits, Refused
 from serve_app.auth import (
     bearer_token,
     credential_error_response,
@@ -33,9 +34,16 @@ from serve_app.auth import (
     websocket_key,
     websocket_subprotocols,
 )
-from serve_app.credentials import ANONYMOUS, CredentialError, Credentials, LocalRevocations, Revocations
+from serve_app.credentials import (
+    ANONYMOUS,
+    CredentialError,
+    Credentials,
+    LocalRevocations,
+    Principal,
+    Revocations,
+)
 from serve_app.protocol import ProtocolError, ProtocolLimits, initial_options
-from serve_app.realtime import RealtimeConnection
+from serve_app.realtime import ConnectionLimits, RealtimeConnection
 from serve_app.rest_api import rest_routes
 
 log = logging.getLogger(__name__)
@@ -66,22 +74,32 @@ def build_router_app(deps: RouterDeps) -> Starlette:
         stt_chunk_ms=settings.stt_chunk_ms,
         audio_lead_ms=settings.audio_lead_ms,
         history_turns=settings.history_turns,
+        max_utterance_s=settings.max_utterance_s,
     )
+    connection_limits = ConnectionLimits.from_settings(settings)
     credentials = Credentials.from_settings(settings, deps.revocations)
+    admission = Admission(AdmissionLimits.from_settings(settings))
     prefetches: set[asyncio.Future[str | None]] = set()
 
     async def realtime(websocket: WebSocket) -> None:
-        query = websocket.query_params
-        offered = websocket_subprotocols(websocket.scope)
-        try:
-            principal = await credentials.authenticate(websocket_key(websocket.headers, query, offered))
-            user_id = principal.user_for(query.get("user"))
-            if (problem := user_id_problem(user_id)) is not None:
-                raise CredentialError(403, "invalid_user", problem)
-            options = initial_options(settings, principal.session)
-        except (CredentialError, ProtocolError) as exc:
-            await refuse_websocket(websocket, exc, offered)
-            return
+        with contextlib.ExitStack() as place:
+            query = websocket.query_params
+            offered = websocket_subprotocols(websocket.scope)
+            try:
+                principal = await credentials.authenticate(websocket_key(websocket.headers, query, offered))
+                user_id = principal.user_for(query.get("user"))
+                if (problem := user_id_problem(user_id)) is not None:
+                    raise CredentialError(403, "invalid_user", problem)
+                options = initial_options(settings, principal.session)
+                place.enter_context(admission.session(principal))
+            except (CredentialError, ProtocolError, Refused) as exc:
+                await refuse_websocket(websocket, exc, offered)
+                return
+            await serve_session(websocket, principal, user_id, options, offered)
+
+    async def serve_session(
+        websocket: WebSocket, principal: Principal, user_id: str, options: SessionOptions, offered: list[str]
+    ) -> None:
         await websocket.accept(subprotocol="realtime" if "realtime" in offered else None)
         memory_context = deps.memory_context if user_id != ANONYMOUS else None
         if memory_context is not None:
@@ -105,8 +123,8 @@ def build_router_app(deps: RouterDeps) -> Starlette:
                 user_id=user_id,
             )
 
-        model = query.get("model") or settings.llm_model
-        connection = RealtimeConnection(websocket, make_session, limits, model)
+        model = websocket.query_params.get("model") or settings.llm_model
+        connection = RealtimeConnection(websocket, make_session, limits, model, connection_limits)
         watch = None if principal.secret_id is None else lambda: credentials.still_valid(principal)
         await connection.run(still_authorized=watch)
 
@@ -153,6 +171,7 @@ def build_router_app(deps: RouterDeps) -> Starlette:
             Route("/healthz", healthz),
             Route("/readyz", readyz),
             Route("/metrics", metrics),
-            *rest_routes(deps),  # OpenAI-compatible REST; after the WebSocket route it must not shadow
+            # OpenAI-compatible REST; after the WebSocket route it must not shadow
+            *rest_routes(deps, credentials, admission),
         ],
     )

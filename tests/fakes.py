@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import numpy as np
+import uvicorn
 
 from actors.audio import rms_dbfs
 from actors.events import FinishedTurn
 from actors.llm.base import ChatMessage, LLMEngine
+from bench.serve_cluster import free_port
 
 
 class EnergySpeechDetector:
@@ -115,3 +118,19 @@ async def realtime_text_turn(ws: Any, text: str) -> dict[str, Any]:
         while (event := json.loads(await ws.recv()))["type"] != "response.done":
             assert event["type"] != "error", event
     return event["response"]
+
+
+@contextlib.asynccontextmanager
+async def served(app: Any) -> AsyncIterator[str]:
+    """An ASGI app on a real socket (uvicorn, this event loop), for clients with their own HTTP stack."""
+    port = free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    while not server.started:  # noqa: ASYNC110  (uvicorn offers no started event)
+        await asyncio.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task

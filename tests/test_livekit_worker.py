@@ -11,13 +11,10 @@ TTS plugin, and a whole spoken turn through the session with a fake microphone a
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections.abc import AsyncIterator
 
 import numpy as np
 import pytest
-import uvicorn
 from livekit import rtc
 from livekit.agents import AgentSession, metrics
 from livekit.agents.llm import ChatMessage
@@ -27,7 +24,7 @@ from livekit.plugins import silero
 
 from actors.audio import rms_dbfs
 from actors.metrics import HISTOGRAMS
-from bench.serve_cluster import ServeRun, free_port
+from bench.serve_cluster import ServeRun
 from serve_app.livekit_worker import (
     VoiceAgent,
     WorkerConfig,
@@ -39,6 +36,7 @@ from serve_app.livekit_worker import (
     user_id_for,
     worker_options,
 )
+from tests.fakes import served
 from tests.speech import LIBRIVOX, librivox, word_error_rate
 from tests.test_rest_api import KEY, MEMORIES, Harness
 
@@ -105,23 +103,6 @@ def test_livekit_metrics_go_into_our_histograms() -> None:
 # --------------------------------------------------------------- the router in process, fake stages
 
 
-@contextlib.asynccontextmanager
-async def served(harness: Harness) -> AsyncIterator[str]:
-    """The harness's router app on a real socket, so LiveKit's plugins use their own HTTP clients."""
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(harness.http.app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
-    )
-    task = asyncio.create_task(server.serve())
-    while not server.started:  # noqa: ASYNC110  (uvicorn offers no started event)
-        await asyncio.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await task
-
-
 @pytest.fixture(scope="module")
 def vad() -> silero.VAD:
     return silero.VAD.load()  # from the plugin's wheel: no download
@@ -129,7 +110,7 @@ def vad() -> silero.VAD:
 
 async def test_chat_turn_carries_the_participant_to_memory(vad: silero.VAD) -> None:
     harness = Harness()
-    async with served(harness) as url:
+    async with served(harness.http.app) as url:
         cfg = await WorkerConfig.from_env({"VOICE_AGENT_URL": url, "VOICE_AGENT_API_KEY": KEY}).resolve()
         assert cfg.tts_voice == harness.settings.tts_voice and cfg.llm_model == harness.settings.llm_model
         async with build_session(cfg, user=user_id_for("ada"), vad=vad) as session:
