@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-STAGE_NAMES = {"stt": "speech recognition", "llm": "language model", "tts": "speech synthesis"}
+STAGE_NAMES = {"stt": "speech recogniser", "llm": "language model", "tts": "speech synthesiser"}
 
 # Exceptions (by class name, so this module needs neither Ray nor gRPC) that mean the stage's process
 # or connection went away, rather than that it answered with an error.

@@ -147,8 +147,7 @@ class FaultProxy:
                     if events >= fault.after_events:
                         writer.write(data[:cut])
                         await writer.drain()
-                        while await reader.read(65536):  # until the client gives up
-                            pass
+                        await sending  # silent until the client gives up and closes
                         return
                 writer.write(data)
                 await writer.drain()
