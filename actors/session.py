@@ -408,6 +408,7 @@ class VoiceSession:
     def _start_response(self, user: tuple[str | None, str] | None, timeline: TurnTimeline) -> None:
         response_id = new_id("resp")
         self._response_id = response_id
+        self._cancel_reason = None
         self._response_task = asyncio.create_task(self._respond(response_id, user, timeline))
 
     async def _cancel_response(self, reason: str) -> None:
@@ -441,7 +442,6 @@ class VoiceSession:
         status: str = "completed"
         reason: str | None = None
         failure: PublicError | None = None
-        self._cancel_reason = None
         await self._emit(ResponseStarted(response_id, item_id))
         try:
             try:
