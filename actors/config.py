@@ -62,6 +62,21 @@ class Settings(BaseSettings):
     llm_temperature: float = Field(default=0.7, ge=0.0, le=2.0)
     history_turns: int = Field(default=8, ge=0, le=100)  # past exchanges kept in the prompt
 
+    # --- provider and stage faults (README "When a provider fails") --------------------------------------
+    llm_connect_timeout_s: float = Field(default=3.0, gt=0, le=60)
+    llm_first_token_timeout_s: float = Field(default=5.0, gt=0, le=300)  # per attempt
+    llm_chunk_timeout_s: float = Field(default=5.0, gt=0, le=300)  # between chunks once streaming
+    llm_max_retries: int = Field(default=2, ge=0, le=10)  # only before the first token
+    llm_retry_budget_s: float = Field(default=8.0, gt=0, le=600)  # all attempts and waits together
+    speech_connect_timeout_s: float = Field(default=3.0, gt=0, le=60)  # OpenAI STT and TTS
+    stt_timeout_s: float = Field(default=10.0, gt=0, le=600)  # OpenAI STT: waiting for the transcript
+    tts_timeout_s: float = Field(default=5.0, gt=0, le=300)  # OpenAI TTS: first byte, then between chunks
+    # The router's own guard on a stage call (one STT chunk, the next TTS chunk) on top of the
+    # provider's timeout: a replica that died or hangs fails the turn instead of stalling it.
+    stage_timeout_s: float = Field(default=3.0, gt=0, le=300)
+    readyz_probe_ttl_s: float = Field(default=5.0, ge=0, le=300)  # /readyz reuses an upstream check
+    failure_apology: str = Field(default="Sorry, I'm having trouble answering right now.", min_length=1)
+
     # --- turn detection (defaults for server VAD; clients change them with session.update) ------------
     vad_threshold: float = Field(default=0.5, gt=0.0, lt=1.0)
     vad_silence_ms: int = Field(default=500, ge=100, le=5000)

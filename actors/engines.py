@@ -26,6 +26,8 @@ def create_stt_engine(settings: Settings) -> STTEngine:
             api_key=settings.openai_key,
             base_url=settings.openai_base_url,
             model=settings.stt_model,
+            connect_timeout_s=settings.speech_connect_timeout_s,
+            timeout_s=settings.stt_timeout_s,
         )
     if engine == "simulated":
         from actors.stt.simulated import SimulatedSTTEngine
@@ -48,6 +50,8 @@ def create_tts_engine(settings: Settings) -> TTSEngine:
             base_url=settings.openai_base_url,
             model=settings.tts_model,
             voice=settings.tts_voice,
+            connect_timeout_s=settings.speech_connect_timeout_s,
+            timeout_s=settings.tts_timeout_s,
         )
     if engine == "simulated":
         from actors.tts.simulated import SimulatedTTSEngine
@@ -59,12 +63,21 @@ def create_tts_engine(settings: Settings) -> TTSEngine:
 def create_llm_engine(settings: Settings) -> LLMEngine:
     engine = settings.llm_engine
     if engine == "openai":
+        from actors.llm.call_policy import LLMCallPolicy
         from actors.llm.openai_engine import OpenAILLMEngine
 
         return OpenAILLMEngine(
             api_key=settings.openai_key,
             base_url=settings.llm_base_url,
             model=settings.llm_model,
+            policy=LLMCallPolicy(
+                connect_timeout_s=settings.llm_connect_timeout_s,
+                first_token_timeout_s=settings.llm_first_token_timeout_s,
+                chunk_timeout_s=settings.llm_chunk_timeout_s,
+                max_retries=settings.llm_max_retries,
+                retry_budget_s=settings.llm_retry_budget_s,
+            ),
+            probe_ttl_s=settings.readyz_probe_ttl_s,
         )
     if engine == "llamacpp":
         from actors.llm.llamacpp_engine import LlamaCppEngine

@@ -78,8 +78,9 @@ class ResponseFinished:
     item_id: str
     status: Literal["completed", "cancelled", "failed"]
     text: str  # what the assistant said (up to the interruption point when cancelled)
-    reason: str | None = None  # why it was cancelled or failed
+    reason: str | None = None  # why it was cancelled, or the public error code when it failed
     metrics: dict[str, float] = field(default_factory=dict)
+    message: str | None = None  # failed: a sentence for the user (never exception text)
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,7 @@ from actors.events import (
     TranscriptDelta,
     UserItemAdded,
 )
+from actors.faults import PublicError, StageError, public_error
 from actors.llm.base import ChatMessage
 from actors.memory_sink import MemorySink
 from actors.metrics import TurnTimeline, observe_turn
@@ -75,6 +76,13 @@ class SessionLimits:
     audio_lead_ms: int = 500
     history_turns: int = 8
     max_utterance_s: float = 120.0  # one user turn's audio: the end of a turn with VAD, a full buffer without
+    # The session's guard on stage calls, on top of the provider's own timeout (`stt_timeout_s` for a
+    # transcript, `tts_timeout_s` for the next audio chunk): a stage replica that died or hangs fails
+    # the turn within seconds instead of leaving the user in silence.
+    stage_timeout_s: float = 3.0
+    stt_timeout_s: float = 10.0
+    tts_timeout_s: float = 5.0
+    apology: str = "Sorry, I'm having trouble answering right now."  # spoken when a reply fails
 
 
 # Audio chunks longer than this are scored by the VAD in a worker thread (ONNX Runtime releases the GIL),
@@ -93,13 +101,23 @@ class _Utterance:
     since the previous call finished (so a slow STT gets bigger, fewer calls, never a backlog of hops).
     """
 
-    def __init__(self, stream: STTStream, chunk_bytes: int, on_interim: Callable[[str], Awaitable[None]]):
+    def __init__(
+        self,
+        stream: STTStream,
+        chunk_bytes: int,
+        on_interim: Callable[[str], Awaitable[None]],
+        on_failure: Callable[[_Utterance, Exception], Awaitable[None]],
+        limits: SessionLimits,
+    ):
         self.item_id = new_id("item")
         self._stream = stream
         self._chunk_bytes = chunk_bytes
         self._on_interim = on_interim
+        self._on_failure = on_failure
+        self._limits = limits
         self._pending = bytearray()
         self.audio_bytes = 0
+        self.failure: Exception | None = None  # a feed call failed: the utterance cannot be transcribed
         self._wake = asyncio.Event()
         self._closing = False
         self._task = asyncio.create_task(self._feed_loop())
@@ -111,29 +129,42 @@ class _Utterance:
             self._wake.set()
 
     async def _feed_loop(self) -> None:
-        while not self._closing:
-            await self._wake.wait()
-            self._wake.clear()
-            if self._pending and not self._closing:
-                chunk = bytes(self._pending)
-                self._pending.clear()
-                interim = await self._stream.feed(chunk)
-                if interim is not None and not self._closing:
-                    await self._on_interim(interim)
+        try:
+            while not self._closing:
+                await self._wake.wait()
+                self._wake.clear()
+                if self._pending and not self._closing:
+                    chunk = bytes(self._pending)
+                    self._pending.clear()
+                    # A chunk takes milliseconds; waiting longer means the replica is gone or stuck.
+                    async with asyncio.timeout(self._limits.stage_timeout_s):
+                        interim = await self._stream.feed(chunk)
+                    if interim is not None and not self._closing:
+                        await self._on_interim(interim)
+        except Exception as exc:
+            self.failure = exc
+            if not self._closing:  # still being spoken: say so now, not when the user stops talking
+                await self._on_failure(self, exc)
 
     async def finish(self) -> str:
         """Wait for the call in flight, then send the rest of the audio with the finish (one call)."""
         self._closing = True
         self._wake.set()
         await self._task
+        if self.failure is not None:
+            raise self.failure
         tail = bytes(self._pending)
         self._pending.clear()
-        return await self._stream.finish_with(tail)
+        async with asyncio.timeout(self._limits.stt_timeout_s + self._limits.stage_timeout_s):
+            return await self._stream.finish_with(tail)
 
     async def abort(self) -> None:
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await self._task
+        await self.close_stream()
+
+    async def close_stream(self) -> None:
         with contextlib.suppress(Exception):
             await self._stream.aclose()
 
@@ -180,6 +211,7 @@ class VoiceSession:
         self._turn_tasks: set[asyncio.Task[None]] = set()
         self._response_task: asyncio.Task[None] | None = None
         self._response_id: str | None = None
+        self._cancel_reason: str | None = None
         self._closed = False
 
     # ---------------------------------------------------------------- configuration
@@ -271,8 +303,20 @@ class VoiceSession:
             if delta:
                 await self._emit(TranscriptDelta(utterance.item_id, delta))
 
-        utterance = _Utterance(self._stt.open_stream(), chunk_bytes, on_interim)
+        utterance = _Utterance(
+            self._stt.open_stream(), chunk_bytes, on_interim, self._on_utterance_failed, self.limits
+        )
         return utterance
+
+    async def _on_utterance_failed(self, utterance: _Utterance, exc: Exception) -> None:
+        """STT failed while the user was still speaking: report it at once and drop the utterance
+        (the user's next utterance starts afresh, on a replacement replica if need be)."""
+        failure = public_error(exc, "stt")
+        log.warning("transcription of %s failed (%s)", utterance.item_id, failure.code, exc_info=exc)
+        if self._utterance is utterance:
+            self._utterance = None
+        await utterance.close_stream()  # called from its feed task, which ends right after
+        await self._emit(SessionError("transcription_failed", failure.message))
 
     async def _on_speech_started(self, sample: int) -> None:
         if self._utterance is not None:  # a previous utterance was never committed
@@ -372,8 +416,9 @@ class VoiceSession:
         try:
             transcript = (await utterance.finish()).strip()
         except Exception as exc:
-            log.exception("transcription failed")
-            await self._emit(SessionError("transcription_failed", f"speech-to-text failed: {exc}"))
+            failure = public_error(exc, "stt")
+            log.warning("transcription of %s failed (%s)", utterance.item_id, failure.code, exc_info=exc)
+            await self._emit(SessionError("transcription_failed", failure.message))
             return
         timeline.transcript = _now()
         seconds = utterance.audio_bytes / (PCM_SAMPLE_WIDTH * STT_SAMPLE_RATE)
@@ -390,12 +435,16 @@ class VoiceSession:
     def _start_response(self, user: tuple[str | None, str] | None, timeline: TurnTimeline) -> None:
         response_id = new_id("resp")
         self._response_id = response_id
+        self._cancel_reason = None
         self._response_task = asyncio.create_task(self._respond(response_id, user, timeline))
 
     async def _cancel_response(self, reason: str) -> None:
         task = self._response_task
         if task is None or task.done():
             return
+        # Kept on the session too: a cancellation that crosses a stage call (a Serve handle's stream)
+        # can arrive as a new CancelledError without the message.
+        self._cancel_reason = reason
         task.cancel(reason)
         with contextlib.suppress(asyncio.CancelledError):
             await task
@@ -416,21 +465,28 @@ class VoiceSession:
         user_item, user_text = user if user else (None, None)
         started_wall = time.time()
         spoken: list[str] = []  # phrases whose audio started playing
+        heard: list[str] = []  # what the client got: the spoken reply, then any apology
         status: str = "completed"
         reason: str | None = None
+        failure: PublicError | None = None
         await self._emit(ResponseStarted(response_id, item_id))
         try:
-            await self._run_pipeline(response_id, item_id, user_text, timeline, spoken)
+            try:
+                await self._run_pipeline(response_id, item_id, user_text, timeline, spoken)
+            except Exception as exc:
+                failure = public_error(exc)
+                # The details (a traceback, a replica's pid and address) are for the log only.
+                log.warning("response %s failed (%s)", response_id, failure.code, exc_info=exc)
+                status, reason = "failed", failure.code
+                heard = [*spoken]
+                await self._apologise(response_id, item_id, failure, exc, heard)
         except asyncio.CancelledError as exc:
-            # Cancelled by barge-in or response.cancel (the reason rides on the cancel message):
-            # finish the turn properly instead of propagating.
-            status, reason = "cancelled", (str(exc.args[0]) if exc.args else "cancelled")
+            # Cancelled by barge-in or response.cancel: finish the turn properly instead of propagating.
+            status = "cancelled"
+            reason = self._cancel_reason or (str(exc.args[0]) if exc.args else "cancelled")
             task = asyncio.current_task()
             if task is not None:
                 task.uncancel()
-        except Exception as exc:
-            log.exception("response %s failed", response_id)
-            status, reason = "failed", f"{type(exc).__name__}: {exc}"
         text = " ".join(spoken)
         metrics = timeline.metrics_ms()
         if user_text is not None:
@@ -438,7 +494,17 @@ class VoiceSession:
         if text:
             self._history.append({"role": "assistant", "content": text})
         observe_turn(metrics, status)
-        await self._emit(ResponseFinished(response_id, item_id, status, text, reason, metrics))  # type: ignore[arg-type]
+        await self._emit(
+            ResponseFinished(
+                response_id,
+                item_id,
+                status,  # type: ignore[arg-type]
+                " ".join(heard) if failure is not None else text,
+                reason,
+                metrics,
+                failure.message if failure is not None else None,
+            )
+        )
         self._last_item_id = item_id
         if self._sink is not None and (user_text or text):
             self._sink.submit(
@@ -455,6 +521,40 @@ class VoiceSession:
                     metrics=metrics,
                 )
             )
+
+    async def _apologise(
+        self, response_id: str, item_id: str, failure: PublicError, exc: Exception, heard: list[str]
+    ) -> None:
+        """Tell the user the reply failed: spoken through TTS (text in a text-only session). The
+        apology is not part of the conversation history. When TTS is what failed, or cannot say the
+        apology within `stage_timeout_s`, an `error` event says what happened instead."""
+        apology = self.limits.apology
+        delta = apology if not heard else " " + apology
+        if not self.options.output_audio:
+            heard.append(apology)
+            await self._emit(ResponseTextDelta(response_id, item_id, delta))
+            return
+        if isinstance(exc, StageError) and exc.stage == "tts":
+            await self._emit(SessionError(failure.code, failure.message))
+            return
+        chunks = self._tts.synthesize(apology, self.options.output_sample_rate)
+        first = True
+        try:
+            while True:
+                async with asyncio.timeout(self.limits.stage_timeout_s):
+                    chunk = await anext(chunks, None)
+                if chunk is None:
+                    break
+                if first:
+                    first = False
+                    heard.append(apology)
+                    await self._emit(ResponseTextDelta(response_id, item_id, delta))
+                await self._emit(ResponseAudioDelta(response_id, item_id, chunk))
+        except Exception as tts_exc:
+            log.warning("response %s: the apology could not be spoken", response_id, exc_info=tts_exc)
+            await self._emit(SessionError(failure.code, failure.message))
+        finally:
+            await _aclose(chunks)
 
     async def _run_pipeline(
         self,
@@ -473,32 +573,41 @@ class VoiceSession:
         }
         phrases: asyncio.Queue[str | None] = asyncio.Queue()
         timeline.llm_start = _now()
-        speaker = None
-        if self.options.output_audio:
-            speaker = asyncio.create_task(self._speak(response_id, item_id, phrases, timeline, spoken))
         events = self._llm.stream_phrases(request)
-        try:
-            async for event in events:
-                if event["type"] == "first_token":
-                    timeline.first_token = _now()
-                    continue
-                if timeline.first_phrase is None:
-                    timeline.first_phrase = _now()
-                if speaker is None:  # text-only session: the phrase is the output
-                    spoken.append(event["text"])
-                    delta = event["text"] if len(spoken) == 1 else " " + event["text"]
-                    await self._emit(ResponseTextDelta(response_id, item_id, delta))
-                else:
-                    phrases.put_nowait(event["text"])
+
+        async def produce(speaking: bool) -> None:
+            try:
+                async for event in events:
+                    if event["type"] == "first_token":
+                        timeline.first_token = _now()
+                        continue
+                    if timeline.first_phrase is None:
+                        timeline.first_phrase = _now()
+                    if not speaking:  # text-only session: the phrase is the output
+                        spoken.append(event["text"])
+                        delta = event["text"] if len(spoken) == 1 else " " + event["text"]
+                        await self._emit(ResponseTextDelta(response_id, item_id, delta))
+                    else:
+                        phrases.put_nowait(event["text"])
+            except Exception as exc:
+                raise StageError("llm") from exc
             phrases.put_nowait(None)
-            if speaker is not None:
-                await speaker
+
+        # The LLM and the speaker run side by side; whichever fails first ends the reply at once
+        # (a dead TTS must not wait for the whole LLM reply, nor a dead LLM for the audio queued).
+        tasks = [asyncio.create_task(produce(self.options.output_audio))]
+        if self.options.output_audio:
+            tasks.append(asyncio.create_task(self._speak(response_id, item_id, phrases, timeline, spoken)))
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            for task in tasks:
+                if task in done and task.exception() is not None:
+                    raise task.exception()  # type: ignore[misc]
         finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             await _aclose(events)
-            if speaker is not None and not speaker.done():
-                speaker.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await speaker
 
     async def _speak(
         self,
@@ -512,26 +621,40 @@ class VoiceSession:
         to real time plus `audio_lead_ms`, so a barge-in can still stop what has not been heard."""
         rate = self.options.output_sample_rate
         lead_s = self.limits.audio_lead_ms / 1000
+        # The next chunk of a phrase: the provider's own timeout plus the hop's.
+        chunk_timeout_s = self.limits.tts_timeout_s + self.limits.stage_timeout_s
         slots = asyncio.Semaphore(2)  # the phrase playing + one synthesising ahead
-        ordered: asyncio.Queue[tuple[str, asyncio.Queue[bytes | None]] | None] = asyncio.Queue()
+        ordered: asyncio.Queue[tuple[str, asyncio.Queue[bytes | Exception | None]] | None] = asyncio.Queue()
         synth_tasks: list[asyncio.Task[None]] = []
 
-        async def synthesize(text: str, out: asyncio.Queue[bytes | None]) -> None:
+        async def synthesize(text: str, out: asyncio.Queue[bytes | Exception | None]) -> None:
             chunks = self._tts.synthesize(text, rate)
             try:
                 async for chunk in chunks:
                     out.put_nowait(chunk)
-            finally:
                 out.put_nowait(None)
+            except Exception as exc:  # handed to the player, which fails the reply in order
+                out.put_nowait(exc)
+            finally:
                 await _aclose(chunks)
 
         async def schedule() -> None:
             while (text := await phrases.get()) is not None:
                 await slots.acquire()
-                out: asyncio.Queue[bytes | None] = asyncio.Queue()
+                out: asyncio.Queue[bytes | Exception | None] = asyncio.Queue()
                 synth_tasks.append(asyncio.create_task(synthesize(text, out)))
                 ordered.put_nowait((text, out))
             ordered.put_nowait(None)
+
+        async def next_chunk(out: asyncio.Queue[bytes | Exception | None]) -> bytes | None:
+            try:
+                async with asyncio.timeout(chunk_timeout_s):
+                    item = await out.get()
+            except TimeoutError as exc:
+                raise StageError("tts") from exc
+            if isinstance(item, Exception):
+                raise StageError("tts") from item
+            return item
 
         scheduler = asyncio.create_task(schedule())
         audio_sent_s = 0.0
@@ -539,7 +662,7 @@ class VoiceSession:
             while (item := await ordered.get()) is not None:
                 text, out = item
                 first_chunk = True
-                while (chunk := await out.get()) is not None:
+                while (chunk := await next_chunk(out)) is not None:
                     if timeline.first_audio_out is None:
                         timeline.first_audio_out = _now()
                     if timeline.first_audio_sent is not None:

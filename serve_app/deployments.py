@@ -69,6 +69,10 @@ class LLMDeployment:
     async def ping(self) -> str:
         return f"{self.stage.engine.name}:{self.stage.engine.model}"
 
+    async def upstream(self) -> str | None:
+        """None when the engine's provider answers, else what is wrong (cached in the engine)."""
+        return await self.stage.engine.probe()
+
     async def stream_phrases(self, request: LLMRequest) -> AsyncIterator[LLMEvent]:
         async for event in self.stage.stream_phrases(request):
             yield event
@@ -121,6 +125,10 @@ class Router:
             names = await asyncio.gather(stt.ping.remote(), llm.ping.remote(), tts.ping.remote())
             return dict(zip(("stt", "llm", "tts"), names, strict=True))
 
+        async def upstreams() -> dict[str, str]:
+            problem = await llm.upstream.remote()
+            return {"llm": problem} if problem else {}
+
         self._app = build_router_app(
             RouterDeps(
                 settings=settings,
@@ -130,6 +138,7 @@ class Router:
                 memory_sink=memory_sink,
                 memory_context=memory_context,
                 readiness=readiness,
+                upstreams=upstreams,
                 extra_metrics=extra_metrics,
                 revocations=SharedRevocations(),
             )

@@ -14,6 +14,7 @@ from starlette.applications import Starlette
 
 from actors.config import load_settings
 from actors.engines import create_llm_engine, create_stt_engine, create_tts_engine
+from actors.llm.base import LLMEngine
 from actors.llm.stage import LLMStage
 from actors.memory_sink import RecentTurnsSink
 from actors.tts.stage import TTSStage
@@ -34,5 +35,11 @@ def create_app() -> Starlette:
             tts=TTSStage(tts),
             memory_sink=RecentTurnsSink(),
             warmups=[stt.warmup, llm.warmup, tts.warmup],
+            upstreams=lambda: upstream_problems(llm),
         )
     )
+
+
+async def upstream_problems(llm: LLMEngine) -> dict[str, str]:
+    problem = await llm.probe()
+    return {"llm": problem} if problem else {}

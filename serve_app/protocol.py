@@ -450,7 +450,13 @@ def server_events(event: SessionEvent, *, audio_output: bool) -> list[dict[str, 
                 }
             ]
         case ResponseFinished(
-            response_id=rid, item_id=item_id, status=status, text=text, reason=reason, metrics=metrics
+            response_id=rid,
+            item_id=item_id,
+            status=status,
+            text=text,
+            reason=reason,
+            metrics=metrics,
+            message=message,
         ):
             part = (
                 {"type": "output_audio", "transcript": text}
@@ -469,7 +475,7 @@ def server_events(event: SessionEvent, *, audio_output: bool) -> list[dict[str, 
             if status == "cancelled":
                 details["reason"] = reason if reason in ("turn_detected", "client_cancelled") else None
             elif status == "failed":
-                details["error"] = {"type": "server_error", "message": reason}
+                details["error"] = {"type": "server_error", "code": reason, "message": message}
             return [
                 {
                     **base,

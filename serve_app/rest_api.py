@@ -29,6 +29,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from actors.audio import DEFAULT_OUTPUT_RATE, AudioFormatError
 from actors.audio_files import decode_upload, streaming_wav_header
 from actors.chat_turn import ChatTurn
+from actors.faults import public_error
 from actors.llm.base import ChatMessage
 from actors.metrics import HISTOGRAMS
 from actors.session import new_id
@@ -120,8 +121,15 @@ def _sse(model: BaseModel) -> str:
 def _stage_failed_event(stage: str, exc: Exception) -> str:
     """A stage failed mid-stream, after the headers: OpenAI's way is an error object as the last event."""
     log.exception("%s failed mid-stream", stage)
-    detail = ErrorDetail(message=f"the {stage} stage failed: {exc}", type="server_error", code="stage_failed")
+    public = public_error(exc, stage.lower())
+    detail = ErrorDetail(message=public.message, type="server_error", code=public.code)
     return _sse(ErrorResponse(error=detail))
+
+
+def _stage_failed(exc: Exception, stage: str) -> ApiError:
+    """A 502 that names the stage and the kind of failure, never the exception's text."""
+    public = public_error(exc, stage.lower())
+    return ApiError(502, public.message, type="server_error", code=public.code)
 
 
 async def _first(items: AsyncIterator[T], stage: str) -> T | None:
@@ -134,9 +142,7 @@ async def _first(items: AsyncIterator[T], stage: str) -> T | None:
         log.exception("%s failed", stage)
         with contextlib.suppress(Exception):
             await items.aclose()  # type: ignore[attr-defined]
-        raise ApiError(
-            502, f"the {stage} stage failed: {exc}", type="server_error", code="stage_failed"
-        ) from exc
+        raise _stage_failed(exc, stage) from exc
 
 
 class RestApi:
@@ -358,9 +364,7 @@ class RestApi:
             parts += [delta async for delta in deltas]
         except Exception as exc:
             log.exception("LLM failed")
-            raise ApiError(
-                502, f"the LLM stage failed: {exc}", type="server_error", code="stage_failed"
-            ) from exc
+            raise _stage_failed(exc, "LLM") from exc
         out = turn.outcome
         completion = ChatCompletion(
             id=turn.turn_id,
@@ -534,9 +538,7 @@ class RestApi:
             log.exception("STT failed")
             with contextlib.suppress(Exception):
                 await stream.aclose()
-            raise ApiError(
-                502, f"the STT stage failed: {exc}", type="server_error", code="stage_failed"
-            ) from exc
+            raise _stage_failed(exc, "STT") from exc
         HISTOGRAMS["transcription_delay"].observe((loop.time() - started) * 1000)
         usage = TranscriptionUsage(seconds=round(seconds, 3))
         if fmt == "text":

@@ -61,6 +61,8 @@ class RouterDeps:
     warmups: list[Callable[[], Awaitable[None]]] = field(default_factory=list)  # run before serving
     # Answers which engine each stage runs once every stage can take requests (raises otherwise).
     readiness: Callable[[], Awaitable[dict[str, str]]] | None = None
+    # What is down behind the stages (e.g. {"llm": "the LLM server is unreachable"}); {} when all is up.
+    upstreams: Callable[[], Awaitable[dict[str, str]]] | None = None
     # Metrics of other processes (the memory actor) in Prometheus text, appended to /metrics.
     extra_metrics: Callable[[], Awaitable[bytes]] | None = None
     # Revoked client secrets: this process's own list, or the cluster's (serve_app.revocations).
@@ -75,6 +77,10 @@ def build_router_app(deps: RouterDeps) -> Starlette:
         audio_lead_ms=settings.audio_lead_ms,
         history_turns=settings.history_turns,
         max_utterance_s=settings.max_utterance_s,
+        stage_timeout_s=settings.stage_timeout_s,
+        stt_timeout_s=settings.stt_timeout_s,
+        tts_timeout_s=settings.tts_timeout_s,
+        apology=settings.failure_apology,
     )
     connection_limits = ConnectionLimits.from_settings(settings)
     credentials = Credentials.from_settings(settings, deps.revocations)
@@ -132,15 +138,26 @@ def build_router_app(deps: RouterDeps) -> Starlette:
         return JSONResponse({"status": "ok", "engines": settings.describe_engines()})
 
     async def readyz(request: Request) -> Response:
-        if deps.readiness is None:
-            return JSONResponse({"status": "ready"})
+        stages: dict[str, str] = {}
         try:
             async with asyncio.timeout(5):
-                stages = await deps.readiness()
+                if deps.readiness is not None:
+                    stages = await deps.readiness()
         except Exception as exc:
             log.info("not ready: %r", exc)
-            return JSONResponse({"status": "starting", "detail": repr(exc)}, status_code=503)
-        return JSONResponse({"status": "ready", "stages": stages})
+            return JSONResponse(
+                {"status": "starting", "detail": "not every stage has loaded its engine yet"}, status_code=503
+            )
+        try:
+            async with asyncio.timeout(5):
+                down = await deps.upstreams() if deps.upstreams is not None else {}
+        except Exception as exc:  # the probe itself failed: say which part, keep the details in the log
+            log.warning("upstream check failed: %r", exc)
+            down = {"upstreams": "the upstream check did not answer"}
+        if down:
+            log.info("not ready, upstream down: %s", down)
+            return JSONResponse({"status": "unavailable", "down": down, "stages": stages}, status_code=503)
+        return JSONResponse({"status": "ready", "stages": stages} if stages else {"status": "ready"})
 
     async def metrics(request: Request) -> Response:
         try:

@@ -35,3 +35,8 @@ class LLMEngine(ABC):
 
     async def warmup(self) -> None:  # noqa: B027 - optional hook
         """Load the model ahead of the first request."""
+
+    async def probe(self) -> str | None:
+        """None when the engine can answer now, else a short description of what is down (an
+        engine behind an HTTP API checks it, cached so readiness probes stay cheap)."""
+        return None

@@ -4,25 +4,52 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from typing import Any, cast
 
+import openai
 from openai import AsyncOpenAI
 
+from actors.faults import LLMStalled, LLMTimeout, LLMUnavailable
 from actors.llm.base import ChatMessage, LLMEngine
+from actors.llm.call_policy import LLMCallPolicy, first_with_retries
+from actors.probe import CachedProbe
+
+log = logging.getLogger(__name__)
 
 
 class OpenAILLMEngine(LLMEngine):
     name = "openai"
 
     def __init__(
-        self, api_key: str | None = None, base_url: str | None = None, model: str = "gpt-4o-mini"
+        self,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        model: str = "gpt-4o-mini",
+        policy: LLMCallPolicy | None = None,
+        probe_ttl_s: float = 5.0,
     ) -> None:
         self.model = model
+        self.policy = policy or LLMCallPolicy()
         # Local OpenAI-compatible servers usually need no key, but the client insists on one.
         if api_key is None and base_url is not None:
             api_key = "unused"
-        self._client = AsyncOpenAI(api_key=api_key, base_url=base_url)
+        p = self.policy
+        # The SDK's own retries (2, backoff up to 8 s) would hide failures from our budget: ours decide.
+        # Its read timeout is a backstop; the first-token and chunk timeouts are enforced below.
+        self._client = AsyncOpenAI(
+            api_key=api_key,
+            base_url=base_url,
+            max_retries=0,
+            timeout=openai.Timeout(
+                connect=p.connect_timeout_s,
+                read=max(p.first_token_timeout_s, p.chunk_timeout_s),
+                write=p.chunk_timeout_s,
+                pool=p.connect_timeout_s,
+            ),
+        )
+        self._probe = CachedProbe(self._check_upstream, ttl_s=probe_ttl_s)
 
     async def warmup(self) -> None:
         """Open the HTTP connection and let the SDK build its lazily made parts before the first turn:
@@ -31,6 +58,23 @@ class OpenAILLMEngine(LLMEngine):
         with contextlib.suppress(Exception):
             async with asyncio.timeout(5):
                 await self._client.models.list()
+
+    async def probe(self) -> str | None:
+        return await self._probe.check()
+
+    async def _check_upstream(self) -> str | None:
+        """Any HTTP answer but a 5xx means the server is there (some compatible servers have no
+        `/models`); a refused or silent connection, or a 5xx, means it is not."""
+        try:
+            async with asyncio.timeout(self.policy.connect_timeout_s):
+                await self._client.models.list()
+        except openai.APIStatusError as exc:
+            if exc.status_code >= 500:
+                return f"the LLM server answers HTTP {exc.status_code}"
+        except (openai.APIConnectionError, TimeoutError) as exc:
+            log.warning("LLM upstream %s unreachable: %r", self._client.base_url, exc)
+            return "the LLM server is unreachable"
+        return None
 
     async def stream(
         self,
@@ -49,22 +93,80 @@ class OpenAILLMEngine(LLMEngine):
     async def stream_completion(
         self, model: str, messages: list[ChatMessage], *, max_tokens: int, temperature: float
     ) -> AsyncIterator[str]:
-        # max_tokens rather than max_completion_tokens: every OpenAI-compatible server accepts it.
-        stream = await self._client.chat.completions.create(
-            model=model,
-            messages=cast(Any, messages),  # ChatMessage is a subset of the SDK's message params
-            max_tokens=max_tokens,
-            temperature=temperature,
-            stream=True,
-        )
+        async def attempt() -> tuple[Any, str | None]:
+            # max_tokens rather than max_completion_tokens: every OpenAI-compatible server accepts it.
+            stream = await self._client.chat.completions.create(
+                model=model,
+                messages=cast(Any, messages),  # ChatMessage is a subset of the SDK's message params
+                max_tokens=max_tokens,
+                temperature=temperature,
+                stream=True,
+            )
+            try:
+                while True:
+                    try:
+                        chunk = await anext(stream)
+                    except StopAsyncIteration:
+                        return stream, None  # an empty reply
+                    content = _delta_content(chunk)
+                    if content:
+                        return stream, content
+            except BaseException:
+                await stream.close()
+                raise
+
         try:
-            async for chunk in stream:
+            stream, first = await first_with_retries(
+                attempt, self.policy, retryable=_retryable, retry_after=_retry_after
+            )
+        except TimeoutError as exc:
+            raise LLMTimeout(f"no first token within the budget: {exc!r}") from exc
+        except Exception as exc:
+            if not _retryable(exc):
+                raise  # e.g. a bad key or a bad request: retrying would not help, and it is no outage
+            raise LLMUnavailable(f"no first token: {exc!r}") from exc
+        try:
+            if first is None:
+                return
+            yield first
+            while True:
+                try:
+                    # The yield stays outside the timeout: a slow consumer is not a stalled provider.
+                    async with asyncio.timeout(self.policy.chunk_timeout_s):
+                        chunk = await anext(stream)
+                except StopAsyncIteration:
+                    return
+                except Exception as exc:  # a timeout, or the connection broke (the SDK's transport error)
+                    raise LLMStalled(f"stream broke after the first token: {exc!r}") from exc
                 content = _delta_content(chunk)
                 if content:
                     yield content
         finally:
             # Closing the response stops the server's generation (barge-in) and frees the connection.
             await stream.close()
+
+
+def _retryable(exc: BaseException) -> bool:
+    """Failures where nothing was generated and another attempt may succeed."""
+    if isinstance(exc, openai.APIStatusError):
+        return exc.status_code in (408, 409, 429) or exc.status_code >= 500
+    # Before the first token the stream can also break with the HTTP library's own TransportError.
+    return isinstance(exc, openai.APIConnectionError) or any(
+        cls.__name__ == "TransportError" for cls in type(exc).__mro__
+    )
+
+
+def _retry_after(exc: BaseException) -> float | None:
+    """Seconds a 429 or 503 asks us to wait (`retry-after-ms` or `retry-after` in seconds)."""
+    if not isinstance(exc, openai.APIStatusError):
+        return None
+    headers = exc.response.headers
+    with contextlib.suppress(TypeError, ValueError):
+        if (ms := headers.get("retry-after-ms")) is not None:
+            return max(float(ms) / 1000, 0.0)
+        if (seconds := headers.get("retry-after")) is not None:
+            return max(float(seconds), 0.0)
+    return None
 
 
 def _delta_content(chunk: Any) -> str | None:

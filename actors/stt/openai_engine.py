@@ -6,7 +6,7 @@ import io
 
 import numpy as np
 import soundfile as sf
-from openai import AsyncOpenAI
+from openai import AsyncOpenAI, Timeout
 
 from actors.audio import PCM_SAMPLE_WIDTH, STT_SAMPLE_RATE
 from actors.stt.base import STTEngine, STTStream
@@ -52,12 +52,20 @@ class OpenAISTTEngine(STTEngine):
     name = "openai"
 
     def __init__(
-        self, api_key: str | None = None, base_url: str | None = None, model: str = "gpt-4o-mini-transcribe"
+        self,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        model: str = "gpt-4o-mini-transcribe",
+        connect_timeout_s: float = 3.0,
+        timeout_s: float = 10.0,
     ) -> None:
         self.model = model
         if api_key is None and base_url is not None:
             api_key = "unused"  # local compatible servers need no key; the client wants one
-        self._client = AsyncOpenAI(api_key=api_key, base_url=base_url)
+        # Seconds, not the SDK's 10 minutes: a turn must fail while the user still waits for it.
+        # One SDK retry: the upload is whole and nothing has been shown, so repeating it is safe.
+        timeout = Timeout(timeout_s, connect=connect_timeout_s)
+        self._client = AsyncOpenAI(api_key=api_key, base_url=base_url, timeout=timeout, max_retries=1)
 
     def open_stream(self) -> OpenAISTTStream:
         return OpenAISTTStream(self._client, self.model)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from openai import AsyncOpenAI
+from openai import AsyncOpenAI, Timeout
 
 from actors.audio import PCM_SAMPLE_WIDTH
 from actors.tts.base import TTSEngine
@@ -20,12 +20,17 @@ class OpenAITTSEngine(TTSEngine):
         base_url: str | None = None,
         model: str = "gpt-4o-mini-tts",
         voice: str = "alloy",
+        connect_timeout_s: float = 3.0,
+        timeout_s: float = 5.0,
     ) -> None:
         self.model = model
         self.voice = voice
         if api_key is None and base_url is not None:
             api_key = "unused"  # local compatible servers need no key; the client wants one
-        self._client = AsyncOpenAI(api_key=api_key, base_url=base_url)
+        # Seconds, not the SDK's 10 minutes: the read timeout bounds the first byte and every gap
+        # after it. One SDK retry, which happens only before any audio has arrived.
+        timeout = Timeout(timeout_s, connect=connect_timeout_s)
+        self._client = AsyncOpenAI(api_key=api_key, base_url=base_url, timeout=timeout, max_retries=1)
 
     async def synthesize(self, text: str) -> AsyncIterator[bytes]:
         if not text.strip():

@@ -1,0 +1,205 @@
+"""Stage faults on a real Ray Serve app (`serve run serve_config.yaml`, offline STT and TTS, the LLM an
+OpenAI-compatible simulated server behind the fault proxy): `response.cancel` during the LLM stream,
+`/readyz` with the LLM server down, and the LLM replica's process killed in the middle of a reply."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import websockets
+
+from bench.fault_proxy import FaultProxy, start_fault_proxy
+from bench.serve_cluster import ServeRun
+from bench.sim_openai_server import SimOpenAIConfig, SimOpenAIServer, start_sim_openai_server
+from tests.fakes import user_text_event
+from tests.speech import espeak_speech, silence
+from tests.test_stage_faults import APOLOGY, INTERNALS
+
+pytestmark = pytest.mark.slow
+
+# Long and slow (10 tokens a second): a reply is still streaming seconds after it started.
+REPLY = " ".join(f"This is sentence number {i} of a long answer." for i in range(20))
+
+# Run as a Ray driver: SIGKILL the one replica of a deployment (its process dies as in a crash).
+KILL_REPLICA = """
+import os, signal, time
+names = [a for a in ray.util.list_named_actors(all_namespaces=True) if "{deployment}" in a["name"]]
+assert len(names) == 1, names
+replica = ray.get_actor(names[0]["name"], namespace=names[0]["namespace"])
+pid = ray.get(replica.__ray_call__.remote(lambda self: os.getpid()))
+os.kill(pid, signal.SIGKILL)
+print(time.time())
+"""
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[tuple[SimOpenAIServer, FaultProxy]]:
+    sim = start_sim_openai_server(SimOpenAIConfig(reply=REPLY, ttft_ms=300, tokens_per_s=10))
+    proxy = start_fault_proxy(sim.base_url)
+    yield sim, proxy
+    proxy.stop()
+    sim.stop()
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory, upstream) -> Iterator[ServeRun]:
+    _, proxy = upstream
+    args = {
+        "llm_engine": "openai",
+        "llm_base_url": proxy.base_url,
+        "llm_model": "sim",
+        "readyz_probe_ttl_s": 1.0,
+    }
+    run = ServeRun(Path(tmp_path_factory.mktemp("faults")), args=args)
+    try:
+        run.wait_ready()
+        yield run
+    finally:
+        run.stop()
+
+
+async def next_event(ws, limit_s: float = 60.0) -> dict:
+    return json.loads(await asyncio.wait_for(ws.recv(), limit_s))
+
+
+async def until(ws, kind: str, seen: list[dict], limit_s: float = 60.0) -> dict:
+    while (event := await next_event(ws, limit_s))["type"] != kind:
+        seen.append(event)
+    seen.append(event)
+    return event
+
+
+async def ask(ws, text: str) -> None:
+    await ws.send(user_text_event(text))
+    await ws.send(json.dumps({"type": "response.create"}))
+
+
+async def test_response_cancel_during_the_llm_stream_says_client_cancelled(served: ServeRun) -> None:
+    async with websockets.connect(f"{served.ws_url}/realtime", max_size=None) as ws:
+        seen: list[dict] = []
+        await until(ws, "session.created", seen)
+        await ask(ws, "Tell me something long.")
+        await until(ws, "response.created", seen)
+        await ws.send(json.dumps({"type": "response.cancel"}))
+        done = (await until(ws, "response.done", seen))["response"]
+        assert done["status"] == "cancelled"
+        assert done["status_details"]["reason"] == "client_cancelled"
+
+
+def test_readyz_says_the_llm_server_is_down(served: ServeRun, upstream) -> None:
+    _, proxy = upstream
+    proxy.refuse()
+    try:
+        deadline = time.monotonic() + 20
+        while (ready := httpx.get(f"{served.base_url}/readyz", timeout=10)).status_code == 200:
+            assert time.monotonic() < deadline, "readyz still says ready"
+            time.sleep(0.5)
+        assert ready.status_code == 503
+        assert ready.json()["down"] == {"llm": "the LLM server is unreachable"}
+        assert httpx.get(f"{served.base_url}/healthz", timeout=10).status_code == 200
+    finally:
+        proxy.accept()
+    deadline = time.monotonic() + 20
+    while httpx.get(f"{served.base_url}/readyz", timeout=10).status_code != 200:
+        assert time.monotonic() < deadline, "readyz did not recover"
+        time.sleep(0.5)
+
+
+async def test_llm_replica_killed_mid_reply(served: ServeRun) -> None:
+    async with websockets.connect(f"{served.ws_url}/realtime", max_size=None) as ws:
+        seen: list[dict] = []
+        await until(ws, "session.created", seen)
+        await ask(ws, "Tell me something long.")
+        await until(ws, "response.output_audio.delta", seen)  # the reply is being spoken
+        killing = asyncio.create_task(
+            asyncio.to_thread(served.run_driver, KILL_REPLICA.replace("{deployment}", "LLMDeployment"))
+        )
+        done_event = await until(ws, "response.done", seen)
+        done_at = time.time()
+        killed_at = float((await killing).strip().splitlines()[-1])
+        done = done_event["response"]
+
+        assert done["status"] == "failed", done
+        assert done["status_details"]["error"]["code"] == "llm_unavailable"
+        assert done_at - killed_at < 2.0  # noticed at once, not after Serve replaced the replica
+        said = "".join(e["delta"] for e in seen if e["type"] == "response.output_audio_transcript.delta")
+        assert said.endswith(APOLOGY) and done["output"][0]["content"][0]["transcript"] == said
+        apology_at = next(i for i, e in enumerate(seen) if APOLOGY in e.get("delta", ""))
+        apology_audio = sum(
+            len(base64.b64decode(e["delta"]))
+            for e in seen[apology_at:]
+            if e["type"] == "response.output_audio.delta"
+        )
+        assert apology_audio > 24_000  # about a second of speech or more, from the live TTS replica
+        for event in seen:
+            if event["type"] != "response.output_audio.delta":
+                assert not INTERNALS.search(json.dumps(event)), event
+
+        # The session goes on: the next turn is answered once Serve has replaced the replica.
+        await ask(ws, "Are you back?")
+        seen = []
+        await until(ws, "response.output_audio.delta", seen, limit_s=90)
+        recovered_s = time.time() - killed_at
+        await ws.send(json.dumps({"type": "response.cancel"}))
+        await until(ws, "response.done", seen)
+        assert recovered_s < 60, recovered_s
+
+
+async def stream_speech(ws, pcm: bytes, chunk_ms: int = 100) -> None:
+    """Send audio like a microphone: `chunk_ms` pieces in real time."""
+    step = 24_000 * 2 * chunk_ms // 1000
+    for i in range(0, len(pcm), step):
+        audio = base64.b64encode(pcm[i : i + step]).decode()
+        await ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": audio}))
+        await asyncio.sleep(chunk_ms / 1000)
+
+
+async def test_stt_replica_killed_mid_utterance(served: ServeRun) -> None:
+    long_speech = espeak_speech("one two three four five six seven eight nine ten, " * 5)
+    async with websockets.connect(f"{served.ws_url}/realtime", max_size=None) as ws:
+        seen: list[dict] = []
+        await until(ws, "session.created", seen)
+        speaking = asyncio.create_task(stream_speech(ws, long_speech + silence(1500)))
+        await until(ws, "input_audio_buffer.speech_started", seen)
+        killed_at = float(
+            (
+                await asyncio.to_thread(
+                    served.run_driver, KILL_REPLICA.replace("{deployment}", "STTDeployment")
+                )
+            )
+            .strip()
+            .splitlines()[-1]
+        )
+        assert not speaking.done(), "the utterance ended before the replica was killed"
+        error = await until(ws, "error", seen)
+        # Reported while the user is still speaking: the session's stage timeout at most, not after
+        # Serve has replaced the replica.
+        assert time.time() - killed_at < 3.0 + 2.0
+        assert error["error"]["code"] == "transcription_failed"
+        assert not INTERNALS.search(json.dumps(error)), error
+        assert not any(e["type"] == "response.created" for e in seen)
+        await speaking
+
+        # The next utterance is transcribed and answered once Serve has replaced the replica.
+        deadline = time.monotonic() + 90
+        while True:
+            seen = []
+            await stream_speech(ws, espeak_speech("What is the weather like tomorrow?") + silence(1500))
+            kinds: list[str] = []
+            while True:
+                event = await next_event(ws, 30)
+                kinds.append(event["type"])
+                if event["type"] in ("response.created", "error"):
+                    break
+            if event["type"] == "response.created":
+                break
+            assert time.monotonic() < deadline, kinds
+        await ws.send(json.dumps({"type": "response.cancel"}))
+        await until(ws, "response.done", seen)
