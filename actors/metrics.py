@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 # 5 ms resolution at the low end, up to 10 s.
 LATENCY_BUCKETS_MS = (
@@ -50,6 +50,10 @@ HISTOGRAMS = {
 }
 TURNS = Counter("voice_turns", "Finished responses by status", ["status"])
 ERRORS = Counter("voice_client_errors", "Error events sent to clients by code", ["code"])
+# What a router holds now (set by the router app; summed over live replicas in the deployment's view).
+SESSIONS_OPEN = Gauge("voice_sessions_open", "Realtime sessions open")
+REQUESTS_IN_FLIGHT = Gauge("voice_rest_requests_in_flight", "REST requests being answered")
+LOOP_TASKS = Gauge("voice_event_loop_tasks", "asyncio tasks alive on the router's event loop")
 
 
 @dataclass

@@ -6,7 +6,7 @@
 - A **client secret** (`ek_…`, minted with `POST /v1/realtime/client_secrets` by a server key) acts only as
   the user it was minted for, opens sessions until it expires (10 s – 2 h), carries an optional session
   configuration, and can be revoked. It is signed (HMAC-SHA256), so every router replica checks it without a
-  lookup; revocations live in a shared list (`serve_app.revocations`).
+  lookup; revocations live in a shared list (`serve_app.cluster_state`).
 - With no server or user keys configured the router is open (local use): anyone may act as any user.
 
 A caller that names no user is `anonymous`, which has no long-term memory. Keys are compared by their

@@ -17,8 +17,8 @@ from actors.memory_sink import RecentTurnsSink
 from actors.pipeline import LLMEvent, LLMRequest
 from actors.stt.registry import FeedResult, FinishResult, STTStreamRegistry
 from actors.tts.stage import TTSStage
+from serve_app.cluster_state import SharedRouterState
 from serve_app.memory_actor import ActorMemoryContext, ActorMemorySink, memory_actor
-from serve_app.revocations import SharedRevocations
 from serve_app.router_app import RouterDeps, build_router_app
 from serve_app.stage_clients import RemotePhraseLLM, RemoteSynthesizer, RemoteTranscriber
 
@@ -120,6 +120,8 @@ class Router:
 
             log.info("long-term memory: Letta at %s", settings.letta_base_url)
 
+        router_state = SharedRouterState(serve.get_replica_context().replica_id.unique_id)
+
         async def readiness() -> dict[str, str]:
             # Each stage answers only after its constructor (engine load and warmup) has finished.
             names = await asyncio.gather(stt.ping.remote(), llm.ping.remote(), tts.ping.remote())
@@ -140,7 +142,8 @@ class Router:
                 readiness=readiness,
                 upstreams=upstreams,
                 extra_metrics=extra_metrics,
-                revocations=SharedRevocations(),
+                revocations=router_state,
+                metrics_hub=router_state,
             )
         )
 

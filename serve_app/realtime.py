@@ -160,7 +160,7 @@ class RealtimeConnection:
             await self.websocket.close(code=POLICY_VIOLATION, reason=close_reason(message))
 
     async def _watch(self, still_authorized: Callable[[], Awaitable[bool]]) -> None:
-        # Polled: the list changes in other processes (serve_app.revocations).
+        # Polled: the list changes in other processes (serve_app.cluster_state).
         while True:
             await asyncio.sleep(REVOCATION_CHECK_S)
             if not await still_authorized():

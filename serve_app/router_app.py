@@ -12,6 +12,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
@@ -23,6 +24,7 @@ from starlette.websockets import WebSocket
 from actors.config import Settings
 from actors.journal import user_id_problem
 from actors.memory_sink import MemorySink
+from actors.metrics import LOOP_TASKS, REQUESTS_IN_FLIGHT, SESSIONS_OPEN
 from actors.pipeline import LLMClient, SynthesizerClient, TranscriberClient
 from actors.session import SessionLimits, SessionOptions, VoiceSession
 from actors.vad import SileroSpeechDetector, SpeechDetector
@@ -49,6 +51,14 @@ from serve_app.rest_api import rest_routes
 log = logging.getLogger(__name__)
 
 
+class MetricsHub(Protocol):
+    """Where router replicas pool their metrics, so `/metrics` reports the whole deployment."""
+
+    async def report_forever(self, exposition: Callable[[], str]) -> None: ...
+
+    async def merged_metrics(self, exposition: Callable[[], str]) -> str: ...
+
+
 @dataclass
 class RouterDeps:
     settings: Settings
@@ -65,8 +75,14 @@ class RouterDeps:
     upstreams: Callable[[], Awaitable[dict[str, str]]] | None = None
     # Metrics of other processes (the memory actor) in Prometheus text, appended to /metrics.
     extra_metrics: Callable[[], Awaitable[bytes]] | None = None
-    # Revoked client secrets: this process's own list, or the cluster's (serve_app.revocations).
+    # Revoked client secrets: this process's own list, or the cluster's (serve_app.cluster_state).
     revocations: Revocations = field(default_factory=LocalRevocations)
+    # The deployment's metrics across router replicas (serve_app.cluster_state); None: this process's.
+    metrics_hub: MetricsHub | None = None
+
+
+def _exposition() -> str:
+    return generate_latest().decode()
 
 
 def build_router_app(deps: RouterDeps) -> Starlette:
@@ -85,6 +101,9 @@ def build_router_app(deps: RouterDeps) -> Starlette:
     connection_limits = ConnectionLimits.from_settings(settings)
     credentials = Credentials.from_settings(settings, deps.revocations)
     admission = Admission(AdmissionLimits.from_settings(settings))
+    SESSIONS_OPEN.set_function(lambda: admission.sessions)
+    REQUESTS_IN_FLIGHT.set_function(lambda: admission.requests)
+    LOOP_TASKS.set_function(lambda: len(asyncio.all_tasks()))  # read on the loop: /metrics and reports
     prefetches: set[asyncio.Future[str | None]] = set()
 
     async def realtime(websocket: WebSocket) -> None:
@@ -167,6 +186,11 @@ def build_router_app(deps: RouterDeps) -> Starlette:
         except CredentialError as exc:
             return credential_error_response(exc)
         body = generate_latest()
+        if deps.metrics_hub is not None:
+            try:
+                body = (await deps.metrics_hub.merged_metrics(_exposition)).encode()
+            except Exception as exc:  # this replica's own figures still answer
+                log.warning("deployment metrics unavailable, answering this replica's: %r", exc)
         if deps.extra_metrics is not None:
             try:
                 async with asyncio.timeout(2):
@@ -179,7 +203,12 @@ def build_router_app(deps: RouterDeps) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         for warmup in deps.warmups:
             await warmup()
+        reporter = None
+        if deps.metrics_hub is not None:
+            reporter = asyncio.create_task(deps.metrics_hub.report_forever(_exposition))
         yield
+        if reporter is not None:
+            reporter.cancel()
 
     return Starlette(
         lifespan=lifespan,

@@ -261,7 +261,7 @@ def test_readiness_names_each_stage_engine(agent) -> None:
 async def test_a_client_secret_revoked_through_one_router_closes_its_sessions_on_every_router(agent) -> None:
     import httpx
 
-    from serve_app import revocations
+    from serve_app import cluster_state
 
     async with httpx.AsyncClient(base_url=agent.base_url, timeout=30) as http:
         minted = await http.post(
@@ -286,7 +286,7 @@ async def test_a_client_secret_revoked_through_one_router_closes_its_sessions_on
 
             assert (await http.post("/v1/realtime/client_secrets/revoke", json={"value": secret})).is_success
             # Each router's copy of the list is at most REFRESH_S old, checked every few seconds.
-            deadline = revocations.REFRESH_S + 2 * realtime.REVOCATION_CHECK_S + 5
+            deadline = cluster_state.REFRESH_S + 2 * realtime.REVOCATION_CHECK_S + 5
             for ws in sessions:
                 event = json.loads(await asyncio.wait_for(ws.recv(), deadline))
                 assert event["error"]["code"] == "revoked_client_secret"
@@ -298,3 +298,37 @@ async def test_a_client_secret_revoked_through_one_router_closes_its_sessions_on
                 await ws.close()
         async with websockets.connect(f"{agent.ws_url}/realtime", subprotocols=offered) as again:
             assert json.loads(await again.recv())["error"]["code"] == "revoked_client_secret"
+
+
+async def test_metrics_report_the_whole_deployment_whichever_router_answers(agent) -> None:
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from serve_app import cluster_state
+
+    async def scrape(http: httpx.AsyncClient) -> tuple[float, float]:
+        text = (await http.get("/metrics")).text
+        values = {
+            (s.name, s.labels.get("status")): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        }
+        turns = sum(v for (name, _), v in values.items() if name == "voice_turns_total")
+        return turns, values[("voice_sessions_open", None)]
+
+    settle = cluster_state.REPORT_S + 1  # every router has reported since
+    async with httpx.AsyncClient(base_url=agent.base_url, timeout=30) as http:
+        await asyncio.sleep(settle)
+        before, _ = await scrape(http)
+        sessions = [await websockets.connect(f"{agent.ws_url}/realtime") for _ in range(4)]
+        try:
+            for ws in sessions:  # spread over both router replicas by the ingress
+                await ws.recv()
+                assert (await realtime_text_turn(ws, "Hello?"))["status"] == "completed"
+            await asyncio.sleep(settle)
+            # Several scrapes, answered by either replica: each sees every replica's turns and sessions.
+            for _ in range(6):
+                assert await scrape(http) == (before + 4, 4)
+        finally:
+            for ws in sessions:
+                await ws.close()
