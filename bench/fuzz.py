@@ -1,6 +1,6 @@
 """Fuzz `WS /v1/realtime` with many batches of generated client events → bench/results/fuzz.md.
 
-    .venv/bin/python -m bench.fuzz --examples 10000     # ~8 min on 2 cores
+    .venv/bin/python -m bench.fuzz --examples 10000     # ~5 min on 2 cores
     .venv/bin/python -m bench.fuzz --examples 500 --seed 7
 
 The router app runs in process with scripted stages (`bench.realtime_fuzz.fuzz_app`). Each example is a
