@@ -57,6 +57,7 @@ _COMMON_ERRORS = {
     "401": _error("Missing, wrong, expired or revoked API key or client secret"),
     "403": _error("The credential may not do this: act as another user, mint secrets, read metrics"),
     "413": _error("Request body larger than the configured limit"),
+    "500": _error("An unexpected server failure; the details are logged, not returned"),
     "502": _error("A stage (STT, LLM or TTS engine) failed"),
 }
 

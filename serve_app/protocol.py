@@ -8,7 +8,7 @@ metadata as str → str) in `response.done.response.metadata`.
 
 from __future__ import annotations
 
-import json
+import math
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +32,7 @@ from actors.events import (
 )
 from actors.session import SessionOptions
 from actors.vad import VadConfig
+from serve_app import json_input
 
 CLIENT_EVENTS = frozenset(
     {
@@ -80,6 +81,20 @@ def event_id() -> str:
     return f"event_{uuid.uuid4().hex[:20]}"
 
 
+def _shown(value: Any, limit: int = 40) -> str:
+    """A client's value quoted in an error message, cut short: an error must not echo a megabyte back."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)  # JSON true is not the number 1
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def parse_client_event(raw: str | bytes, limits: ProtocolLimits) -> ClientEvent:
     if isinstance(raw, bytes):
         raise ProtocolError("invalid_event", "binary frames are not accepted: send JSON text events")
@@ -89,11 +104,9 @@ def parse_client_event(raw: str | bytes, limits: ProtocolLimits) -> ClientEvent:
             f"event of {len(raw)} bytes exceeds the limit of {limits.max_event_bytes} bytes",
         )
     try:
-        body = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise ProtocolError(
-            "invalid_json", f"event is not valid JSON: {exc.msg} at position {exc.pos}"
-        ) from exc
+        body = json_input.loads(raw)
+    except json_input.JsonInputError as exc:
+        raise ProtocolError("invalid_json", f"event {exc.reason}") from None
     if not isinstance(body, dict):
         raise ProtocolError("invalid_event", "event must be a JSON object")
     client_id = body.get("event_id") if isinstance(body.get("event_id"), str) else None
@@ -103,7 +116,7 @@ def parse_client_event(raw: str | bytes, limits: ProtocolLimits) -> ClientEvent:
     if kind not in CLIENT_EVENTS:
         raise ProtocolError(
             "unknown_event_type",
-            f"unknown event type '{kind}'; supported: {', '.join(sorted(CLIENT_EVENTS))}",
+            f"unknown event type {_shown(kind)}; supported: {', '.join(sorted(CLIENT_EVENTS))}",
             client_id,
             "type",
         )
@@ -170,10 +183,10 @@ def _rate(fmt: Any, where: str, allowed: tuple[int, ...], event: ClientEvent) ->
             where,
         )
     rate = fmt.get("rate", 24_000)
-    if rate not in allowed:
+    if not _is_int(rate) or rate not in allowed:
         raise ProtocolError(
             "unsupported_sample_rate",
-            f"{where}: sample rate {rate} is not supported; use one of {list(allowed)}",
+            f"{where}: sample rate {_shown(rate)} is not supported; use one of {list(allowed)}",
             event.event_id,
             where,
         )
@@ -239,10 +252,10 @@ def apply_session_update(
         tokens = session["max_output_tokens"]
         if tokens == "inf":
             tokens = 4096
-        if not isinstance(tokens, int) or not 1 <= tokens <= 4096:
+        if not _is_int(tokens) or not 1 <= tokens <= 4096:
             raise ProtocolError(
                 "invalid_session",
-                "max_output_tokens must be 1..4096 or 'inf'",
+                f"max_output_tokens must be an integer 1..4096 or 'inf', not {_shown(tokens)}",
                 event.event_id,
                 "session.max_output_tokens",
             )
@@ -257,11 +270,9 @@ def apply_session_update(
                 "session.output_modalities",
             )
         changes["output_audio"] = modalities == ["audio"]
-    audio = session.get("audio") or {}
-    if not isinstance(audio, dict):
-        raise ProtocolError("invalid_session", "audio must be an object", event.event_id, "session.audio")
-    audio_in = audio.get("input") or {}
-    audio_out = audio.get("output") or {}
+    audio = _object_or_empty(session.get("audio"), "session.audio", event)
+    audio_in = _object_or_empty(audio.get("input"), "session.audio.input", event)
+    audio_out = _object_or_empty(audio.get("output"), "session.audio.output", event)
     if (
         rate := _rate(audio_in.get("format"), "session.audio.input.format", SUPPORTED_INPUT_RATES, event)
     ) is not None:
@@ -273,6 +284,17 @@ def apply_session_update(
     if "turn_detection" in audio_in:
         changes["turn_detection"] = _turn_detection(audio_in["turn_detection"], options, event)
     return SessionOptions(**{**options.__dict__, **changes})
+
+
+def _object_or_empty(value: Any, where: str, event: ClientEvent) -> dict[str, Any]:
+    """An optional object field: absent or null means no change; anything but an object is refused."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ProtocolError(
+            "invalid_session", f"{where} must be an object, not {_shown(value)}", event.event_id, where
+        )
+    return value
 
 
 def _turn_detection(value: Any, options: SessionOptions, event: ClientEvent) -> VadConfig | None:
@@ -297,10 +319,15 @@ def _turn_detection(value: Any, options: SessionOptions, event: ClientEvent) -> 
         if value.get(wire) is None:
             continue
         v = value[wire]
-        ok = isinstance(v, int | float) and (0 < v < 1 if wire == "threshold" else 0 <= v <= 10_000)
+        # The SDK types the durations as integers: a fraction would make session.updated invalid.
+        ok = _is_number(v) and 0 < v < 1 if wire == "threshold" else _is_int(v) and 0 <= v <= 10_000
         if not ok:
+            wanted = "a number between 0 and 1" if wire == "threshold" else "an integer 0..10000"
             raise ProtocolError(
-                "invalid_session", f"turn_detection.{wire} is out of range", event.event_id, f"{where}.{wire}"
+                "invalid_session",
+                f"turn_detection.{wire} must be {wanted}, not {_shown(v)}",
+                event.event_id,
+                f"{where}.{wire}",
             )
         values[name] = v
     return VadConfig(**{**base.__dict__, **values})
@@ -341,13 +368,17 @@ def session_created(session_id: str, options: SessionOptions, model: str, update
 
 
 def error_event(
-    code: str, message: str, client_event_id: str | None = None, param: str | None = None
+    code: str,
+    message: str,
+    client_event_id: str | None = None,
+    param: str | None = None,
+    kind: str = "invalid_request_error",
 ) -> dict:
     return {
         "type": "error",
         "event_id": event_id(),
         "error": {
-            "type": "invalid_request_error",
+            "type": kind,
             "code": code,
             "message": message,
             "param": param,

@@ -124,6 +124,16 @@ class RealtimeConnection:
                     await self._handle(raw)
                 except ProtocolError as exc:
                     await self._send(error_event(exc.code, exc.message, exc.event_id, exc.param))
+                except Exception:
+                    # No one message may end the session: the details stay in the log, not on the wire.
+                    log.exception("session %s: a client event failed unexpectedly", self.session.session_id)
+                    await self._send(
+                        error_event(
+                            "server_error",
+                            "the server failed to handle this event; the session continues",
+                            kind="server_error",
+                        )
+                    )
         except WebSocketDisconnect:
             pass
         except asyncio.CancelledError:

@@ -10,10 +10,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import json
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -33,6 +32,7 @@ from actors.faults import public_error
 from actors.llm.base import ChatMessage
 from actors.metrics import HISTOGRAMS
 from actors.session import new_id
+from serve_app import json_input
 from serve_app.admission import Admission, Refused
 from serve_app.auth import bearer_token, credential_error_response, refused_response
 from serve_app.credentials import (
@@ -132,6 +132,31 @@ def _stage_failed(exc: Exception, stage: str) -> ApiError:
     return ApiError(502, public.message, type="server_error", code=public.code)
 
 
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def _guarded(endpoint: Endpoint, answered: tuple[type[Exception], ...]) -> Endpoint:
+    """Any unexpected failure of a handler is a JSON 500 in OpenAI's shape, never a plain-text page;
+    the `answered` exceptions go on to the app's exception handlers."""
+
+    async def guarded(request: Request) -> Response:
+        try:
+            return await endpoint(request)
+        except answered:
+            raise
+        except Exception:
+            # The details (exception, paths) go to the log only.
+            log.exception("%s %s failed unexpectedly", request.method, request.url.path)
+            return ApiError(
+                500,
+                "the server failed to handle this request; the failure has been logged",
+                type="server_error",
+                code="internal_error",
+            ).response()
+
+    return guarded
+
+
 async def _first(items: AsyncIterator[T], stage: str) -> T | None:
     """Start a stream before answering, so a failing stage is a clean 502, not a broken body."""
     try:
@@ -156,25 +181,30 @@ class RestApi:
 
     # ------------------------------------------------------------------ plumbing
     def routes(self) -> list[BaseRoute]:
+        handlers: dict[Any, Any] = {
+            ApiError: self._api_error,
+            HTTPException: self._http_error,
+            CredentialError: self._credential_error,
+            Refused: self._refused,
+        }
+
+        def guard(endpoint: Endpoint) -> Endpoint:
+            return _guarded(endpoint, tuple(handlers))
+
         v1 = Starlette(
             routes=[
-                Route("/chat/completions", self.chat_completions, methods=["POST"]),
-                Route("/audio/transcriptions", self.transcriptions, methods=["POST"]),
-                Route("/audio/speech", self.speech, methods=["POST"]),
-                Route("/models", self.list_models, methods=["GET"]),
-                Route("/realtime/client_secrets", self.mint_client_secret, methods=["POST"]),
-                Route("/realtime/client_secrets/revoke", self.revoke_client_secret, methods=["POST"]),
-                Route("/models/{model:path}", self.retrieve_model, methods=["GET"]),
+                Route("/chat/completions", guard(self.chat_completions), methods=["POST"]),
+                Route("/audio/transcriptions", guard(self.transcriptions), methods=["POST"]),
+                Route("/audio/speech", guard(self.speech), methods=["POST"]),
+                Route("/models", guard(self.list_models), methods=["GET"]),
+                Route("/realtime/client_secrets", guard(self.mint_client_secret), methods=["POST"]),
+                Route("/realtime/client_secrets/revoke", guard(self.revoke_client_secret), methods=["POST"]),
+                Route("/models/{model:path}", guard(self.retrieve_model), methods=["GET"]),
             ],
-            exception_handlers={
-                ApiError: self._api_error,
-                HTTPException: self._http_error,
-                CredentialError: self._credential_error,
-                Refused: self._refused,
-            },
+            exception_handlers=handlers,
         )
         return [
-            Route("/openapi.json", self.openapi, methods=["GET"]),
+            Route("/openapi.json", guard(self.openapi), methods=["GET"]),
             Mount("/v1", app=self._admitted(v1)),
         ]
 
@@ -242,9 +272,9 @@ class RestApi:
         if not body.strip():
             raise ApiError(400, "the request body is empty: send a JSON object")
         try:
-            data = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ApiError(400, f"the request body is not valid JSON: {exc}", code="invalid_json") from exc
+            data = json_input.loads(body)
+        except json_input.JsonInputError as exc:
+            raise ApiError(400, f"the request body {exc.reason}", code="invalid_json") from None
         if not isinstance(data, dict):
             raise ApiError(400, f"the request body must be a JSON object, not {type(data).__name__}")
         try:

@@ -14,6 +14,8 @@ import numpy as np
 import openai
 import pytest
 import soundfile as sf
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from openai import OpenAI
 from starlette.testclient import TestClient
 
@@ -25,6 +27,7 @@ from actors.prompt import MEMORY_HEADER
 from actors.stt.simulated import SimulatedSTTEngine
 from actors.tts.simulated import SimulatedTTSEngine
 from actors.tts.stage import TTSStage
+from serve_app.rest_api import RestApi
 from serve_app.router_app import RouterDeps, build_router_app
 from tests.fakes import FakeLLMEngine, tone
 
@@ -229,6 +232,8 @@ def test_speech_streams_sse_events(api: Harness) -> None:
     assert [e["type"] for e in events[:-1]] == ["speech.audio.delta"] * len(deltas)
 
 
+CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+SPEECH = {"model": "m", "input": "hi", "voice": "en-us"}
 BAD_REQUESTS: list[tuple[str, str, dict[str, Any], int, str]] = [
     ("POST", "/v1/chat/completions", {"content": b"{not json"}, 400, "not valid JSON"),
     ("POST", "/v1/chat/completions", {"content": b"[1]"}, 400, "JSON object"),
@@ -353,6 +358,18 @@ BAD_REQUESTS: list[tuple[str, str, dict[str, Any], int, str]] = [
     ),
     ("GET", "/v1/nothing", {}, 404, "Not Found"),
     ("GET", "/v1/chat/completions", {}, 405, "Method Not Allowed"),
+    # Bodies Python's json module mishandles, and booleans where numbers belong.
+    ("POST", "/v1/chat/completions", {"content": b"[" * 10_000 + b"]" * 10_000}, 400, "nested deeper"),
+    ("POST", "/v1/audio/speech", {"content": b'{"a":' * 100 + b"1" + b"}" * 100}, 400, "nested deeper"),
+    ("POST", "/v1/chat/completions", {"content": b'{"model": ' + b"9" * 5000 + b"}"}, 400, "too many digits"),
+    ("POST", "/v1/chat/completions", {"content": b'{"temperature": NaN}'}, 400, "NaN"),
+    ("POST", "/v1/chat/completions", {"content": b'{"model": "\\ud800"}'}, 400, "surrogate"),
+    ("POST", "/v1/chat/completions", {"content": b'{"model": "\xff"}'}, 400, "UTF-8"),
+    *[
+        ("POST", "/v1/chat/completions", {"json": {**CHAT, field: True}}, 400, f"{field}: Input should be")
+        for field in ("max_tokens", "max_completion_tokens", "temperature", "n")
+    ],
+    ("POST", "/v1/audio/speech", {"json": {**SPEECH, "speed": True}}, 400, "speed: Input should be"),
 ]
 
 
@@ -365,6 +382,56 @@ def test_bad_requests_get_clear_openai_errors(
     error = response.json()["error"]
     assert set(error) == {"message", "type", "param", "code"}
     assert words in error["message"], error
+
+
+REST = Harness()  # shared by the property test below (a function-scoped fixture would be rebuilt per example)
+# Any JSON at all, including deep nesting and booleans, in place of a body or of one of its fields.
+JSON_ANY = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=10,
+)
+
+
+@settings(derandomize=True, database=None, deadline=None, max_examples=150)
+@given(
+    path=st.sampled_from(["/v1/chat/completions", "/v1/audio/speech"]),
+    body=JSON_ANY
+    | st.tuples(
+        st.sampled_from([*CHAT, "max_tokens", "temperature", "stream", *SPEECH, "speed"]), JSON_ANY
+    ).map(lambda fv: {**CHAT, **SPEECH, fv[0]: fv[1]}),
+    depth=st.sampled_from([0, 0, 0, 63, 64, 100_000]),  # Hypothesis raises the recursion limit while testing
+)
+def test_any_json_body_gets_an_answer_never_a_server_error(path: str, body: Any, depth: int) -> None:
+    raw = json.dumps(body)
+    from hypothesis import event
+
+    event(f"{type(body).__name__} {depth}")
+    if depth and isinstance(body, dict):
+        raw = raw[:-1] + (", " if body else "") + '"deep": ' + "[" * depth + "]" * depth + "}"
+    response = REST.http.post(path, content=raw, headers={"Authorization": f"Bearer {KEY}"})
+    assert response.status_code < 500, response.text
+    if response.status_code >= 400:
+        assert set(response.json()["error"]) == {"message", "type", "param", "code"}
+    elif path.endswith("speech"):
+        response.read()
+
+
+def test_an_unexpected_failure_is_a_json_500_without_details(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(self: Any) -> None:
+        raise RuntimeError("secret detail /srv/app pid 4242")
+
+    monkeypatch.setattr(RestApi, "_models", broken)
+    response = REST.http.get("/v1/models", headers={"Authorization": f"Bearer {KEY}"})
+    assert response.status_code == 500
+    assert response.json() == {
+        "error": {
+            "message": "the server failed to handle this request; the failure has been logged",
+            "type": "server_error",
+            "param": None,
+            "code": "internal_error",
+        }
+    }
 
 
 def test_too_long_recording_is_refused() -> None:

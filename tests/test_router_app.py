@@ -12,6 +12,7 @@ from starlette.testclient import TestClient
 
 from actors.config import Settings
 from actors.llm.stage import LLMStage
+from actors.session import VoiceSession
 from actors.stt.simulated import SimulatedSTTEngine
 from actors.tts.simulated import SimulatedTTSEngine
 from actors.tts.stage import TTSStage
@@ -137,6 +138,46 @@ BAD_INPUTS = [
         "limit is 200",
     ),
     (json.dumps([1, 2]), "invalid_event", "JSON object"),
+    ("[" * 10_000 + "]" * 10_000, "invalid_json", "nested deeper than 64 levels"),
+    ('{"type": "response.create", "n": ' + "9" * 5000 + "}", "invalid_json", "too many digits"),
+    ('{"type": "response.create", "x": NaN}', "invalid_json", "NaN"),
+    ('{"type": "response.create", "x": "\\ud800"}', "invalid_json", "surrogate"),
+    (
+        json.dumps({"type": "session.update", "session": {"audio": {"input": "x"}}}),
+        "invalid_session",
+        "session.audio.input must be an object",
+    ),
+    (
+        json.dumps({"type": "session.update", "session": {"max_output_tokens": True}}),
+        "invalid_session",
+        "not True",
+    ),
+    (
+        json.dumps(
+            {
+                "type": "session.update",
+                "session": {
+                    "audio": {"input": {"turn_detection": {"type": "server_vad", "threshold": True}}}
+                },
+            }
+        ),
+        "invalid_session",
+        "threshold must be a number",
+    ),
+    (
+        json.dumps(
+            {
+                "type": "session.update",
+                "session": {
+                    "audio": {
+                        "input": {"turn_detection": {"type": "server_vad", "silence_duration_ms": 500.5}}
+                    }
+                },
+            }
+        ),
+        "invalid_session",
+        "an integer",
+    ),
 ]
 
 
@@ -152,6 +193,23 @@ def test_bad_input_gets_a_clear_error_and_session_survives(raw: str, code: str, 
         assert words in error["message"]
         done = text_turn(ws, "still there?")[-1]["response"]
         assert done["status"] == "completed"
+
+
+def test_an_unexpected_failure_is_a_plain_server_error_and_the_session_goes_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def broken(self: VoiceSession) -> None:
+        raise RuntimeError("secret detail /srv/app pid 4242")
+
+    monkeypatch.setattr(VoiceSession, "clear_audio", broken)
+    with make_app().websocket_connect("/v1/realtime") as ws:
+        ws.receive_text()
+        ws.send_text(json.dumps({"type": "input_audio_buffer.clear", "event_id": "evt_9"}))
+        error = receive_until(ws, "error")[-1]["error"]
+        assert (error["type"], error["code"]) == ("server_error", "server_error")
+        assert "session continues" in error["message"]
+        assert "secret" not in json.dumps(error) and "RuntimeError" not in json.dumps(error)
+        assert text_turn(ws, "still there?")[-1]["response"]["status"] == "completed"
 
 
 def test_session_update_16k_input_and_text_only_output() -> None:
