@@ -315,13 +315,14 @@ def machine_busy_seconds() -> float:
 
 
 def process_label(command: list[bytes]) -> str:
-    """`ray::ServeReplica:voice-agent:Router` → `Router`; `.../gcs_server --x` → `gcs_server`;
+    """`ray::ServeReplica:voice-agent:Router` → `Router`; `ray::ServeController.listen_for_change` (a
+    worker names the task it runs) → `ServeController`; `.../gcs_server --x` → `gcs_server`;
     `python -m bench.peers.x` → `bench.peers.x`."""
     words = [w.decode(errors="replace") for w in command if w]
     if not words:
         return "?"
     if words[0].startswith("ray::"):
-        return words[0].removeprefix("ray::").split(":")[-1]
+        return words[0].removeprefix("ray::").split(":")[-1].split(".")[0]
     if "-m" in words[:-1]:
         return words[words.index("-m") + 1]
     program = Path(words[0]).name

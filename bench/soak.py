@@ -379,6 +379,7 @@ def plot(data: dict[str, Any], path: Path) -> None:
 
     samples = [s for s in data["samples"] if s["phase"] != "idle"]
     kinds = sorted({p["kind"] for s in samples for p in s["processes"].values()})
+    colors = plt.get_cmap("tab20")
     fig, axes = plt.subplots(2, 3, figsize=(18, 9))
     times = [s["t"] / 60 for s in samples]
     for ax, (key, title) in zip(
@@ -386,9 +387,12 @@ def plot(data: dict[str, Any], path: Path) -> None:
         (("rss_mb", "RSS MB per process kind (sum)"), ("threads", "threads"), ("fds", "open fds")),
         strict=True,
     ):
-        for kind in kinds:
-            values = [sum(p[key] for p in s["processes"].values() if p["kind"] == kind) for s in samples]
-            ax.plot(times, values, label=kind)
+        for i, kind in enumerate(kinds):
+            values = [
+                sum(p[key] for p in s["processes"].values() if p["kind"] == kind) or float("nan")
+                for s in samples
+            ]
+            ax.plot(times, values, label=kind, color=colors(i % 20), ls="-" if i < 20 else "--")
         ax.set_title(title)
         ax.set_yscale("log")
         ax.set_xlabel("minutes")
