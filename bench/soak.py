@@ -212,16 +212,27 @@ def nearest(samples: list[dict[str, Any]], t: float, phase: str = "load") -> dic
     return min((s for s in samples if s["phase"] == phase), key=lambda s: abs(s["t"] - t))
 
 
-def processes_report(
-    start: dict[str, Any], end: dict[str, Any], after: dict[str, Any]
-) -> list[dict[str, Any]]:
-    """Each process alive at both the start and the end of the measurement: its figures then and after."""
+def slope_per_minute(points: list[tuple[float, float]]) -> float:
+    """Least-squares slope of (seconds, value) points, per minute."""
+    if len(points) < 2:
+        return float("nan")
+    mean_t = sum(t for t, _ in points) / len(points)
+    mean_v = sum(v for _, v in points) / len(points)
+    spread = sum((t - mean_t) ** 2 for t, _ in points)
+    return 60 * sum((t - mean_t) * (v - mean_v) for t, v in points) / spread if spread else float("nan")
+
+
+def processes_report(measured: list[dict[str, Any]], after: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each process alive at both the start and the end of the measured samples: its figures then, the
+    trend of its RSS in between, and its figures after every session closed (None: it had exited)."""
+    start, end = measured[0], measured[-1]
     rows = []
     for key, first in sorted(start["processes"].items(), key=lambda kv: (kv[1]["kind"], kv[1]["pid"])):
         last = end["processes"].get(key)
         if last is None:
             continue
-        closed = after["processes"].get(key, last)
+        closed = after["processes"].get(key)
+        trend = [(s["t"], s["processes"][key]["rss_mb"]) for s in measured if key in s["processes"]]
         rows.append(
             {
                 "process": key,
@@ -231,12 +242,17 @@ def processes_report(
                 "rss_growth": (last["rss_mb"] - first["rss_mb"]) / first["rss_mb"]
                 if first["rss_mb"]
                 else 0.0,
-                "rss_after_mb": round(closed["rss_mb"], 1),
-                "threads": [first["threads"], last["threads"], closed["threads"]],
-                "fds": [first["fds"], last["fds"], closed["fds"]],
+                "rss_mb_per_min": round(slope_per_minute(trend), 3),
+                "rss_after_mb": round(closed["rss_mb"], 1) if closed else None,
+                "threads": [first["threads"], last["threads"], closed["threads"] if closed else None],
+                "fds": [first["fds"], last["fds"], closed["fds"] if closed else None],
             }
         )
     return rows
+
+
+def mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else float("nan")
 
 
 def report(
@@ -251,8 +267,16 @@ def report(
     idle = samples[0]
     start = nearest(samples, warmup_s)
     end = [s for s in samples if s["phase"] == "load"][-1]
+    measured = [s for s in samples if s["phase"] == "load" and start["t"] <= s["t"] <= end["t"]]
     closed = samples[-1]
-    rows = processes_report(start, end, closed)
+    rows = processes_report(measured, closed)
+    # The gauges move with every turn: the mean of the first and of the last minute measured.
+    first_minute = [s for s in measured if s["t"] < start["t"] + 60]
+    last_minute = [s for s in measured if s["t"] > end["t"] - 60]
+
+    def routers(sample: dict[str, Any]) -> int:
+        return sum(1 for p in sample["processes"].values() if p["kind"] == "Router")
+
     started_later = sorted(set(end["processes"]) - set(start["processes"]))
     gone = sorted(set(start["processes"]) - set(end["processes"]))
     minutes = per_minute(result, t0)
@@ -288,17 +312,18 @@ def report(
             "idle": idle["voice_event_loop_tasks"],
             "start": start["voice_event_loop_tasks"],
             "end": end["voice_event_loop_tasks"],
+            "first_minute_mean": mean([s["voice_event_loop_tasks"] for s in first_minute]),
+            "last_minute_mean": mean([s["voice_event_loop_tasks"] for s in last_minute]),
             "after_close": closed["voice_event_loop_tasks"],
+            "idle_per_router": idle["voice_event_loop_tasks"] / max(routers(idle), 1),
+            "after_close_per_router": closed["voice_event_loop_tasks"] / max(routers(closed), 1),
         },
         "sessions_open": {
             "start": start["voice_sessions_open"],
             "end": end["voice_sessions_open"],
             "after_close": closed["voice_sessions_open"],
         },
-        "routers": {
-            "idle": sum(1 for p in idle["processes"].values() if p["kind"] == "Router"),
-            "end": sum(1 for p in end["processes"].values() if p["kind"] == "Router"),
-        },
+        "routers": {"idle": routers(idle), "end": routers(end), "after_close": routers(closed)},
         "settled_after_close": after["settled"],
         "settle_s": after["settle_s"],
         "processes_started_during_measurement": started_later,
@@ -326,15 +351,18 @@ def report(
         f" | {100 * s['max_rss_growth']:+.1f} % ({s['max_rss_growth_process']})"
         f" | {s['threads_start_end'][0]} → {s['threads_start_end'][1]}"
         f" | {s['fds_start_end'][0]} → {s['fds_start_end'][1]}"
-        f" | {s['loop_tasks']['start']:.0f} → {s['loop_tasks']['end']:.0f};"
-        f" idle {s['loop_tasks']['idle']:.0f}, after close {s['loop_tasks']['after_close']:.0f}"
+        f" | {s['loop_tasks']['first_minute_mean']:.0f} → {s['loop_tasks']['last_minute_mean']:.0f}"
+        f" (minute means); idle {s['loop_tasks']['idle']:.0f} on {s['routers']['idle']} routers,"
+        f" after close {s['loop_tasks']['after_close']:.0f} on {s['routers']['after_close']}"
         f" | {s['sessions_open']['after_close']:.0f} |",
         "",
     ]
     if s["error_kinds"]:
         lines += ["errors: " + "; ".join(s["error_kinds"]), ""]
     lines += [
-        f"Routers: {s['routers']['idle']} idle, {s['routers']['end']} at the end."
+        f"Routers: {s['routers']['idle']} idle, {s['routers']['end']} at the end; loop tasks per router"
+        f" {s['loop_tasks']['idle_per_router']:.1f} idle, {s['loop_tasks']['after_close_per_router']:.1f}"
+        f" after close."
         f" Gauges after the last session closed: {'settled' if s['settled_after_close'] else 'NOT settled'}"
         f" within {s['settle_s']:.0f} s."
         f" Started during the measurement: {', '.join(started_later) or 'none'};"
@@ -343,23 +371,27 @@ def report(
         "| minute | turns | overhead p50 | p95 | client e2e p50 |",
         "|---|---|---|---|---|",
         *(
-            f"| {m['minute']} | {m['turns']} | {m['overhead_p50']:.0f} | {m['overhead_p95']:.0f}"
+            f"| {m['minute']}{' (turns in flight at the end)' if m['minute'] > args.minutes else ''}"
+            f" | {m['turns']} | {m['overhead_p50']:.0f} | {m['overhead_p95']:.0f}"
             f" | {m['e2e_p50']:.0f} |"
             for m in minutes
         ),
         "",
-        f"Per process, from the end of the warm-up (t = {start['t']:.0f} s) to the end of the load"
+        f"Per process (threads and fds: start → end (after close)), from the end of the warm-up"
+        f" (t = {start['t']:.0f} s) to the end of the load"
         f" (t = {end['t']:.0f} s), and after every session closed (t = {closed['t']:.0f} s):",
         "",
-        "| process | RSS MB | growth | RSS after close | threads | fds | cores |",
-        "|---|---|---|---|---|---|---|",
+        "| process | RSS MB | growth | MB / min | RSS after close | threads | fds | cores |",
+        "|---|---|---|---|---|---|---|---|",
         *(
             f"| {r['process']} | {r['rss_start_mb']:.0f} → {r['rss_end_mb']:.0f}"
-            f" | {100 * r['rss_growth']:+.1f} %"
-            f" | {r['rss_after_mb']:.0f} | {r['threads'][0]} → {r['threads'][1]} ({r['threads'][2]})"
-            f" | {r['fds'][0]} → {r['fds'][1]} ({r['fds'][2]})"
+            f" | {100 * r['rss_growth']:+.1f} % | {r['rss_mb_per_min']:+.2f}"
+            f" | {'exited' if r['rss_after_mb'] is None else round(r['rss_after_mb'])}"
+            f" | {r['threads'][0]} → {r['threads'][1]} ({r['threads'][2] if closed_ else '–'})"
+            f" | {r['fds'][0]} → {r['fds'][1]} ({r['fds'][2] if closed_ else '–'})"
             f" | {result.cpu_by_process.get(r['process'], 0.0) / result.wall_s:.2f} |"
             for r in rows
+            for closed_ in [r["rss_after_mb"] is not None]
         ),
     ]
     data = {
