@@ -13,51 +13,61 @@ import time
 import httpx
 import pytest
 import websockets
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench.serve_cluster import ServeRun
+from serve_app import cluster_state
 from tests.fakes import user_text_event
 
 pytestmark = pytest.mark.slow
 
-# Run as a Ray driver: each live Router replica's PID and the sessions it holds (its own gauge).
+# Run as a Ray driver: each live Router replica's PID and the sessions it holds (its own gauge), as JSON;
+# with WAIT_FOR set, first wait until that many replicas answer, none of them the process VICTIM.
 ROUTERS = """
-import json, os
+import json, os, time
 def figures(replica):
     from actors.metrics import SESSIONS_OPEN
     return os.getpid(), SESSIONS_OPEN.collect()[0].samples[0].value
-found = {}
-for actor in ray.util.list_named_actors(all_namespaces=True):
-    if "#Router#" not in actor["name"]:
-        continue
-    try:
-        handle = ray.get_actor(actor["name"], namespace=actor["namespace"])
-        pid, sessions = ray.get(handle.__ray_call__.remote(figures), timeout=10)
-    except Exception:  # a replica that is gone or still starting
-        continue
-    found[pid] = sessions
-print(json.dumps(found))
-"""
-
-# Run as a Ray driver: wait until the Router deployment has `count` running replicas; print when.
-WAIT_ROUTERS = """
-import time
-from ray import serve
+def routers():
+    found = {}
+    for actor in ray.util.list_named_actors(all_namespaces=True):
+        if "#Router#" not in actor["name"]:
+            continue
+        try:
+            handle = ray.get_actor(actor["name"], namespace=actor["namespace"])
+            pid, sessions = ray.get(handle.__ray_call__.remote(figures), timeout=5)
+        except Exception:  # a replica that is gone or still starting
+            continue
+        found[pid] = sessions
+    return found
 deadline = time.time() + 120
-while time.time() < deadline:
-    router = serve.status().applications["voice-agent"].deployments["Router"]
-    states = router.replica_states
-    if states.get("RUNNING", 0) >= {count} and not states.keys() - {"RUNNING"}:
-        break
+found = routers()
+while WAIT_FOR and not (len(found) >= WAIT_FOR and VICTIM not in found) and time.time() < deadline:
     time.sleep(0.2)
+    found = routers()
 print(time.time())
+print(json.dumps(found))
 """
 
 CLOSED_WITHIN_S = 3.0  # the client learns its connection is gone
 ANSWERED_WITHIN_S = 5.0  # a reconnect is answered (session.created and a completed turn), from the kill
 
 
-def routers(agent: ServeRun) -> dict[int, float]:
-    return {int(pid): n for pid, n in json.loads(agent.run_driver(ROUTERS).strip().splitlines()[-1]).items()}
+def routers(agent: ServeRun, wait_for: int = 0, victim: int = 0) -> tuple[float, dict[int, float]]:
+    """(when, {PID: sessions open}) of the live Router replicas; `wait_for` replicas without `victim`."""
+    code = f"WAIT_FOR, VICTIM = {wait_for}, {victim}\n" + ROUTERS
+    when, found = agent.run_driver(code, timeout=180).strip().splitlines()[-2:]
+    return float(when), {int(pid): n for pid, n in json.loads(found).items()}
+
+
+async def sessions_open(http: httpx.AsyncClient, agent: ServeRun) -> float:
+    text = (await http.get(f"{agent.base_url}/metrics")).text
+    return sum(
+        s.value
+        for f in text_string_to_metric_families(text)
+        if f.name == "voice_sessions_open"
+        for s in f.samples
+    )
 
 
 async def next_event(ws, limit_s: float = 60.0) -> dict:
@@ -76,7 +86,7 @@ async def start_turn(ws, text: str) -> None:
 
 
 async def test_router_replica_killed_mid_turn(agent: ServeRun) -> None:
-    before = await asyncio.to_thread(routers, agent)
+    _, before = await asyncio.to_thread(routers, agent)
     assert len(before) >= 2, before
     url = f"{agent.ws_url}/realtime"
 
@@ -90,9 +100,10 @@ async def test_router_replica_killed_mid_turn(agent: ServeRun) -> None:
             ws = await websockets.connect(url, max_size=None)
             opened.append(ws)
             await until(ws, "session.created")
-            now = await asyncio.to_thread(routers, agent)
-            pid = next(p for p, n in now.items() if n > counts.get(p, 0))
-            counts = now
+            _, now = await asyncio.to_thread(routers, agent)
+            grew = [p for p, n in now.items() if n > counts.get(p, 0)]
+            assert len(grew) == 1, (counts, now)
+            pid, counts = grew[0], now
             placed.setdefault(pid, ws)
             if len(placed) == 2:
                 break
@@ -106,9 +117,7 @@ async def test_router_replica_killed_mid_turn(agent: ServeRun) -> None:
         await until(other_ws, "response.created")
         os.kill(victim_pid, signal.SIGKILL)
         killed, killed_at = time.monotonic(), time.time()
-        replaced = asyncio.create_task(
-            asyncio.to_thread(agent.run_driver, WAIT_ROUTERS.replace("{count}", str(len(before))))
-        )
+        replaced = asyncio.create_task(asyncio.to_thread(routers, agent, len(before), victim_pid))
 
         # The client sees its connection closed, promptly, without a close frame from the server.
         with pytest.raises(websockets.ConnectionClosed) as closed:
@@ -142,8 +151,8 @@ async def test_router_replica_killed_mid_turn(agent: ServeRun) -> None:
         assert (await until(other_ws, "response.done"))["response"]["status"] == "completed"
 
         # Serve replaces the replica: the fixture is left as it was found.
-        replaced_s = float((await replaced).strip().splitlines()[-1]) - killed_at
-        after = await asyncio.to_thread(routers, agent)
+        replaced_at, after = await replaced
+        replaced_s = replaced_at - killed_at
         assert len(after) == len(before) and victim_pid not in after and other_pid in after, after
         async with httpx.AsyncClient(timeout=10) as http:
             assert (await http.get(f"{agent.base_url}/readyz")).status_code == 200
@@ -154,3 +163,11 @@ async def test_router_replica_killed_mid_turn(agent: ServeRun) -> None:
     finally:
         for ws in opened:
             await ws.close()
+
+    # The dead replica's sessions stop counting in the deployment's gauge once its last report has aged
+    # out; then the fixture is as it was found.
+    deadline = time.monotonic() + cluster_state.LIVE_S + 2 * cluster_state.REPORT_S
+    async with httpx.AsyncClient(timeout=10) as http:
+        while (open_now := await sessions_open(http, agent)) != 0:
+            assert time.monotonic() < deadline, f"voice_sessions_open stays at {open_now}"
+            await asyncio.sleep(1)
