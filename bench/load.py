@@ -156,6 +156,7 @@ class Turn:
     utterance: str
     client_e2e_ms: float
     server: dict[str, float]
+    ended_at: float = 0.0  # time.monotonic() when the reply ended
 
 
 @dataclass
@@ -209,8 +210,11 @@ async def run_client(
     material: list[Utterance],
     noise: list[str],
     out: RunResult,
-    progress: tqdm,
+    progress: tqdm | None,
+    until: float | None = None,
 ) -> None:
+    """One session: `turns` questions, or (with `until`, a `time.monotonic()` deadline) question after
+    question until then; a turn that started before the deadline is still awaited."""
     rng = random.Random(index)
     await asyncio.sleep(index * 0.29)  # staggered starts, as real callers arrive
     try:
@@ -242,8 +246,10 @@ async def run_client(
 
             receiver = asyncio.create_task(receive())
             try:
-                for turn in range(turns):
+                turn = 0
+                while (turn < turns) if until is None else (time.monotonic() < until):
                     utterance = material[(index + turn) % len(material)]
+                    turn += 1
                     state.clear()
                     await mic.noise_until(lambda: False, rng.uniform(0.3, 0.8))
                     for i, frame in enumerate(utterance.frames):
@@ -265,9 +271,11 @@ async def run_client(
                                 utterance.name,
                                 (state["first_audio"] - state["speech_end"]) * 1000,
                                 {k: float(v) for k, v in metadata.items() if _is_number(v)},
+                                time.monotonic(),
                             )
                         )
-                    progress.update()
+                    if progress is not None:
+                        progress.update()
                     await mic.noise_until(lambda: False, rng.uniform(*PAUSE_AFTER_REPLY_S))
             finally:
                 receiver.cancel()
@@ -307,18 +315,20 @@ def machine_busy_seconds() -> float:
 
 
 def process_label(command: list[bytes]) -> str:
-    """`ray::ServeReplica:voice-agent:Router` → `Router`; `.../gcs_server --x` → `gcs_server`;
+    """`ray::ServeReplica:voice-agent:Router` → `Router`; `ray::ServeController.listen_for_change` (a
+    worker names the task it runs) → `ServeController`; `.../gcs_server --x` → `gcs_server`;
     `python -m bench.peers.x` → `bench.peers.x`."""
     words = [w.decode(errors="replace") for w in command if w]
     if not words:
         return "?"
     if words[0].startswith("ray::"):
-        return words[0].removeprefix("ray::").split(":")[-1]
+        return words[0].removeprefix("ray::").split(":")[-1].split(".")[0]
     if "-m" in words[:-1]:
         return words[words.index("-m") + 1]
     program = Path(words[0]).name
-    if program.startswith("python") and len(words) > 1:
-        return Path(words[1]).name
+    if program.startswith("python"):
+        script = next((w for w in words[1:] if not w.startswith("-")), None)  # `python -u x.py`
+        return Path(script).name if script else program
     return program
 
 
