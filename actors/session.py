@@ -210,6 +210,7 @@ class VoiceSession:
         self._pending_user: tuple[str | None, str] | None = None  # (item id, text) awaiting a response
         self._turn_tasks: set[asyncio.Task[None]] = set()
         self._response_task: asyncio.Task[None] | None = None
+        self._response_began = False  # the response task has run its first step
         self._response_id: str | None = None
         self._cancel_reason: str | None = None
         self._closed = False
@@ -436,6 +437,7 @@ class VoiceSession:
         response_id = new_id("resp")
         self._response_id = response_id
         self._cancel_reason = None
+        self._response_began = False
         self._response_task = asyncio.create_task(self._respond(response_id, user, timeline))
 
     async def _cancel_response(self, reason: str) -> None:
@@ -445,6 +447,10 @@ class VoiceSession:
         # Kept on the session too: a cancellation that crosses a stage call (a Serve handle's stream)
         # can arrive as a new CancelledError without the message.
         self._cancel_reason = reason
+        # A task cancelled before its first step never runs at all, and the client would get no
+        # response.done: let it start first (it is next in the loop's queue).
+        while not self._response_began and not task.done():
+            await asyncio.sleep(0)
         task.cancel(reason)
         with contextlib.suppress(asyncio.CancelledError):
             await task
@@ -469,8 +475,9 @@ class VoiceSession:
         status: str = "completed"
         reason: str | None = None
         failure: PublicError | None = None
-        await self._emit(ResponseStarted(response_id, item_id))
+        self._response_began = True
         try:
+            await self._emit(ResponseStarted(response_id, item_id))
             try:
                 await self._run_pipeline(response_id, item_id, user_text, timeline, spoken)
             except Exception as exc:

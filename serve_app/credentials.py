@@ -80,6 +80,16 @@ class Principal:
         return self.bound_user
 
 
+def acting_user(principal: Principal, requested: str | None, settings: Settings) -> str:
+    """The user a request acts as (`Principal.user_for`); in full-Letta mode it must be named, since
+    every reply comes from that user's own Letta agent and `anonymous` would be one agent for everyone."""
+    user = principal.user_for(requested)
+    if user == ANONYMOUS and settings.llm_engine == "letta":
+        message = "full-Letta mode answers from each user's own Letta agent: name the user"
+        raise CredentialError(400, "user_required", message, param="user")
+    return user
+
+
 @dataclass(frozen=True)
 class ClientSecret:
     value: str

@@ -41,6 +41,7 @@ from serve_app.credentials import (
     CredentialError,
     Credentials,
     Principal,
+    acting_user,
 )
 from serve_app.openapi import openapi_document
 from serve_app.protocol import ProtocolError, initial_options, session_object
@@ -349,7 +350,7 @@ class RestApi:
     async def chat_completions(self, request: Request) -> Response:
         principal = await self._authorize(request)
         body = await self._json(request, ChatCompletionRequest)
-        user_id = principal.user_for(body.user)
+        user_id = acting_user(principal, body.user, self.settings)
         remembered = user_id != ANONYMOUS  # a caller that names no user has no long-term memory
         s = self.settings
         max_tokens = body.max_completion_tokens or body.max_tokens or s.llm_max_tokens

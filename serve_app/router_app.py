@@ -43,6 +43,7 @@ from serve_app.credentials import (
     LocalRevocations,
     Principal,
     Revocations,
+    acting_user,
 )
 from serve_app.protocol import ProtocolError, ProtocolLimits, initial_options
 from serve_app.realtime import ConnectionLimits, RealtimeConnection
@@ -112,7 +113,7 @@ def build_router_app(deps: RouterDeps) -> Starlette:
             offered = websocket_subprotocols(websocket.scope)
             try:
                 principal = await credentials.authenticate(websocket_key(websocket.headers, query, offered))
-                user_id = principal.user_for(query.get("user"))
+                user_id = acting_user(principal, query.get("user"), settings)
                 if (problem := user_id_problem(user_id)) is not None:
                     raise CredentialError(403, "invalid_user", problem)
                 options = initial_options(settings, principal.session)

@@ -286,3 +286,16 @@ async def test_open_mode_lets_anyone_act_as_anyone_but_still_checks_secrets() ->
     with pytest.raises(CredentialError) as mismatch:
         bound.user_for("bob")
     assert mismatch.value.status == 403
+
+
+def test_full_letta_mode_needs_a_named_user_since_each_reply_is_that_users_agent() -> None:
+    full_letta = Harness(user_keys=USER_KEYS, llm_engine="letta")
+    with full_letta.http:
+        error, closed = refused(full_letta, key=KEY)
+        assert error["error"]["code"] == "user_required" and closed.code == 1008
+        with pytest.raises(openai.BadRequestError, match="name the user"):
+            sdk(full_letta, KEY).chat.completions.create(
+                model="m", messages=[{"role": "user", "content": "hi"}]
+            )
+        with open_realtime(full_letta, key="ada-key") as ws:  # a user key names its user
+            assert json.loads(ws.receive_text())["type"] == "session.created"

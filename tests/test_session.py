@@ -179,6 +179,20 @@ async def test_typed_turns_keep_history_and_response_cancel() -> None:
     assert h.of(SessionError)[-1].code == "response_cancel_not_active"
 
 
+async def test_a_response_cancelled_the_moment_it_is_created_still_ends_with_response_done() -> None:
+    h = Harness("Sure. Paris is the capital.", vad=False)
+    await h.session.add_user_text("What is the capital of France?")
+    await h.session.create_response()
+    await h.session.cancel_response()  # before the response's task has run at all
+    await h.wait_for(ResponseFinished)
+    assert [type(e) for e in h.events if isinstance(e, ResponseStarted | ResponseFinished)] == [
+        ResponseStarted,
+        ResponseFinished,
+    ]
+    done = h.of(ResponseFinished)[0]
+    assert done.status == "cancelled" and done.reason == "client_cancelled"
+
+
 async def test_manual_commit_mode() -> None:
     h = Harness("Okay.", vad=False)
     await h.session.commit()
