@@ -13,7 +13,7 @@ from typing import Any, Literal
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from actors.journal import USER_ID
+from actors.memory.journal import USER_ID
 
 log = logging.getLogger(__name__)
 

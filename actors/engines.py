@@ -90,8 +90,8 @@ def create_llm_engine(settings: Settings) -> LLMEngine:
             system_prompt=settings.system_prompt,
         )
     if engine == "letta":
-        from actors.letta_memory import LettaMemory, letta_config
         from actors.llm.letta_engine import LettaAgentLLMEngine
+        from actors.memory.letta import LettaMemory, letta_config
 
         return LettaAgentLLMEngine(LettaMemory(letta_config(settings)))
     raise ValueError(f"unknown llm_engine {engine!r} (expected 'openai', 'llamacpp' or 'letta')")

@@ -38,7 +38,7 @@ from tqdm import tqdm
 
 from bench.latency import start_sim_llm
 from bench.load import Target, memory_mb, process_label, start_target
-from bench.serve_cluster import ROOT
+from testkit.serve_cluster import ROOT
 
 ONE_MIB_APPEND = json.dumps(
     {"type": "input_audio_buffer.append", "audio": base64.b64encode(b"\x01\x00" * (512 * 1024)).decode()}

@@ -42,8 +42,8 @@ from typing import Any
 import httpx
 import websockets
 
-from bench.serve_cluster import ROOT, ServeRun, free_port
-from bench.speech import espeak_speech, silence, speech_end_byte
+from testkit.serve_cluster import ROOT, ServeRun, free_port
+from testkit.speech import espeak_speech, silence, speech_end_byte
 
 RATE = 24_000
 FRAME_MS = 20
@@ -209,7 +209,7 @@ def start_sim_llm(
         [
             sys.executable,
             "-m",
-            "bench.sim_openai_server",
+            "testkit.sim_openai_server",
             "--port",
             str(port),
             "--ttft-ms",
@@ -256,7 +256,7 @@ def start_single_process(workdir: Path, llm_base: str) -> tuple[subprocess.Popen
             "-m",
             "uvicorn",
             "--factory",
-            "serve_app.local:create_app",
+            "serve_app.programs.local:create_app",
             "--host",
             "127.0.0.1",
             "--port",

@@ -43,7 +43,7 @@ import soundfile as sf
 import websockets
 from tqdm import tqdm
 
-from actors.audio import resample
+from actors.audio.pcm import resample
 from bench.latency import (
     PROVIDERS_AFTER_TURN_MS,
     SIM_ARGS,
@@ -52,8 +52,8 @@ from bench.latency import (
     start_sim_llm,
     start_single_process,
 )
-from bench.serve_cluster import ROOT, ServeRun, session_members
-from bench.speech import espeak_speech, speech_end_byte
+from testkit.serve_cluster import ROOT, ServeRun, session_members
+from testkit.speech import espeak_speech, speech_end_byte
 
 RATE = 24_000
 FRAME_MS = 20

@@ -41,9 +41,9 @@ from bench.latency import (
     start_sim_llm,
     summarize,
 )
-from bench.letta_server import LettaServer, memory_args
-from bench.serve_cluster import ROOT, ServeRun
-from bench.speech import espeak_speech
+from testkit.letta_server import LettaServer, memory_args
+from testkit.serve_cluster import ROOT, ServeRun
+from testkit.speech import espeak_speech
 
 LETTA_TURN_S = 5.0
 LETTA_MODEL = "sim-letta-llm"

@@ -32,10 +32,11 @@ from actors.llm.stage import LLMStage
 from actors.stt.simulated import SimulatedSTTEngine
 from actors.tts.simulated import SimulatedTTSEngine
 from actors.tts.stage import TTSStage
-from serve_app.json_input import MAX_DEPTH
-from serve_app.protocol import CLIENT_EVENTS, OUTPUT_RATES, ProtocolLimits
-from serve_app.router_app import RouterDeps, build_router_app
-from tests.fakes import EnergySpeechDetector, FakeLLMEngine  # the suite's scripted stages
+from serve_app.api.deps import RouterDeps
+from serve_app.api.json_input import MAX_DEPTH
+from serve_app.api.protocol import CLIENT_EVENTS, OUTPUT_RATES, ProtocolLimits
+from serve_app.api.router_app import build_router_app
+from testkit.fakes import EnergySpeechDetector, FakeLLMEngine  # the suite's scripted stages
 
 Expect = Literal["ok", "error", "either"]
 REPLY = "Hi. Nice to meet you."

@@ -51,7 +51,7 @@ from bench.load import (
     to_frames,
     utterances,
 )
-from bench.serve_cluster import ROOT
+from testkit.serve_cluster import ROOT
 
 GAUGES = ("voice_sessions_open", "voice_event_loop_tasks")
 SETTLE_S = 60.0  # after the last session closed: how long the gauges may take to come back

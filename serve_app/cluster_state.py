@@ -3,7 +3,7 @@
 One small detached actor holds both, in memory: a revocation lasts as long as its secret (two hours at
 most), and metrics are reported again every few seconds. Each router reports its Prometheus text every
 `REPORT_S` (the first report starts the actor), and `/metrics` on any replica answers the merged view
-(`serve_app.metrics_merge`). Each router also keeps a copy of the revocation list refreshed at most once
+(`serve_app.api.metrics_merge`). Each router also keeps a copy of the revocation list refreshed at most once
 a second, so checking a secret (at every WebSocket connect and REST request, and every few seconds for an
 open session) costs no hop; a revocation made on another replica takes effect here within that second.
 While the actor is unreachable the last copy stays in force, `/metrics` falls back to this replica's
@@ -20,9 +20,9 @@ from typing import Any
 
 import ray
 
-from serve_app.credentials import LocalRevocations
+from serve_app.api.credentials import LocalRevocations
+from serve_app.api.metrics_merge import merge_expositions
 from serve_app.memory_actor import NAMESPACE
-from serve_app.metrics_merge import merge_expositions
 
 log = logging.getLogger(__name__)
 

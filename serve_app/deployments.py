@@ -11,15 +11,16 @@ from ray import serve
 from starlette.types import ASGIApp
 
 from actors.config import load_settings
+from actors.conversation.stages import LLMEvent, LLMRequest
 from actors.engines import create_llm_engine, create_stt_engine, create_tts_engine
 from actors.llm.stage import LLMStage
-from actors.memory_sink import RecentTurnsSink
-from actors.pipeline import LLMEvent, LLMRequest
+from actors.memory.sink import RecentTurnsSink
 from actors.stt.registry import FeedResult, FinishResult, STTStreamRegistry
 from actors.tts.stage import TTSStage
+from serve_app.api.deps import RouterDeps
+from serve_app.api.router_app import build_router_app
 from serve_app.cluster_state import SharedRouterState
 from serve_app.memory_actor import ActorMemoryContext, ActorMemorySink, memory_actor
-from serve_app.router_app import RouterDeps, build_router_app
 from serve_app.stage_clients import RemotePhraseLLM, RemoteSynthesizer, RemoteTranscriber
 
 log = logging.getLogger("ray.serve")

@@ -25,10 +25,10 @@ from tenacity import (
 )
 
 from actors.config import load_settings
-from actors.events import FinishedTurn
-from actors.journal import JournalError
-from actors.memory import MemoryService
-from actors.memory_cache import MemoryCache
+from actors.conversation.events import FinishedTurn
+from actors.memory.cache import MemoryCache
+from actors.memory.journal import JournalError
+from actors.memory.service import MemoryService
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ HEAD_NODE_RESOURCE = "node:__internal_head__"
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
 class MemoryActor:
-    """Ray wiring around `actors.memory.MemoryService`; see that module for the behaviour."""
+    """Ray wiring around `actors.memory.service.MemoryService`; see that module for the behaviour."""
 
     async def __init__(self, config: dict[str, Any]) -> None:  # type: ignore[misc]  # Ray awaits it
         self.service = MemoryService(load_settings(config))

@@ -13,8 +13,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-from actors.pipeline import LLMEvent, LLMRequest
-from actors.session import new_id
+from actors.conversation.session import new_id
+from actors.conversation.stages import LLMEvent, LLMRequest
 from actors.stt.base import STTStream
 
 

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from bench.serve_cluster import ServeRun
+from testkit.serve_cluster import ServeRun
 from tests.letta_fixtures import letta_env  # noqa: F401  (a real Letta server, session-scoped)
 
 

@@ -1,7 +1,7 @@
 """A session-wide real Letta server whose agents think and embed through the simulated OpenAI API.
 
 Import the fixtures into conftest.py (`from tests.letta_fixtures import letta_env  # noqa: F401`).
-The first session installs Letta into its cache (see bench/letta_server.py); later ones reuse it.
+The first session installs Letta into its cache (see testkit/letta_server.py); later ones reuse it.
 Set VOICE_AGENT_SKIP_LETTA=1 to skip the tests that need it.
 """
 
@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 from letta_client.types import EmbeddingConfigParam, LlmConfigParam
 
-from actors.letta_memory import LettaMemory
-from bench.letta_server import LettaServer, memory_args, sim_embedding_config, sim_llm_config
-from bench.sim_openai_server import SimOpenAIConfig, SimOpenAIServer, start_sim_openai_server
+from actors.memory.letta import LettaMemory
+from testkit.letta_server import LettaServer, memory_args, sim_embedding_config, sim_llm_config
+from testkit.sim_openai_server import SimOpenAIConfig, SimOpenAIServer, start_sim_openai_server
 
 SIM_REPLY = "Nice to meet you, I will remember that."
 SIM_MODEL = "sim-llm"

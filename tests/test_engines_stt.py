@@ -13,12 +13,12 @@ import jiwer
 import numpy as np
 import pytest
 
-from actors.audio import STT_SAMPLE_RATE, resample
+from actors.audio.pcm import STT_SAMPLE_RATE, resample
 from actors.config import Settings
 from actors.engines import create_stt_engine
 from actors.stt.openai_engine import OpenAISTTEngine
 from actors.stt.pocketsphinx_engine import PocketsphinxEngine
-from bench.sim_openai_server import SimOpenAIConfig, SimOpenAIServer, start_sim_openai_server
+from testkit.sim_openai_server import SimOpenAIConfig, SimOpenAIServer, start_sim_openai_server
 
 LIBRIVOX = Path("/usr/share/pocketsphinx/test/data/librivox")  # Debian pocketsphinx-testdata
 CHUNK_BYTES = STT_SAMPLE_RATE * 2 // 10  # 100 ms, as the STT stage sends it

@@ -9,12 +9,12 @@ from collections.abc import AsyncGenerator, Iterator
 import numpy as np
 import pytest
 
-from actors.audio import duration_ms, rms_dbfs
+from actors.audio.pcm import duration_ms, rms_dbfs
 from actors.config import Settings
 from actors.engines import create_tts_engine
 from actors.tts.espeak_engine import EspeakEngine
 from actors.tts.openai_engine import OpenAITTSEngine
-from bench.sim_openai_server import SimOpenAIConfig, SimOpenAIServer, start_sim_openai_server
+from testkit.sim_openai_server import SimOpenAIConfig, SimOpenAIServer, start_sim_openai_server
 
 LONG_TEXT = " ".join(
     [

@@ -8,11 +8,11 @@ from collections.abc import Iterator
 import pytest
 
 from actors.config import Settings
-from actors.letta_memory import LettaConfig, LettaMemory
-from bench.serve_cluster import ServeRun
+from actors.memory.letta import LettaConfig, LettaMemory
+from testkit.realtime_client import client_for, collect_turn, stream_audio
+from testkit.recordings import espeak_speech, silence
+from testkit.serve_cluster import ServeRun
 from tests.letta_fixtures import SIM_REPLY, LettaEnv
-from tests.realtime_client import client_for, collect_turn, stream_audio
-from tests.speech import espeak_speech, silence
 
 pytestmark = pytest.mark.slow
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from actors.events import FinishedTurn
-from actors.journal import MAX_TURN_CHARS, JournalError, TurnJournal
-from tests.fakes import finished_turn
+from actors.conversation.events import FinishedTurn
+from actors.memory.journal import MAX_TURN_CHARS, JournalError, TurnJournal
+from testkit.fakes import finished_turn
 
 
 def turn(n: int, user: str = "alice", text: str = "hello") -> FinishedTurn:

@@ -8,7 +8,7 @@ import jsonschema
 import pytest
 import yaml
 
-from serve_app.config_check import check_serve_config
+from serve_app.programs.config_check import check_serve_config
 from serve_app.serve_env import SERVE_ENV
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 from letta_client import APITimeoutError
 
-from actors.events import FinishedTurn
-from actors.journal import TurnJournal
-from actors.letta_memory import LettaConfig, LettaMemory
-from actors.memory_writer import MemoryWriter, WriterConfig
-from tests.fakes import finished_turn
+from actors.conversation.events import FinishedTurn
+from actors.memory.journal import TurnJournal
+from actors.memory.letta import LettaConfig, LettaMemory
+from actors.memory.writer import MemoryWriter, WriterConfig
+from testkit.fakes import finished_turn
 from tests.letta_fixtures import LettaEnv, delivered_turn_ids
 
 pytestmark = pytest.mark.slow

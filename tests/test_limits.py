@@ -17,15 +17,14 @@ import websockets
 from openai import OpenAI
 from starlette.websockets import WebSocketDisconnect
 
+from actors.conversation.session import SessionOptions, VoiceSession
 from actors.llm.stage import LLMStage
-from actors.session import SessionOptions, VoiceSession
 from actors.tts.simulated import SimulatedTTSEngine
 from actors.tts.stage import TTSStage
-from serve_app.protocol import ProtocolLimits
-from serve_app.realtime import ConnectionLimits, RealtimeConnection
-from tests.fakes import FakeLLMEngine, served, silence, tone, user_text_event
-from tests.test_rest_api import KEY, Harness
-from tests.test_router_app import make_app
+from serve_app.api.protocol import ProtocolLimits
+from serve_app.api.realtime import ConnectionLimits, RealtimeConnection
+from testkit.fakes import FakeLLMEngine, served, silence, tone, user_text_event
+from testkit.harness import KEY, Harness, make_app
 
 USER_KEYS = "ada:ada-key"
 

@@ -22,10 +22,9 @@ from livekit.agents.voice.events import ConversationItemAddedEvent
 from livekit.agents.voice.io import AudioInput, AudioOutput, AudioOutputCapabilities
 from livekit.plugins import silero
 
-from actors.audio import rms_dbfs
-from actors.metrics import HISTOGRAMS
-from bench.serve_cluster import ServeRun
-from serve_app.livekit_worker import (
+from actors.audio.pcm import rms_dbfs
+from actors.conversation.metrics import HISTOGRAMS
+from serve_app.programs.livekit_worker import (
     VoiceAgent,
     WorkerConfig,
     build_session,
@@ -36,9 +35,10 @@ from serve_app.livekit_worker import (
     user_id_for,
     worker_options,
 )
-from tests.fakes import served
-from tests.speech import LIBRIVOX, librivox, word_error_rate
-from tests.test_rest_api import KEY, MEMORIES, Harness
+from testkit.fakes import served
+from testkit.harness import KEY, MEMORIES, Harness
+from testkit.recordings import LIBRIVOX, librivox, word_error_rate
+from testkit.serve_cluster import ServeRun
 
 # ------------------------------------------------------------------------------ no server at all
 

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from actors.memory_cache import MemoryCache
+from actors.memory.cache import MemoryCache
 
 pytestmark = pytest.mark.looptime
 

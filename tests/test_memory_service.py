@@ -15,11 +15,11 @@ import pytest
 from ray.exceptions import ActorDiedError
 
 from actors.config import Settings
-from actors.journal import MAX_TURN_CHARS, JournalError
-from actors.letta_memory import LettaMemory, letta_config
-from actors.memory import MemoryService
+from actors.memory.journal import MAX_TURN_CHARS, JournalError
+from actors.memory.letta import LettaMemory, letta_config
+from actors.memory.service import MemoryService
 from serve_app.memory_actor import ActorMemorySink
-from tests.fakes import finished_turn
+from testkit.fakes import finished_turn
 from tests.letta_fixtures import LettaEnv, delivered_turn_ids
 
 pytestmark = pytest.mark.slow

@@ -7,10 +7,10 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from actors.events import FinishedTurn
-from actors.journal import TurnJournal
-from actors.memory_writer import MemoryWriter, WriterConfig
-from tests.fakes import finished_turn
+from actors.conversation.events import FinishedTurn
+from actors.memory.journal import TurnJournal
+from actors.memory.writer import MemoryWriter, WriterConfig
+from testkit.fakes import finished_turn
 
 
 def turn(n: int, user: str = "alice") -> FinishedTurn:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from serve_app.metrics_merge import merge_expositions
+from serve_app.api.metrics_merge import merge_expositions
 
 
 def replica(turns: int, latencies: list[float], sessions: int) -> str:

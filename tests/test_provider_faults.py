@@ -10,11 +10,11 @@ from collections.abc import Iterator
 import openai
 import pytest
 
-from actors.faults import LLMStalled, LLMTimeout, LLMUnavailable, public_error
+from actors.conversation.faults import LLMStalled, LLMTimeout, LLMUnavailable, public_error
 from actors.llm.call_policy import LLMCallPolicy
 from actors.llm.openai_engine import OpenAILLMEngine
-from bench.fault_proxy import Fault, FaultProxy, start_fault_proxy
-from bench.sim_openai_server import SimOpenAIConfig, SimOpenAIServer, start_sim_openai_server
+from testkit.fault_proxy import Fault, FaultProxy, start_fault_proxy
+from testkit.sim_openai_server import SimOpenAIConfig, SimOpenAIServer, start_sim_openai_server
 
 REPLY = "Hello there. How are you today? I am fine, thank you."
 POLICY = LLMCallPolicy(

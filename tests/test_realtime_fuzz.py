@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
-from actors.session import SessionOptions
+from actors.conversation.session import SessionOptions
 from bench.realtime_fuzz import (
     ANY_VALUE,
     LIMITS,
@@ -29,7 +29,7 @@ from bench.realtime_fuzz import (
     run_batch,
     session_updates,
 )
-from serve_app.protocol import ClientEvent, ProtocolError, apply_session_update, session_created
+from serve_app.api.protocol import ClientEvent, ProtocolError, apply_session_update, session_created
 
 SEEDED = settings(derandomize=True, database=None, deadline=None, suppress_health_check=list(HealthCheck))
 OPTIONS = SessionOptions(instructions="Be brief.")

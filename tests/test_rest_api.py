@@ -9,7 +9,6 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-import jsonschema
 import numpy as np
 import openai
 import pytest
@@ -17,59 +16,12 @@ import soundfile as sf
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from openai import OpenAI
-from starlette.testclient import TestClient
 
-from actors.config import Settings
-from actors.llm.stage import LLMStage
-from actors.memory_sink import RecentTurnsSink
-from actors.metrics import HISTOGRAMS
-from actors.prompt import MEMORY_HEADER
-from actors.stt.simulated import SimulatedSTTEngine
-from actors.tts.simulated import SimulatedTTSEngine
-from actors.tts.stage import TTSStage
-from serve_app.rest_api import RestApi
-from serve_app.router_app import RouterDeps, build_router_app
-from tests.fakes import FakeLLMEngine, tone
-
-KEY = "test-key"
-MEMORIES = {"ada": "Ada's cat is called Miso.", "bob": "Bob plays the cello."}
-
-
-class Harness:
-    def __init__(self, **overrides: Any) -> None:
-        base: dict[str, Any] = {
-            "stt_engine": "simulated",
-            "llm_engine": "openai",
-            "tts_engine": "espeak",
-            "api_keys": KEY,
-        }
-        settings = Settings(**{**base, **overrides}).resolved()
-        self.settings = settings
-        self.llm = FakeLLMEngine("Hello there. How are you?", ttft_ms=5, tokens_per_s=1000)
-        self.sink = RecentTurnsSink()
-        self.memory_reads: list[str] = []
-
-        async def memory_context(user_id: str) -> str | None:
-            self.memory_reads.append(user_id)
-            return MEMORIES.get(user_id)
-
-        deps = RouterDeps(
-            settings=settings,
-            stt=SimulatedSTTEngine("hello world", finalize_delay_ms=1),
-            llm=LLMStage(self.llm),
-            tts=TTSStage(SimulatedTTSEngine(ttfb_ms=1, realtime_factor=1000)),
-            memory_sink=self.sink,
-            memory_context=memory_context,
-        )
-        self.http = TestClient(build_router_app(deps))
-        self.client = OpenAI(base_url="http://testserver/v1", api_key=KEY, http_client=self.http)
-        self.document = self.http.get("/openapi.json").json()
-
-    def validate(self, path: str, method: str, status: int, media: str, body: Any) -> None:
-        """Check a real response body against the schema the OpenAPI document gives for it."""
-        schema = self.document["paths"][path][method]["responses"][str(status)]["content"][media]["schema"]
-        resolver_doc = {**schema, "components": self.document["components"]}
-        jsonschema.validate(body, resolver_doc)
+from actors.conversation.metrics import HISTOGRAMS
+from actors.conversation.prompt import MEMORY_HEADER
+from serve_app.api.rest import RestApi
+from testkit.fakes import tone
+from testkit.harness import KEY, MEMORIES, Harness
 
 
 @pytest.fixture

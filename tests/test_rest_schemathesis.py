@@ -17,7 +17,7 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 
-from tests.test_rest_api import KEY, Harness
+from testkit.harness import KEY, Harness
 
 harness = Harness()
 schema = schemathesis.openapi.from_asgi("/openapi.json", harness.http.app)

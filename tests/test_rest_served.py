@@ -10,9 +10,9 @@ import pytest
 import soundfile as sf
 from openai import OpenAI
 
-from actors.audio import rms_dbfs
-from bench.serve_cluster import ServeRun
-from tests.speech import LIBRIVOX, librivox, with_noise_floor, word_error_rate
+from actors.audio.pcm import rms_dbfs
+from testkit.recordings import LIBRIVOX, librivox, with_noise_floor, word_error_rate
+from testkit.serve_cluster import ServeRun
 
 pytestmark = pytest.mark.slow
 

@@ -6,35 +6,10 @@ import base64
 import json
 
 import pytest
-from openai.types.realtime import RealtimeServerEvent
-from pydantic import TypeAdapter
-from starlette.testclient import TestClient
 
-from actors.config import Settings
-from actors.llm.stage import LLMStage
-from actors.session import VoiceSession
-from actors.stt.simulated import SimulatedSTTEngine
-from actors.tts.simulated import SimulatedTTSEngine
-from actors.tts.stage import TTSStage
-from serve_app.router_app import RouterDeps, build_router_app
-from tests.fakes import EnergySpeechDetector, FakeLLMEngine, silence, tone, user_text_event
-
-SERVER_EVENT = TypeAdapter(RealtimeServerEvent)
-
-
-def make_app(memory_context=None, **overrides: object) -> TestClient:
-    settings = Settings(
-        stt_engine="pocketsphinx", llm_engine="openai", tts_engine="espeak", max_text_chars=200, **overrides
-    ).resolved()
-    deps = RouterDeps(
-        settings=settings,
-        stt=SimulatedSTTEngine("hello there", finalize_delay_ms=10),
-        llm=LLMStage(FakeLLMEngine("Hi. Nice to meet you.", ttft_ms=10, tokens_per_s=500)),
-        tts=TTSStage(SimulatedTTSEngine(ttfb_ms=5, realtime_factor=1000)),
-        speech_detector=EnergySpeechDetector,
-        memory_context=memory_context,
-    )
-    return TestClient(build_router_app(deps))
+from actors.conversation.session import VoiceSession
+from testkit.fakes import silence, tone, user_text_event
+from testkit.harness import SERVER_EVENT, make_app
 
 
 def receive_until(ws, kind: str, limit: int = 2000) -> list[dict]:

@@ -15,9 +15,9 @@ import pytest
 import websockets
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.serve_cluster import ServeRun
 from serve_app import cluster_state
-from tests.fakes import user_text_event
+from testkit.fakes import user_text_event
+from testkit.serve_cluster import ServeRun
 
 pytestmark = pytest.mark.slow
 
@@ -26,7 +26,7 @@ pytestmark = pytest.mark.slow
 ROUTERS = """
 import json, os, time
 def figures(replica):
-    from actors.metrics import SESSIONS_OPEN
+    from actors.conversation.metrics import SESSIONS_OPEN
     return os.getpid(), SESSIONS_OPEN.collect()[0].samples[0].value
 def routers():
     found = {}

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import websockets
 
-from actors.audio import STT_SAMPLE_RATE, resample, rms_dbfs
-from actors.vad import SileroSpeechDetector
-from serve_app import realtime
-from tests.fakes import realtime_text_turn
-from tests.realtime_client import RATE, Turn, client_for, collect_turn, stream_audio
-from tests.speech import espeak_speech, librivox, silence, word_error_rate
+from actors.audio.pcm import STT_SAMPLE_RATE, resample, rms_dbfs
+from actors.audio.vad import SileroSpeechDetector
+from serve_app.api import realtime
+from testkit.fakes import realtime_text_turn
+from testkit.realtime_client import RATE, Turn, client_for, collect_turn, stream_audio
+from testkit.recordings import espeak_speech, librivox, silence, word_error_rate
 
 pytestmark = pytest.mark.slow
 
@@ -218,7 +218,7 @@ def test_cli_client_sends_a_wav_and_saves_the_reply(agent, tmp_path) -> None:
 
     import soundfile as sf
 
-    from tests.speech import LIBRIVOX
+    from testkit.recordings import LIBRIVOX
 
     out = tmp_path / "reply.wav"
     wav = LIBRIVOX / "sense_and_sensibility_01_austen_64kb-0930.wav"  # 16 kHz: the client resamples
@@ -226,7 +226,7 @@ def test_cli_client_sends_a_wav_and_saves_the_reply(agent, tmp_path) -> None:
         [
             sys.executable,
             "-m",
-            "serve_app.client",
+            "serve_app.programs.client",
             "--url",
             agent.ws_url,
             "--wav",

@@ -9,7 +9,7 @@ import pytest
 import yaml
 from ray import serve
 
-from serve_app.config_check import check_serve_config
+from serve_app.programs.config_check import check_serve_config
 
 CONFIG = yaml.safe_load((Path(__file__).resolve().parent.parent / "serve_config.yaml").read_text())
 

@@ -13,12 +13,12 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 import websockets
 
-from actors.letta_memory import LettaConfig, LettaMemory
+from actors.memory.letta import LettaConfig, LettaMemory
 from bench.memory import memory_metrics
-from bench.serve_cluster import ServeRun
-from bench.sim_openai_server import SimOpenAIConfig, SimOpenAIServer, start_sim_openai_server
 from serve_app.memory_actor import ACTOR_NAME, NAMESPACE
-from tests.fakes import realtime_text_turn
+from testkit.fakes import realtime_text_turn
+from testkit.serve_cluster import ServeRun
+from testkit.sim_openai_server import SimOpenAIConfig, SimOpenAIServer, start_sim_openai_server
 from tests.letta_fixtures import LettaEnv, delivered_turn_ids
 
 pytestmark = pytest.mark.slow

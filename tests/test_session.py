@@ -6,7 +6,8 @@ import asyncio
 
 import pytest
 
-from actors.events import (
+from actors.audio.vad import VadConfig
+from actors.conversation.events import (
     AudioCommitted,
     ResponseAudioDelta,
     ResponseFinished,
@@ -17,14 +18,13 @@ from actors.events import (
     SpeechStopped,
     TranscriptCompleted,
 )
+from actors.conversation.session import SessionLimits, SessionOptions, VoiceSession
 from actors.llm.stage import LLMStage
-from actors.memory_sink import RecentTurnsSink
-from actors.session import SessionLimits, SessionOptions, VoiceSession
+from actors.memory.sink import RecentTurnsSink
 from actors.stt.simulated import SimulatedSTTEngine
 from actors.tts.simulated import SimulatedTTSEngine
 from actors.tts.stage import TTSStage
-from actors.vad import VadConfig
-from tests.fakes import EnergySpeechDetector, FakeLLMEngine, silence, tone
+from testkit.fakes import EnergySpeechDetector, FakeLLMEngine, silence, tone
 
 pytestmark = pytest.mark.looptime
 
@@ -214,7 +214,7 @@ async def test_short_click_does_not_start_a_turn() -> None:
 
 
 async def test_the_users_memory_is_in_the_system_prompt_and_only_theirs() -> None:
-    from actors.memory_cache import MemoryCache
+    from actors.memory.cache import MemoryCache
 
     async def fetch(user_id: str) -> str:
         return {"alice": "Alice's cat is called Miso.", "bob": "Bob plays chess."}[user_id]

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import re
 import time
 from collections.abc import AsyncIterator, Iterator
 
@@ -22,24 +21,20 @@ from actors.stt.base import STTEngine, STTStream
 from actors.stt.simulated import SimulatedSTTEngine
 from actors.tts.simulated import SimulatedTTSEngine
 from actors.tts.stage import TTSStage
-from bench.fault_proxy import Fault, FaultProxy, start_fault_proxy
-from bench.sim_openai_server import SimOpenAIConfig, SimOpenAIServer, start_sim_openai_server
-from serve_app.local import upstream_problems
-from serve_app.router_app import RouterDeps, build_router_app
-from tests.fakes import EnergySpeechDetector, silence, tone, user_text_event
+from serve_app.api.deps import RouterDeps
+from serve_app.api.router_app import build_router_app
+from serve_app.programs.local import upstream_problems
+from testkit.fakes import EnergySpeechDetector, silence, tone, user_text_event
+from testkit.fault_proxy import Fault, FaultProxy, start_fault_proxy
+from testkit.harness import APOLOGY, INTERNALS
+from testkit.sim_openai_server import SimOpenAIConfig, SimOpenAIServer, start_sim_openai_server
 from tests.test_router_app import SERVER_EVENT
 
 REPLY = "Hello there. How are you today? I am fine, thank you for asking."
-APOLOGY = "Sorry, I'm having trouble answering right now."
 POLICY = LLMCallPolicy(
     connect_timeout_s=0.5, first_token_timeout_s=1.0, chunk_timeout_s=1.0, max_retries=2, retry_budget_s=3.0
 )
-# What must never reach a client: tracebacks, exception reprs, process ids, addresses, Ray ids.
-INTERNALS = re.compile(
-    r"Traceback|File \"|\bpid\b|\bip\b|\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}|Error\(|Exception|ActorDied"
-    r"|RayTaskError|actor_id|[0-9a-f]{28,}",
-    re.IGNORECASE,
-)
+
 
 
 class ReplicaDied(Exception):

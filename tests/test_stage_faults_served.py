@@ -15,12 +15,12 @@ import httpx
 import pytest
 import websockets
 
-from bench.fault_proxy import FaultProxy, start_fault_proxy
-from bench.serve_cluster import ServeRun
-from bench.sim_openai_server import SimOpenAIConfig, SimOpenAIServer, start_sim_openai_server
-from tests.fakes import user_text_event
-from tests.speech import espeak_speech, silence
-from tests.test_stage_faults import APOLOGY, INTERNALS
+from testkit.fakes import user_text_event
+from testkit.fault_proxy import FaultProxy, start_fault_proxy
+from testkit.harness import APOLOGY, INTERNALS
+from testkit.recordings import espeak_speech, silence
+from testkit.serve_cluster import ServeRun
+from testkit.sim_openai_server import SimOpenAIConfig, SimOpenAIServer, start_sim_openai_server
 
 pytestmark = pytest.mark.slow
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from actors.vad import Endpointer, VadConfig, VadEvent
+from actors.audio.vad import Endpointer, VadConfig, VadEvent
 
 FRAME = 512  # samples per detector frame (32 ms at 16 kHz)
 

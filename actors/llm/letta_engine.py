@@ -3,7 +3,7 @@
 Letta serves an OpenAI-compatible `POST /v1/chat/completions` where `model` is the agent id and the
 stream carries the agent's reply. The agent keeps the conversation, its persona and its memory blocks
 itself, so only the newest user message is sent; the agent is the same one the hybrid mode's memory
-actor writes to (see `actors.letta_memory`), so a user keeps their memory across the switch.
+actor writes to (see `actors.memory.letta`), so a user keeps their memory across the switch.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 
-from actors.letta_memory import LettaMemory
 from actors.llm.base import ChatMessage
 from actors.llm.openai_engine import OpenAILLMEngine
+from actors.memory.letta import LettaMemory
 
 log = logging.getLogger(__name__)
 

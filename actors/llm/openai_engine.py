@@ -11,7 +11,7 @@ from typing import Any, cast
 import openai
 from openai import AsyncOpenAI
 
-from actors.faults import LLMStalled, LLMTimeout, LLMUnavailable
+from actors.conversation.faults import LLMStalled, LLMTimeout, LLMUnavailable
 from actors.llm.base import ChatMessage, LLMEngine
 from actors.llm.call_policy import LLMCallPolicy, first_with_retries
 from actors.probe import CachedProbe

@@ -7,9 +7,9 @@ import logging
 import time
 from collections.abc import AsyncIterator
 
-from actors.chunker import ChunkerConfig, PhraseChunker
+from actors.conversation.chunker import ChunkerConfig, PhraseChunker
+from actors.conversation.stages import LLMEvent, LLMRequest
 from actors.llm.base import LLMEngine
-from actors.pipeline import LLMEvent, LLMRequest
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ import numpy as np
 import soundfile as sf
 from openai import AsyncOpenAI, Timeout
 
-from actors.audio import PCM_SAMPLE_WIDTH, STT_SAMPLE_RATE
+from actors.audio.pcm import PCM_SAMPLE_WIDTH, STT_SAMPLE_RATE
 from actors.stt.base import STTEngine, STTStream
 
 # The endpoint rejects audio shorter than 0.1 s; such an utterance is noise, not words.

@@ -6,7 +6,7 @@ import asyncio
 import threading
 from typing import Any
 
-from actors.audio import PCM_SAMPLE_WIDTH
+from actors.audio.pcm import PCM_SAMPLE_WIDTH
 from actors.stt.base import STTEngine, STTStream
 
 # process_raw holds the GIL for the whole call (measured: one 7 s call stalls the event loop

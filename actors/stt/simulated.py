@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 
-from actors.audio import PCM_SAMPLE_WIDTH, STT_SAMPLE_RATE
+from actors.audio.pcm import PCM_SAMPLE_WIDTH, STT_SAMPLE_RATE
 from actors.stt.base import STTEngine, STTStream
 
 

@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 
 from openai import AsyncOpenAI, Timeout
 
-from actors.audio import PCM_SAMPLE_WIDTH
+from actors.audio.pcm import PCM_SAMPLE_WIDTH
 from actors.tts.base import TTSEngine
 
 

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 
 import numpy as np
 
-from actors.audio import float_to_pcm
+from actors.audio.pcm import float_to_pcm
 from actors.tts.base import TTSEngine
 
 _CHUNK_MS = 20

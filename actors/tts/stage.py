@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from actors.audio import PCM_SAMPLE_WIDTH, StreamResampler
+from actors.audio.pcm import PCM_SAMPLE_WIDTH, StreamResampler
 from actors.tts.base import TTSEngine
 
 

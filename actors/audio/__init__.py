@@ -1,0 +1,1 @@
+"""Audio in: PCM helpers, uploaded files, voice activity detection and endpointing."""

@@ -1,0 +1,191 @@
+"""The memory journal: every finished turn is on disk before the sink returns, until Letta confirms it.
+
+SQLite in WAL mode with `synchronous=FULL`: an append survives a process crash or power loss once
+`append` returns, readers never block the writer, and the file lives wherever `path` points (a PVC on
+Kubernetes). Turns are keyed by their stable turn id, so a replay after a crash can never enqueue a
+turn twice, and they leave the journal only through `confirm`.
+
+A journal file that is not a database (corrupt, truncated, or something else) is moved aside to
+`<path>.corrupt-<time>` with an error in the log, and a fresh journal starts: the bad file is kept for
+inspection, never overwritten. A path that cannot be written raises `JournalError` at once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sqlite3
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from actors.conversation.events import FinishedTurn
+
+log = logging.getLogger(__name__)
+
+USER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@:-]{0,127}$")
+MAX_TURN_CHARS = 32_000  # user + assistant text of one turn
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS turns (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    turn_id TEXT NOT NULL UNIQUE,
+    user_id TEXT NOT NULL,
+    body TEXT NOT NULL,
+    ended_at REAL NOT NULL,
+    journaled_at REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT
+);
+CREATE INDEX IF NOT EXISTS turns_by_user ON turns (user_id, seq);
+"""
+
+
+class JournalError(Exception):
+    """The journal cannot take or keep turns (unwritable path, invalid turn)."""
+
+
+@dataclass(frozen=True)
+class JournalEntry:
+    seq: int
+    turn: FinishedTurn
+    journaled_at: float
+    attempts: int  # times sent to the backend so far (a crash may have cut a send off)
+    last_error: str | None
+
+
+def user_id_problem(user_id: str) -> str | None:
+    """Why `user_id` cannot name a user's memory, or None when it can."""
+    if USER_ID.match(user_id):
+        return None
+    return (
+        f"user id {user_id[:40]!r} is not valid: use 1-128 letters, digits and _ . @ : -, "
+        "starting with a letter or digit"
+    )
+
+
+def validate_turn(turn: FinishedTurn) -> None:
+    """Reject what Letta could never take, with a message that says why."""
+    if (problem := user_id_problem(turn.user_id)) is not None:
+        raise JournalError(problem)
+    if not turn.turn_id:
+        raise JournalError("turn has no turn id")
+    size = len(turn.user_text) + len(turn.assistant_text)
+    if size > MAX_TURN_CHARS:
+        raise JournalError(
+            f"turn {turn.turn_id} has {size} characters of text; the limit is {MAX_TURN_CHARS}"
+        )
+
+
+class TurnJournal:
+    """Thread-safe; one writer connection per process."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise JournalError(f"journal directory {self.path.parent} cannot be created: {exc}") from exc
+        self._lock = threading.Lock()
+        self._db = self._open()
+
+    def _open(self) -> sqlite3.Connection:
+        try:
+            return self._connect()
+        except sqlite3.DatabaseError as exc:
+            if isinstance(exc, sqlite3.OperationalError) and "unable to open" in str(exc):
+                raise JournalError(f"journal {self.path} cannot be opened for writing: {exc}") from exc
+            aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
+            log.error(
+                "memory journal %s is not a usable database (%s): moved to %s, starting a new one",
+                self.path,
+                exc,
+                aside,
+            )
+            self.path.rename(aside)
+            for suffix in ("-wal", "-shm"):
+                Path(f"{self.path}{suffix}").unlink(missing_ok=True)
+            return self._connect()
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.executescript(_SCHEMA)
+            if db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
+                raise sqlite3.DatabaseError("integrity check failed")
+        except sqlite3.OperationalError as exc:
+            db.close()
+            if "readonly" in str(exc) or "unable to open" in str(exc) or "disk I/O" in str(exc):
+                raise JournalError(f"journal {self.path} is not writable: {exc}") from exc
+            raise
+        except sqlite3.DatabaseError:
+            db.close()
+            raise
+        return db
+
+    def append(self, turn: FinishedTurn) -> bool:
+        """Store `turn` durably; False when a turn with its id is already journaled."""
+        validate_turn(turn)
+        body = json.dumps(asdict(turn))
+        with self._lock:
+            try:
+                cursor = self._db.execute(
+                    "INSERT OR IGNORE INTO turns (turn_id, user_id, body, ended_at, journaled_at) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (turn.turn_id, turn.user_id, body, turn.ended_at, time.time()),
+                )
+            except sqlite3.OperationalError as exc:
+                raise JournalError(f"journal {self.path} rejected turn {turn.turn_id}: {exc}") from exc
+        return cursor.rowcount == 1
+
+    def pending(self, user_id: str | None = None, limit: int = 1000) -> list[JournalEntry]:
+        """Unconfirmed turns in the order they were journaled (per user when `user_id` is given)."""
+        query = "SELECT seq, body, journaled_at, attempts, last_error FROM turns"
+        args: tuple[object, ...] = ()
+        if user_id is not None:
+            query += " WHERE user_id = ?"
+            args = (user_id,)
+        with self._lock:
+            rows = self._db.execute(f"{query} ORDER BY seq LIMIT ?", (*args, limit)).fetchall()
+        return [
+            JournalEntry(seq, FinishedTurn(**json.loads(body)), at, attempts, error)
+            for seq, body, at, attempts, error in rows
+        ]
+
+    def users_with_pending(self) -> list[str]:
+        with self._lock:
+            rows = self._db.execute("SELECT user_id FROM turns GROUP BY user_id ORDER BY MIN(seq)").fetchall()
+        return [user for (user,) in rows]
+
+    def confirm(self, turn_ids: list[str]) -> None:
+        """Letta has these turns: drop them from the journal."""
+        with self._lock:
+            self._db.executemany("DELETE FROM turns WHERE turn_id = ?", [(t,) for t in turn_ids])
+
+    def record_send(self, turn_ids: list[str]) -> None:
+        """These turns are about to be sent: from now on a replay must check before resending them."""
+        with self._lock:
+            self._db.executemany(
+                "UPDATE turns SET attempts = attempts + 1 WHERE turn_id = ?", [(t,) for t in turn_ids]
+            )
+
+    def record_failure(self, turn_ids: list[str], error: str) -> None:
+        with self._lock:
+            self._db.executemany(
+                "UPDATE turns SET last_error = ? WHERE turn_id = ?", [(error[:500], t) for t in turn_ids]
+            )
+
+    def __len__(self) -> int:
+        with self._lock:
+            return int(self._db.execute("SELECT COUNT(*) FROM turns").fetchone()[0])
+
+    def size_bytes(self) -> int:
+        return sum(p.stat().st_size for p in (self.path, Path(f"{self.path}-wal")) if p.exists())
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

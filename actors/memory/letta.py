@@ -1,0 +1,141 @@
+"""Letta as the memory backend: one agent per user, turns written in batches, core blocks read back.
+
+Each user id maps to its own Letta agent (named `<prefix><user id>`, created on first use with the
+configured memory blocks and LLM / embedding endpoints), so no request can reach another user's memory.
+A batch of turns is one `agents.messages.create` call whose messages are the turns, each carrying its
+turn id as Letta's client-side message id (`otid`): the agent reads the conversation and updates its
+memory blocks from it. A batch that may have been sent before (the journal counts sends) is delivered
+once: Letta stores a call's messages only when its run ends, so the resend first waits until the agent
+has no active run (a call cut off by a crash may still be running), then skips the turns whose ids are
+among the agent's recent messages. A first send costs one call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from letta_client import AsyncLetta
+
+from actors.config import Settings
+from actors.conversation.events import FinishedTurn
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BLOCKS = {
+    "human": "Nothing is known about this user yet.",
+    "persona": "A concise, friendly voice assistant that remembers what users tell it.",
+}
+
+
+@dataclass(frozen=True)
+class LettaConfig:
+    base_url: str
+    api_key: str | None = None
+    llm_config: dict[str, Any] = field(default_factory=dict)  # Letta LlmConfig for new agents
+    embedding_config: dict[str, Any] = field(default_factory=dict)
+    blocks: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_BLOCKS))
+    agent_prefix: str = "voice-"
+    dedupe_window: int = 200  # recent agent messages checked for already-delivered turns
+    timeout_s: float = 60.0
+    idle_poll_s: float = 0.25  # how often to look whether the agent's active run has ended
+
+
+def letta_config(settings: Settings) -> LettaConfig:
+    """The Letta connection and new-agent settings from the app's settings (letta_base_url must be set)."""
+    if not settings.letta_base_url:
+        raise ValueError("Letta is not configured: set LETTA_BASE_URL (or the letta_base_url arg)")
+    return LettaConfig(
+        base_url=settings.letta_base_url,
+        api_key=settings.letta_key,
+        llm_config=settings.letta_llm_config,
+        embedding_config=settings.letta_embedding_config,
+    )
+
+
+class LettaBusyError(Exception):
+    """The agent still has a run in progress after the wait; the writer retries the batch later."""
+
+
+def render_turn(turn: FinishedTurn) -> str:
+    note = " (the user interrupted the reply)" if turn.interrupted else ""
+    return f"User said: {turn.user_text}\nAssistant replied{note}: {turn.assistant_text}"
+
+
+class LettaMemory:
+    def __init__(self, config: LettaConfig, client: AsyncLetta | None = None) -> None:
+        self.config = config
+        self.client = client or AsyncLetta(
+            base_url=config.base_url, api_key=config.api_key or "unused", timeout=config.timeout_s
+        )
+        self._agents: dict[str, str] = {}
+        self._agent_locks: dict[str, asyncio.Lock] = {}
+        self.message_calls = 0  # agents.messages.create calls made
+
+    async def agent_id(self, user_id: str) -> str:
+        """The user's own agent, created on first use."""
+        if user_id in self._agents:
+            return self._agents[user_id]
+        async with self._agent_locks.setdefault(user_id, asyncio.Lock()):
+            if user_id not in self._agents:
+                name = f"{self.config.agent_prefix}{user_id}"
+                found = await self.client.agents.list(name=name, limit=1)
+                agents = list(getattr(found, "items", found))
+                if agents:
+                    self._agents[user_id] = agents[0].id
+                else:
+                    agent = await self.client.agents.create(
+                        name=name,
+                        memory_blocks=[{"label": k, "value": v} for k, v in self.config.blocks.items()],
+                        llm_config=self.config.llm_config,  # type: ignore[arg-type]
+                        embedding_config=self.config.embedding_config,  # type: ignore[arg-type]
+                        tags=[f"voice-user:{user_id}"],
+                    )
+                    log.info("created Letta agent %s for user %s", agent.id, user_id)
+                    self._agents[user_id] = agent.id
+        return self._agents[user_id]
+
+    async def write_turns(
+        self, user_id: str, turns: Sequence[FinishedTurn], maybe_delivered: bool = True
+    ) -> None:
+        agent = await self.agent_id(user_id)
+        todo = list(turns)
+        if maybe_delivered:  # two extra reads, only on a resend
+            await self._wait_until_idle(agent)
+            delivered = await self._delivered(agent)
+            todo = [t for t in turns if t.turn_id not in delivered]
+        if not todo:
+            return
+        self.message_calls += 1
+        await self.client.agents.messages.create(
+            agent,
+            messages=[{"role": "user", "content": render_turn(t), "otid": t.turn_id} for t in todo],
+        )
+
+    async def _wait_until_idle(self, agent: str) -> None:
+        deadline = asyncio.get_running_loop().time() + self.config.timeout_s
+        while True:
+            runs = await self.client.runs.list(agent_id=agent, active=True, limit=1)
+            if not list(getattr(runs, "items", runs)):
+                return
+            if asyncio.get_running_loop().time() > deadline:
+                raise LettaBusyError(f"agent {agent} still has a run in progress")
+            await asyncio.sleep(self.config.idle_poll_s)
+
+    async def _delivered(self, agent: str) -> set[str]:
+        """Turn ids among the agent's recent user messages."""
+        recent = await self.client.agents.messages.list(agent, limit=self.config.dedupe_window, order="desc")
+        return {m.otid for m in recent.items if m.message_type == "user_message" and m.otid}
+
+    async def read_memory(self, user_id: str) -> str:
+        """The agent's core memory blocks as prompt text ("label: value" lines)."""
+        agent = await self.agent_id(user_id)
+        blocks = await self.client.agents.blocks.list(agent_id=agent)
+        items = list(getattr(blocks, "items", blocks))
+        return "\n".join(f"{b.label}: {b.value}" for b in items if b.value)
+
+    async def close(self) -> None:
+        await self.client.close()

@@ -1,0 +1,215 @@
+"""Batched, journaled memory writes, off the request path.
+
+`MemoryWriter.submit` journals a finished turn durably and returns; a background task per user sends
+that user's pending turns to the memory backend (Letta) in one call when `batch_size` turns are waiting
+or the oldest has waited `flush_interval_s`. A failed call is retried with exponential backoff and
+jitter (tenacity's wait strategy), forever: turns leave the journal only once the backend confirmed
+them, so a dead backend delays memory but loses nothing, and a restart replays the journal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_never,
+    wait_random_exponential,
+)
+
+from actors.conversation.events import FinishedTurn
+from actors.memory.journal import TurnJournal
+
+log = logging.getLogger(__name__)
+
+# Their own registry: the memory actor's process exports exactly these, and the router's /metrics
+# appends them (the actor serves no HTTP of its own).
+MEMORY_REGISTRY = CollectorRegistry()
+QUEUE_DEPTH = Gauge(
+    "voice_memory_queue_depth",
+    "Turns journaled and not yet confirmed by the memory backend",
+    registry=MEMORY_REGISTRY,
+)
+JOURNAL_BYTES = Gauge(
+    "voice_memory_journal_bytes", "Size of the memory journal on disk", registry=MEMORY_REGISTRY
+)
+BATCH_SIZE = Histogram(
+    "voice_memory_batch_turns",
+    "Turns per memory write",
+    buckets=(1, 2, 4, 8, 16, 32, 64),
+    registry=MEMORY_REGISTRY,
+)
+FLUSH_SECONDS = Histogram(
+    "voice_memory_flush_seconds",
+    "Duration of one memory write call",
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+    registry=MEMORY_REGISTRY,
+)
+LAG_SECONDS = Histogram(
+    "voice_memory_lag_seconds",
+    "Turn end to confirmed in the memory backend",
+    buckets=(0.1, 0.25, 0.5, 1, 1.5, 2, 3, 4, 5, 6, 7.5, 10, 15, 20, 30, 45, 60, 120, 300),
+    registry=MEMORY_REGISTRY,
+)
+BACKEND_ERRORS = Counter("voice_memory_backend_errors", "Failed memory write calls", registry=MEMORY_REGISTRY)
+
+
+class MemoryBackend(Protocol):
+    async def write_turns(
+        self, user_id: str, turns: Sequence[FinishedTurn], maybe_delivered: bool = True
+    ) -> None:
+        """Deliver `turns` (one user's, in order) in one call; return only once they are stored.
+
+        `maybe_delivered` says some of them were sent before (a failed attempt, or a crash between a
+        call and the journal's confirmation): then the backend must skip the turns it already holds.
+        """
+        ...
+
+
+@dataclass(frozen=True)
+class WriterConfig:
+    batch_size: int = 8
+    flush_interval_s: float = 2.0
+    retry_min_s: float = 0.5
+    retry_max_s: float = 30.0
+
+
+class MemoryWriter:
+    def __init__(
+        self,
+        journal: TurnJournal,
+        backend: MemoryBackend,
+        config: WriterConfig | None = None,
+        on_delivered: Callable[[str], None] | None = None,  # called with the user id after each batch
+    ) -> None:
+        self.journal = journal
+        self.on_delivered = on_delivered
+        self.backend = backend
+        self.config = config or WriterConfig()
+        self._wake: dict[str, asyncio.Event] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._failing = False
+        self._flushing = False  # deliver partial batches at once (shutdown)
+        self._flush_users: set[str] = set()  # deliver these users' partial batches at once
+
+    def start(self) -> None:
+        """Resume delivery of whatever the journal holds (a replay after a restart or crash)."""
+        for user_id in self.journal.users_with_pending():
+            self._ensure_task(user_id)
+        self._update_gauges()
+
+    def submit(self, turn: FinishedTurn) -> None:
+        """Journal `turn` durably (raises JournalError for an invalid turn) and schedule its delivery."""
+        self.journal.append(turn)
+        self._ensure_task(turn.user_id)
+        if len(self.journal.pending(turn.user_id, limit=self.config.batch_size)) >= self.config.batch_size:
+            self._wake[turn.user_id].set()
+        self._update_gauges()
+
+    def flush_user(self, user_id: str) -> None:
+        """Deliver the user's waiting turns now, without waiting for the batch to fill (session end)."""
+        if self.journal.pending(user_id, limit=1):
+            self._flush_users.add(user_id)
+            self._ensure_task(user_id)
+            self._wake[user_id].set()
+
+    async def flush(self) -> None:
+        """Deliver everything now (graceful shutdown); waits while the backend is down."""
+        self._flushing = True
+        try:
+            while len(self.journal):
+                for user_id in self.journal.users_with_pending():
+                    self._ensure_task(user_id)
+                    self._wake[user_id].set()
+                await asyncio.sleep(0.05)
+        finally:
+            self._flushing = False
+
+    async def close(self) -> None:
+        for task in self._tasks.values():
+            task.cancel()
+        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+
+    def _ensure_task(self, user_id: str) -> None:
+        if user_id not in self._wake:
+            self._wake[user_id] = asyncio.Event()
+        task = self._tasks.get(user_id)
+        if task is None or task.done():
+            self._tasks[user_id] = asyncio.create_task(self._deliver(user_id))
+
+    async def _deliver(self, user_id: str) -> None:
+        wake = self._wake[user_id]
+        while True:
+            entries = self.journal.pending(user_id, limit=self.config.batch_size)
+            if not entries:
+                self._flush_users.discard(user_id)
+                return  # a new submit starts a new task
+            oldest_wait = time.time() - entries[0].journaled_at
+            batch_due = len(entries) >= self.config.batch_size or oldest_wait >= self.config.flush_interval_s
+            if not (batch_due or self._flushing or user_id in self._flush_users):
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), self.config.flush_interval_s - oldest_wait)
+                wake.clear()
+                continue
+            turns = [e.turn for e in entries]
+            started = time.perf_counter()
+            await self._write_with_retries(user_id, turns, any(e.attempts for e in entries))
+            FLUSH_SECONDS.observe(time.perf_counter() - started)
+            BATCH_SIZE.observe(len(turns))
+            now = time.time()
+            for t in turns:
+                LAG_SECONDS.observe(max(now - t.ended_at, 0.0))
+            self.journal.confirm([t.turn_id for t in turns])
+            self._update_gauges()
+            if self.on_delivered is not None:
+                self.on_delivered(user_id)
+
+    async def _write_with_retries(
+        self, user_id: str, turns: list[FinishedTurn], maybe_delivered: bool
+    ) -> None:
+        ids = [t.turn_id for t in turns]
+
+        def on_failure(state: RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            BACKEND_ERRORS.inc()
+            self.journal.record_failure(ids, repr(exc))
+            self._failing = True
+            delay = state.upcoming_sleep
+            log.warning(
+                "memory write for %s failed (attempt %d, %d turns kept in the journal): %r; "
+                "retrying in %.1f s",
+                user_id,
+                state.attempt_number,
+                len(ids),
+                exc,
+                delay,
+            )
+
+        retrying = AsyncRetrying(
+            wait=wait_random_exponential(multiplier=self.config.retry_min_s, max=self.config.retry_max_s),
+            stop=stop_never,
+            retry=retry_if_exception_type(Exception),
+            before_sleep=on_failure,
+        )
+        async for attempt in retrying:
+            with attempt:
+                self.journal.record_send(ids)
+                # A failed attempt may still have landed (say Letta timed out but went on).
+                first_send = attempt.retry_state.attempt_number == 1 and not maybe_delivered
+                await self.backend.write_turns(user_id, turns, maybe_delivered=not first_send)
+        if self._failing:
+            log.info("memory backend recovered: delivered %d turns for %s", len(ids), user_id)
+            self._failing = False
+
+    def _update_gauges(self) -> None:
+        QUEUE_DEPTH.set(len(self.journal))
+        JOURNAL_BYTES.set(self.journal.size_bytes())

@@ -1,0 +1,44 @@
+"""What the router app is built from: the three stages, memory, readiness, and the state it shares with
+other router replicas. In-process stages or Serve handles fit the same fields."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from actors.audio.vad import SileroSpeechDetector, SpeechDetector
+from actors.config import Settings
+from actors.conversation.stages import LLMClient, SynthesizerClient, TranscriberClient
+from actors.memory.sink import MemorySink
+from serve_app.api.credentials import LocalRevocations, Revocations
+
+
+class MetricsHub(Protocol):
+    """Where router replicas pool their metrics, so `/metrics` reports the whole deployment."""
+
+    async def report_forever(self, exposition: Callable[[], str]) -> None: ...
+
+    async def merged_metrics(self, exposition: Callable[[], str]) -> str: ...
+
+
+@dataclass
+class RouterDeps:
+    settings: Settings
+    stt: TranscriberClient
+    llm: LLMClient
+    tts: SynthesizerClient
+    memory_sink: MemorySink | None = None
+    memory_context: Callable[[str], Awaitable[str | None]] | None = None  # the user's long-term memory
+    speech_detector: Callable[[], SpeechDetector] = SileroSpeechDetector
+    warmups: list[Callable[[], Awaitable[None]]] = field(default_factory=list)  # run before serving
+    # Answers which engine each stage runs once every stage can take requests (raises otherwise).
+    readiness: Callable[[], Awaitable[dict[str, str]]] | None = None
+    # What is down behind the stages (e.g. {"llm": "the LLM server is unreachable"}); {} when all is up.
+    upstreams: Callable[[], Awaitable[dict[str, str]]] | None = None
+    # Metrics of other processes (the memory actor) in Prometheus text, appended to /metrics.
+    extra_metrics: Callable[[], Awaitable[bytes]] | None = None
+    # Revoked client secrets: this process's own list, or the cluster's (serve_app.cluster_state).
+    revocations: Revocations = field(default_factory=LocalRevocations)
+    # The deployment's metrics across router replicas (serve_app.cluster_state); None: this process's.
+    metrics_hub: MetricsHub | None = None

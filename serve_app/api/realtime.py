@@ -1,0 +1,210 @@
+"""One `WS /v1/realtime` connection: client events → VoiceSession commands, session events → client."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from actors.audio.pcm import PCM_SAMPLE_WIDTH
+from actors.config import Settings
+from actors.conversation.events import SessionEvent
+from actors.conversation.metrics import ERRORS
+from actors.conversation.session import VoiceSession
+from serve_app.api.admission import TokenBucket
+from serve_app.api.auth import POLICY_VIOLATION, close_reason
+from serve_app.api.protocol import (
+    ProtocolError,
+    ProtocolLimits,
+    apply_session_update,
+    audio_of_append,
+    error_event,
+    parse_client_event,
+    server_events,
+    session_created,
+    text_of_item,
+)
+
+log = logging.getLogger(__name__)
+
+REVOCATION_CHECK_S = 2.0
+
+SessionFactory = Callable[[Callable[[SessionEvent], Any]], VoiceSession]
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    audio_max_speed: float = 1.2  # input audio accepted at this multiple of real time ...
+    audio_burst_s: float = 10.0  # ... once this much audio has arrived ahead of it
+    idle_timeout_s: float = 300.0  # no client event and no reply in progress
+    max_session_s: float = 3600.0
+    send_timeout_s: float = 10.0  # a client that reads nothing for this long is disconnected
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ConnectionLimits:
+        return cls(
+            audio_max_speed=settings.audio_max_speed,
+            audio_burst_s=settings.audio_burst_s,
+            idle_timeout_s=settings.idle_timeout_s,
+            max_session_s=settings.max_session_s,
+            send_timeout_s=settings.send_timeout_s,
+        )
+
+
+class RealtimeConnection:
+    def __init__(
+        self,
+        websocket: WebSocket,
+        make_session: SessionFactory,
+        limits: ProtocolLimits,
+        model: str,
+        guard: ConnectionLimits | None = None,
+    ) -> None:
+        self.websocket = websocket
+        self.limits = limits
+        self.model = model
+        self.guard = guard or ConnectionLimits()
+        # Seconds of input audio: real time (times a little) after a burst allowance.
+        self._audio_budget = TokenBucket(self.guard.audio_max_speed, self.guard.audio_burst_s)
+        self._send_lock = asyncio.Lock()
+        self._reader: asyncio.Task[Any] | None = None
+        self._client_stalled = False
+        self.session = make_session(self._emit)
+
+    async def _send(self, event: dict[str, Any]) -> None:
+        if event["type"] == "error":
+            ERRORS.labels(code=event["error"]["code"]).inc()
+        async with self._send_lock:
+            if self._client_stalled:
+                return
+            try:
+                # Backpressure from a client that stopped reading lands here: wait a while, then drop
+                # the client rather than hold its session (and buffers) forever.
+                async with asyncio.timeout(self.guard.send_timeout_s):
+                    await self.websocket.send_text(json.dumps(event))
+            except TimeoutError:
+                log.warning(
+                    "session %s: the client read nothing for %.0f s: disconnecting",
+                    self.session.session_id,
+                    self.guard.send_timeout_s,
+                )
+                self._client_stalled = True
+                if self._reader is not None:
+                    self._reader.cancel()
+            except (WebSocketDisconnect, RuntimeError):
+                pass  # a client that is gone: the session is being closed anyway
+
+    async def _emit(self, event: SessionEvent) -> None:
+        for wire_event in server_events(event, audio_output=self.session.options.output_audio):
+            await self._send(wire_event)
+
+    async def run(self, still_authorized: Callable[[], Awaitable[bool]] | None = None) -> None:
+        """Serve the connection until the client leaves, or `still_authorized` says its credential was
+        revoked (checked every few seconds)."""
+        self._reader = asyncio.current_task()
+        await self._send(session_created(self.session.session_id, self.session.options, self.model))
+        watcher = None if still_authorized is None else asyncio.create_task(self._watch(still_authorized))
+        loop = asyncio.get_running_loop()
+        ends_at = loop.time() + self.guard.max_session_s
+        try:
+            while True:
+                message = await self._receive(ends_at)
+                if message is None or message["type"] == "websocket.disconnect":
+                    break
+                raw = message.get("text")
+                if raw is None:
+                    raw = message.get("bytes") or b""
+                try:
+                    await self._handle(raw)
+                except ProtocolError as exc:
+                    await self._send(error_event(exc.code, exc.message, exc.event_id, exc.param))
+                except Exception:
+                    # No one message may end the session: the details stay in the log, not on the wire.
+                    log.exception("session %s: a client event failed unexpectedly", self.session.session_id)
+                    await self._send(
+                        error_event(
+                            "server_error",
+                            "the server failed to handle this event; the session continues",
+                            kind="server_error",
+                        )
+                    )
+        except WebSocketDisconnect:
+            pass
+        except asyncio.CancelledError:
+            if not self._client_stalled:
+                raise
+            if (task := asyncio.current_task()) is not None:
+                task.uncancel()
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+            await self.session.close()
+
+    async def _receive(self, ends_at: float) -> MutableMapping[str, Any] | None:
+        """The next client message; None once the session has been idle or open too long (then closed)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            wait = min(self.guard.idle_timeout_s, ends_at - loop.time())
+            try:
+                async with asyncio.timeout(max(wait, 0)):
+                    return await self.websocket.receive()
+            except TimeoutError:
+                if loop.time() >= ends_at:
+                    limit = f"{self.guard.max_session_s:.0f} s"
+                    await self._close("session_expired", f"the session reached its maximum length of {limit}")
+                    return None
+                if not self.session.responding:  # a client listening to a long reply is not idle
+                    idle = f"{self.guard.idle_timeout_s:.0f} s"
+                    await self._close("idle_timeout", f"no event from the client for {idle}")
+                    return None
+
+    async def _close(self, code: str, message: str) -> None:
+        await self._send(error_event(code, message))
+        with contextlib.suppress(WebSocketDisconnect, RuntimeError):
+            await self.websocket.close(code=POLICY_VIOLATION, reason=close_reason(message))
+
+    async def _watch(self, still_authorized: Callable[[], Awaitable[bool]]) -> None:
+        # Polled: the list changes in other processes (serve_app.cluster_state).
+        while True:
+            await asyncio.sleep(REVOCATION_CHECK_S)
+            if not await still_authorized():
+                break
+        await self._close("revoked_client_secret", "the client secret has been revoked")
+
+    async def _handle(self, raw: str | bytes) -> None:
+        event = parse_client_event(raw, self.limits)
+        session = self.session
+        match event.type:
+            case "input_audio_buffer.append":
+                pcm = audio_of_append(event, self.limits)
+                seconds = len(pcm) / (PCM_SAMPLE_WIDTH * session.options.input_sample_rate)
+                if not self._audio_budget.take(seconds):
+                    raise ProtocolError(
+                        "audio_rate_exceeded",
+                        f"audio is arriving faster than real time ({self.guard.audio_burst_s:.0f} s ahead at "
+                        "most): this append was dropped; stream audio as it is captured",
+                        event.event_id,
+                        "audio",
+                    )
+                await session.append_audio(pcm)
+            case "input_audio_buffer.commit":
+                await session.commit()
+            case "input_audio_buffer.clear":
+                await session.clear_audio()
+            case "conversation.item.create":
+                await session.add_user_text(text_of_item(event, self.limits))
+            case "response.create":
+                await session.create_response()
+            case "response.cancel":
+                await session.cancel_response()
+            case "session.update":
+                session.update_options(apply_session_update(session.options, event, self.limits))
+                await self._send(
+                    session_created(session.session_id, session.options, self.model, updated=True)
+                )

@@ -1,0 +1,331 @@
+"""Request and response bodies of the OpenAI-compatible REST API, as pydantic models.
+
+Requests are validated with them (a failure becomes a 400 that names the field), responses are built
+from them, and `serve_app.api.openapi` publishes their JSON Schemas: the document cannot drift from the
+code. Field names and shapes follow OpenAI's API so the official SDK's own models parse our responses.
+Unknown request fields are accepted and ignored, as OpenAI-compatible servers usually do; fields that
+would change the answer in a way we cannot honour are rejected with a message saying so.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from actors.memory.journal import USER_ID
+
+# ------------------------------------------------------------------------------------------ errors
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+# ------------------------------------------------------------------------------------------- chat
+
+
+# Requests validate strictly: 0 is not false and "1" is not 1, as the document's types say.
+STRICT = ConfigDict(strict=True)
+STRICT_OPEN = ConfigDict(strict=True, extra="allow")
+
+
+class TextPart(BaseModel):
+    model_config = STRICT
+
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessageIn(BaseModel):
+    model_config = STRICT_OPEN  # e.g. `name`, ignored
+
+    role: Literal["system", "developer", "user", "assistant"] = Field(
+        description="Tool messages are not supported (no function calling)."
+    )
+    content: str | list[TextPart] | None = Field(
+        default=None, description="Text, or a list of text parts (images and audio are not supported)."
+    )
+
+    def text(self) -> str:
+        if isinstance(self.content, list):
+            return "".join(part.text for part in self.content)
+        return self.content or ""
+
+
+class StreamOptions(BaseModel):
+    model_config = STRICT_OPEN
+    include_usage: bool = False
+
+
+def _only(name: str, why: str, ok: Callable[[Any], bool]) -> Callable[[Any], Any]:
+    """A validator rejecting values of `name` that this server cannot honour, saying why."""
+
+    def check(value: Any) -> Any:
+        if not ok(value):
+            raise ValueError(f"`{name}` is not supported by this server: {why}")
+        return value
+
+    return check
+
+
+def _valid_user(value: str | None) -> str | None:
+    if value is not None and not USER_ID.match(value):
+        raise ValueError(
+            f"user id {value[:40]!r} is not valid: use 1-128 letters, digits and _ . @ : -, "
+            "starting with a letter or digit"
+        )
+    return value
+
+
+class ChatCompletionRequest(BaseModel):
+    model_config = STRICT_OPEN  # other OpenAI parameters are accepted and ignored
+
+    model: str = Field(
+        min_length=1,
+        max_length=256,
+        description="Passed to an OpenAI-compatible LLM engine; an offline engine answers with the "
+        "one model it has loaded and says which in the response's `model`.",
+    )
+    messages: list[ChatMessageIn] = Field(min_length=1)
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+    max_tokens: int | None = Field(default=None, ge=1, description="Up to `rest_max_completion_tokens`.")
+    max_completion_tokens: int | None = Field(default=None, ge=1, description="Wins over `max_tokens`.")
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    user: str | None = Field(
+        default=None,
+        json_schema_extra={"pattern": USER_ID.pattern},
+        description="Whose long-term memory goes into the prompt and receives the exchange. 1-128 "
+        "letters, digits and _ . @ : -, starting with a letter or digit. Default: `anonymous`.",
+    )
+    n: int | None = Field(default=None, description="Only 1.")
+    tools: list[Any] | None = Field(default=None, description="Not supported: omit or send [].")
+    functions: list[Any] | None = Field(default=None, description="Not supported: omit or send [].")
+    logprobs: bool | None = Field(default=None, description="Not supported: omit or send false.")
+    stop: str | list[str] | None = Field(default=None, description="Not supported: omit it.")
+    response_format: dict[str, Any] | None = Field(default=None, description='Only {"type": "text"}.')
+
+    _user = field_validator("user")(_valid_user)
+    _n = field_validator("n")(_only("n", "one choice per request", lambda v: v in (None, 1)))
+    _tools = field_validator("tools")(_only("tools", "no function calling", lambda v: not v))
+    _functions = field_validator("functions")(_only("functions", "no function calling", lambda v: not v))
+    _logprobs = field_validator("logprobs")(
+        _only("logprobs", "the engines do not report them", lambda v: v is not True)
+    )
+    _stop = field_validator("stop")(_only("stop", "the engines end replies on their own", lambda v: not v))
+    _format = field_validator("response_format")(
+        _only("response_format", "text replies only", lambda v: v in (None, {"type": "text"}))
+    )
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class Choice(BaseModel):
+    index: int = 0
+    message: AssistantMessage
+    finish_reason: Literal["stop", "length"]
+    logprobs: None = None
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[Choice]
+    usage: Usage
+    metrics: dict[str, float] = Field(
+        default_factory=dict, description="Our addition: the turn's latency breakdown in ms (llm_ttft)."
+    )
+
+
+class Delta(BaseModel):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChunkChoice(BaseModel):
+    index: int = 0
+    delta: Delta
+    finish_reason: Literal["stop", "length"] | None = None
+    logprobs: None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    """One `data:` line of a streamed completion; the stream ends with `data: [DONE]`."""
+
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChunkChoice]
+    usage: Usage | None = None
+
+
+# ----------------------------------------------------------------------------------------- models
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+# ------------------------------------------------------------------------------------------ audio
+
+
+class VoiceRef(BaseModel):
+    model_config = STRICT
+    id: str
+
+
+class SpeechRequest(BaseModel):
+    model_config = STRICT_OPEN
+
+    model: str = Field(min_length=1, max_length=256, description="Any value: the TTS engine is fixed.")
+    input: str = Field(description="1 to `rest_max_speech_chars` characters.")
+    voice: str | VoiceRef = Field(description="The configured voice (see GET /v1/models).")
+    response_format: Literal["pcm", "wav"] = Field(
+        default="wav", description="24 kHz mono PCM16, raw or in a streamed WAV. Default: wav."
+    )
+    speed: float | None = Field(default=None, description="Only 1.0.")
+    stream_format: Literal["audio", "sse"] | None = Field(
+        default=None,
+        description="audio (default): the raw byte stream; sse: `speech.audio.delta` events carrying the "
+        "same bytes base64-encoded, then `speech.audio.done`.",
+    )
+    instructions: str | None = Field(default=None, description="Accepted and ignored.")
+
+    def voice_name(self) -> str:
+        return self.voice.id if isinstance(self.voice, VoiceRef) else self.voice
+
+
+class SpeechAudioDelta(BaseModel):
+    """One `data:` event of a speech stream with `stream_format: sse`."""
+
+    type: Literal["speech.audio.delta"] = "speech.audio.delta"
+    audio: str = Field(description="Base64 of the next bytes of the `response_format` stream.")
+
+
+class SpeechUsage(BaseModel):
+    input_tokens: int
+    output_tokens: int
+    total_tokens: int
+
+
+class SpeechAudioDone(BaseModel):
+    """The last event of a speech stream with `stream_format: sse`."""
+
+    type: Literal["speech.audio.done"] = "speech.audio.done"
+    usage: SpeechUsage = Field(description="The TTS engines count no tokens: zeros.")
+
+
+class TranscriptionUsage(BaseModel):
+    type: Literal["duration"] = "duration"
+    seconds: float
+
+
+class Transcription(BaseModel):
+    text: str
+    usage: TranscriptionUsage | None = None
+
+
+class TranscriptionVerbose(BaseModel):
+    task: Literal["transcribe"] = "transcribe"
+    language: str
+    duration: float
+    text: str
+    usage: TranscriptionUsage | None = None
+
+
+TRANSCRIPTION_FORMATS = ("json", "text", "verbose_json")
+
+# The multipart form of POST /v1/audio/transcriptions, written out: Starlette parses forms itself.
+TRANSCRIPTION_FORM_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["file", "model"],
+    "properties": {
+        "file": {
+            "type": "string",
+            "format": "binary",
+            "description": "WAV, FLAC, OGG/Vorbis, Opus or MP3; any sample rate; mixed down to mono.",
+        },
+        "model": {"type": "string", "minLength": 1, "description": "Any value: the STT engine is fixed."},
+        "response_format": {"type": "string", "enum": list(TRANSCRIPTION_FORMATS), "default": "json"},
+        "language": {"type": "string", "description": "Echoed in verbose_json; the engine's language."},
+        "prompt": {"type": "string", "description": "Accepted and ignored."},
+        "temperature": {"type": "number", "description": "Accepted and ignored."},
+    },
+}
+
+
+# ----------------------------------------------------------------------------------- client secrets
+
+
+class ExpiresAfter(BaseModel):
+    model_config = STRICT
+
+    anchor: Literal["created_at"] = "created_at"
+    seconds: int = Field(default=600, ge=10, le=7200, description="Lifetime: 10 s to 2 h. Default: 600.")
+
+
+class ClientSecretRequest(BaseModel):
+    model_config = STRICT
+
+    expires_after: ExpiresAfter | None = None
+    session: dict[str, Any] | None = Field(
+        default=None,
+        description="The Realtime session configuration every session opened with the secret starts "
+        "with (what a session.update carries; `type` is `realtime`).",
+    )
+    user: str | None = Field(
+        default=None,
+        json_schema_extra={"pattern": USER_ID.pattern},
+        description="The one user the secret acts as: its sessions and requests get this user's "
+        "long-term memory and no one else's. Default: `anonymous` (no memory).",
+    )
+
+    _user = field_validator("user")(_valid_user)
+
+
+class ClientSecret(BaseModel):
+    value: str = Field(
+        description="The secret: `Authorization: Bearer <value>`, or the WebSocket "
+        "subprotocol `openai-insecure-api-key.<value>` from a browser."
+    )
+    expires_at: int = Field(description="Seconds since the epoch; sessions opened before it go on.")
+    session: dict[str, Any]
+
+
+class ClientSecretRevokeRequest(BaseModel):
+    model_config = STRICT
+
+    value: str = Field(min_length=1, max_length=8192, description="The client secret to revoke.")
+
+
+class ClientSecretRevoked(BaseModel):
+    revoked: bool = True

@@ -1,0 +1,187 @@
+"""The router's Starlette app: `WS /v1/realtime`, `GET /healthz`, `GET /readyz`, `GET /metrics`, and the
+OpenAI-compatible REST endpoints of `serve_app.api.rest`.
+
+Plain ASGI with no Ray imports, so it runs under Serve (see `serve_app.deployments.Router`), under
+uvicorn, or in Starlette's TestClient with in-process stages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket
+
+from actors.conversation.metrics import LOOP_TASKS, REQUESTS_IN_FLIGHT, SESSIONS_OPEN
+from actors.conversation.session import SessionLimits, SessionOptions, VoiceSession
+from actors.memory.journal import user_id_problem
+from serve_app.api.admission import Admission, AdmissionLimits, Refused
+from serve_app.api.auth import (
+    bearer_token,
+    credential_error_response,
+    refuse_websocket,
+    websocket_key,
+    websocket_subprotocols,
+)
+from serve_app.api.credentials import (
+    ANONYMOUS,
+    CredentialError,
+    Credentials,
+    Principal,
+    acting_user,
+)
+from serve_app.api.deps import RouterDeps
+from serve_app.api.protocol import ProtocolError, ProtocolLimits, initial_options
+from serve_app.api.realtime import ConnectionLimits, RealtimeConnection
+from serve_app.api.rest import rest_routes
+
+log = logging.getLogger(__name__)
+
+
+def _exposition() -> str:
+    return generate_latest().decode()
+
+
+def build_router_app(deps: RouterDeps) -> Starlette:
+    settings = deps.settings
+    limits = ProtocolLimits.from_settings(settings)
+    session_limits = SessionLimits(
+        stt_chunk_ms=settings.stt_chunk_ms,
+        audio_lead_ms=settings.audio_lead_ms,
+        history_turns=settings.history_turns,
+        max_utterance_s=settings.max_utterance_s,
+        stage_timeout_s=settings.stage_timeout_s,
+        stt_timeout_s=settings.stt_timeout_s,
+        tts_timeout_s=settings.tts_timeout_s,
+        apology=settings.failure_apology,
+    )
+    connection_limits = ConnectionLimits.from_settings(settings)
+    credentials = Credentials.from_settings(settings, deps.revocations)
+    admission = Admission(AdmissionLimits.from_settings(settings))
+    SESSIONS_OPEN.set_function(lambda: admission.sessions)
+    REQUESTS_IN_FLIGHT.set_function(lambda: admission.requests)
+    LOOP_TASKS.set_function(lambda: len(asyncio.all_tasks()))  # read on the loop: /metrics and reports
+    prefetches: set[asyncio.Future[str | None]] = set()
+
+    async def realtime(websocket: WebSocket) -> None:
+        with contextlib.ExitStack() as place:
+            query = websocket.query_params
+            offered = websocket_subprotocols(websocket.scope)
+            try:
+                principal = await credentials.authenticate(websocket_key(websocket.headers, query, offered))
+                user_id = acting_user(principal, query.get("user"), settings)
+                if (problem := user_id_problem(user_id)) is not None:
+                    raise CredentialError(403, "invalid_user", problem)
+                options = initial_options(settings, principal.session)
+                place.enter_context(admission.session(principal))
+            except (CredentialError, ProtocolError, Refused) as exc:
+                await refuse_websocket(websocket, exc, offered)
+                return
+            await serve_session(websocket, principal, user_id, options, offered)
+
+    async def serve_session(
+        websocket: WebSocket, principal: Principal, user_id: str, options: SessionOptions, offered: list[str]
+    ) -> None:
+        await websocket.accept(subprotocol="realtime" if "realtime" in offered else None)
+        memory_context = deps.memory_context if user_id != ANONYMOUS else None
+        if memory_context is not None:
+            # Read the user's memory while they start speaking: the first turn then finds it cached
+            # instead of spending its read budget (a new user's agent takes ~0.5 s to create).
+            prefetch = asyncio.ensure_future(memory_context(user_id))
+            prefetches.add(prefetch)
+            prefetch.add_done_callback(prefetches.discard)
+
+        def make_session(emit: Callable) -> VoiceSession:
+            return VoiceSession(
+                stt=deps.stt,
+                llm=deps.llm,
+                tts=deps.tts,
+                emit=emit,
+                options=options,
+                limits=session_limits,
+                speech_detector=deps.speech_detector,
+                memory_sink=deps.memory_sink if user_id != ANONYMOUS else None,
+                memory_context=memory_context,
+                user_id=user_id,
+            )
+
+        model = websocket.query_params.get("model") or settings.llm_model
+        connection = RealtimeConnection(websocket, make_session, limits, model, connection_limits)
+        watch = None if principal.secret_id is None else lambda: credentials.still_valid(principal)
+        await connection.run(still_authorized=watch)
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok", "engines": settings.describe_engines()})
+
+    async def readyz(request: Request) -> Response:
+        stages: dict[str, str] = {}
+        try:
+            async with asyncio.timeout(5):
+                if deps.readiness is not None:
+                    stages = await deps.readiness()
+        except Exception as exc:
+            log.info("not ready: %r", exc)
+            return JSONResponse(
+                {"status": "starting", "detail": "not every stage has loaded its engine yet"}, status_code=503
+            )
+        try:
+            async with asyncio.timeout(5):
+                down = await deps.upstreams() if deps.upstreams is not None else {}
+        except Exception as exc:  # the probe itself failed: say which part, keep the details in the log
+            log.warning("upstream check failed: %r", exc)
+            down = {"upstreams": "the upstream check did not answer"}
+        if down:
+            log.info("not ready, upstream down: %s", down)
+            return JSONResponse({"status": "unavailable", "down": down, "stages": stages}, status_code=503)
+        return JSONResponse({"status": "ready", "stages": stages} if stages else {"status": "ready"})
+
+    async def metrics(request: Request) -> Response:
+        try:
+            principal = await credentials.authenticate(bearer_token(request.headers.get("authorization")))
+            if not principal.may_administer:
+                raise CredentialError(403, "permission_denied", "metrics need a server key")
+        except CredentialError as exc:
+            return credential_error_response(exc)
+        body = generate_latest()
+        if deps.metrics_hub is not None:
+            try:
+                body = (await deps.metrics_hub.merged_metrics(_exposition)).encode()
+            except Exception as exc:  # this replica's own figures still answer
+                log.warning("deployment metrics unavailable, answering this replica's: %r", exc)
+        if deps.extra_metrics is not None:
+            try:
+                async with asyncio.timeout(2):
+                    body += await deps.extra_metrics()
+            except Exception as exc:  # the router's own metrics still answer
+                log.warning("memory metrics unavailable: %r", exc)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        for warmup in deps.warmups:
+            await warmup()
+        reporter = None
+        if deps.metrics_hub is not None:
+            reporter = asyncio.create_task(deps.metrics_hub.report_forever(_exposition))
+        yield
+        if reporter is not None:
+            reporter.cancel()
+
+    return Starlette(
+        lifespan=lifespan,
+        routes=[
+            WebSocketRoute("/v1/realtime", realtime),
+            Route("/healthz", healthz),
+            Route("/readyz", readyz),
+            Route("/metrics", metrics),
+            # OpenAI-compatible REST; after the WebSocket route it must not shadow
+            *rest_routes(deps, credentials, admission),
+        ],
+    )

@@ -1,0 +1,93 @@
+"""The router app in process with fake or simulated stages, as the tests and benchmarks drive it: the
+REST harness (the official `openai` client over Starlette's TestClient), a Realtime app with a
+deterministic VAD, and what a client must never be shown."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import jsonschema
+from openai import OpenAI
+from openai.types.realtime import RealtimeServerEvent
+from pydantic import TypeAdapter
+from starlette.testclient import TestClient
+
+from actors.config import Settings
+from actors.conversation.session import SessionLimits
+from actors.llm.stage import LLMStage
+from actors.memory.sink import RecentTurnsSink
+from actors.stt.simulated import SimulatedSTTEngine
+from actors.tts.simulated import SimulatedTTSEngine
+from actors.tts.stage import TTSStage
+from serve_app.api.deps import RouterDeps
+from serve_app.api.router_app import build_router_app
+from testkit.fakes import EnergySpeechDetector, FakeLLMEngine
+
+APOLOGY = SessionLimits().apology
+
+# What must never reach a client: tracebacks, exception reprs, process ids, addresses, Ray ids.
+INTERNALS = re.compile(
+    r"Traceback|File \"|\bpid\b|\bip\b|\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}|Error\(|Exception|ActorDied"
+    r"|RayTaskError|actor_id|[0-9a-f]{28,}",
+    re.IGNORECASE,
+)
+
+
+KEY = "test-key"
+MEMORIES = {"ada": "Ada's cat is called Miso.", "bob": "Bob plays the cello."}
+
+
+class Harness:
+    def __init__(self, **overrides: Any) -> None:
+        base: dict[str, Any] = {
+            "stt_engine": "simulated",
+            "llm_engine": "openai",
+            "tts_engine": "espeak",
+            "api_keys": KEY,
+        }
+        settings = Settings(**{**base, **overrides}).resolved()
+        self.settings = settings
+        self.llm = FakeLLMEngine("Hello there. How are you?", ttft_ms=5, tokens_per_s=1000)
+        self.sink = RecentTurnsSink()
+        self.memory_reads: list[str] = []
+
+        async def memory_context(user_id: str) -> str | None:
+            self.memory_reads.append(user_id)
+            return MEMORIES.get(user_id)
+
+        deps = RouterDeps(
+            settings=settings,
+            stt=SimulatedSTTEngine("hello world", finalize_delay_ms=1),
+            llm=LLMStage(self.llm),
+            tts=TTSStage(SimulatedTTSEngine(ttfb_ms=1, realtime_factor=1000)),
+            memory_sink=self.sink,
+            memory_context=memory_context,
+        )
+        self.http = TestClient(build_router_app(deps))
+        self.client = OpenAI(base_url="http://testserver/v1", api_key=KEY, http_client=self.http)
+        self.document = self.http.get("/openapi.json").json()
+
+    def validate(self, path: str, method: str, status: int, media: str, body: Any) -> None:
+        """Check a real response body against the schema the OpenAPI document gives for it."""
+        schema = self.document["paths"][path][method]["responses"][str(status)]["content"][media]["schema"]
+        resolver_doc = {**schema, "components": self.document["components"]}
+        jsonschema.validate(body, resolver_doc)
+
+
+SERVER_EVENT = TypeAdapter(RealtimeServerEvent)
+
+
+def make_app(memory_context=None, **overrides: object) -> TestClient:
+    settings = Settings(
+        stt_engine="pocketsphinx", llm_engine="openai", tts_engine="espeak", max_text_chars=200, **overrides
+    ).resolved()
+    deps = RouterDeps(
+        settings=settings,
+        stt=SimulatedSTTEngine("hello there", finalize_delay_ms=10),
+        llm=LLMStage(FakeLLMEngine("Hi. Nice to meet you.", ttft_ms=10, tokens_per_s=500)),
+        tts=TTSStage(SimulatedTTSEngine(ttfb_ms=5, realtime_factor=1000)),
+        speech_detector=EnergySpeechDetector,
+        memory_context=memory_context,
+    )
+    return TestClient(build_router_app(deps))
