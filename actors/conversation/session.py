@@ -47,6 +47,7 @@ from actors.conversation.stages import LLMRequest, PhraseLLMClient, SynthesizerC
 from actors.llm.base import ChatMessage
 from actors.memory.sink import MemorySink
 from actors.stt.base import STTStream
+from actors.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -160,9 +161,7 @@ class _Utterance:
             return await self._stream.finish_with(tail)
 
     async def abort(self) -> None:
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await self._task
+        await cancel_and_wait([self._task])
         await self.close_stream()
 
     async def close_stream(self) -> None:
@@ -397,9 +396,7 @@ class VoiceSession:
         if self._utterance is not None:
             await self._utterance.abort()
             self._utterance = None
-        for task in list(self._turn_tasks):
-            task.cancel()
-        await asyncio.gather(*self._turn_tasks, return_exceptions=True)
+        await cancel_and_wait(self._turn_tasks)
         if self._sink is not None:
             self._sink.session_ended(self.user_id)
 
@@ -612,9 +609,7 @@ class VoiceSession:
                 if task in done and task.exception() is not None:
                     raise task.exception()  # type: ignore[misc]
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await cancel_and_wait(tasks)
             await _aclose(events)
 
     async def _speak(
@@ -689,9 +684,7 @@ class VoiceSession:
                 slots.release()
             await asyncio.gather(*synth_tasks)
         finally:
-            for task in [scheduler, *synth_tasks]:
-                task.cancel()
-            await asyncio.gather(scheduler, *synth_tasks, return_exceptions=True)
+            await cancel_and_wait([scheduler, *synth_tasks])
 
 
 async def _aclose(iterator: AsyncIterator[Any]) -> None:

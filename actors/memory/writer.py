@@ -28,6 +28,7 @@ from tenacity import (
 
 from actors.conversation.events import FinishedTurn
 from actors.memory.journal import TurnJournal
+from actors.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -135,9 +136,7 @@ class MemoryWriter:
             self._flushing = False
 
     async def close(self) -> None:
-        for task in self._tasks.values():
-            task.cancel()
-        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        await cancel_and_wait(self._tasks.values())
 
     def _ensure_task(self, user_id: str) -> None:
         if user_id not in self._wake:

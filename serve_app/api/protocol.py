@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, assert_never
 
 from actors.audio.pcm import SUPPORTED_INPUT_RATES, AudioFormatError, decode_base64_pcm, encode_base64_pcm
 from actors.audio.vad import VadConfig
@@ -524,4 +524,5 @@ def server_events(event: SessionEvent, *, audio_output: bool) -> list[dict[str, 
             ]
         case SessionError(code=code, message=message, event_id=client_id, param=param):
             return [error_event(code, message, client_id, param)]
-    raise TypeError(f"no Realtime mapping for {event!r}")
+        case _:
+            assert_never(event)  # a new session event needs its mapping here

@@ -17,6 +17,7 @@ from actors.config import Settings
 from actors.conversation.events import SessionEvent
 from actors.conversation.metrics import ERRORS
 from actors.conversation.session import VoiceSession
+from actors.tasks import cancel_and_wait
 from serve_app.api.admission import TokenBucket
 from serve_app.api.auth import POLICY_VIOLATION, close_reason
 from serve_app.api.protocol import (
@@ -143,7 +144,7 @@ class RealtimeConnection:
                 task.uncancel()
         finally:
             if watcher is not None:
-                watcher.cancel()
+                await cancel_and_wait([watcher])
             await self.session.close()
 
     async def _receive(self, ends_at: float) -> MutableMapping[str, Any] | None:
