@@ -47,10 +47,10 @@ class MemoryActor:
         self.service.start()  # replays what the journal holds, at once (after a crash too)
 
     async def submit(self, turn: dict[str, Any]) -> None:
-        self.service.submit(FinishedTurn(**turn))
+        await self.service.submit(FinishedTurn(**turn))
 
     async def session_ended(self, user_id: str) -> None:
-        self.service.session_ended(user_id)
+        await self.service.session_ended(user_id)
 
     async def memory_context(self, user_id: str) -> str | None:
         return await self.service.memory_context(user_id)

@@ -79,7 +79,7 @@ async def test_journaled_writer_delivers_a_conversation_in_fewer_calls_than_turn
     )
     turns = [turn("cy", n) for n in range(10)]
     for t in turns:
-        writer.submit(t)
+        await writer.submit(t)
     async with asyncio.timeout(60):
         while len(writer.journal):  # noqa: ASYNC110 - polls the journal on disk
             await asyncio.sleep(0.1)

@@ -56,8 +56,8 @@ async def test_memory_read_into_prompts_refreshes_after_each_write(
     # The agent (or anyone) changes the block; the TTL is an hour, yet the next write refreshes it.
     await service.letta.client.agents.blocks.update("human", agent_id=agent, value="Ana plays the cello.")
     assert "cello" not in (await service.memory_context(ana) or "")
-    service.submit(finished_turn(1, ana))
-    service.submit(finished_turn(2, ana))
+    await service.submit(finished_turn(1, ana))
+    await service.submit(finished_turn(2, ana))
     await wait_until_empty(service)
     async with asyncio.timeout(10):
         while "cello" not in (await service.memory_context(ana) or ""):  # noqa: ASYNC110 - a refetch
@@ -85,7 +85,7 @@ def test_graceful_shutdown_delivers_what_the_service_holds(letta_env: LettaEnv, 
     async def run() -> MemoryService:
         service = MemoryService(settings)
         for n in range(3):
-            service.submit(finished_turn(n, ben))
+            await service.submit(finished_turn(n, ben))
         return service
 
     service = asyncio.run(run())  # the loop stops, as an actor's does before its shutdown hook
@@ -116,8 +116,8 @@ async def test_a_turn_that_cannot_be_stored_is_refused_with_the_reason(
 ) -> None:
     service = MemoryService(settings_for(letta_env, tmp_path / "journal.db"))
     with pytest.raises(JournalError, match=reason):
-        service.submit(bad)
-    service.submit(finished_turn(2, "ok-user"))  # the service goes on
+        await service.submit(bad)
+    await service.submit(finished_turn(2, "ok-user"))  # the service goes on
     assert service.pending() == 1
     await service.close()
 
@@ -130,7 +130,7 @@ async def test_a_corrupt_journal_is_kept_aside_and_the_service_starts(
     service = MemoryService(settings_for(letta_env, journal))
     assert "not a usable database" in caplog.text
     assert len(list(tmp_path.glob("journal.db.corrupt-*"))) == 1  # noqa: ASYNC240 - a test's own dir
-    service.submit(finished_turn(1, user("cai")))
+    await service.submit(finished_turn(1, user("cai")))
     await wait_until_empty(service)
     await service.close()
 

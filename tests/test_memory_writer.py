@@ -54,8 +54,8 @@ async def test_turns_go_in_batches_in_order_per_user(tmp_path: Path) -> None:
     backend = FakeBackend()
     writer = MemoryWriter(TurnJournal(tmp_path / "j.db"), backend, CONFIG)
     for n in range(10):
-        writer.submit(turn(n))
-    writer.submit(turn(0, user="bob"))
+        await writer.submit(turn(n))
+    await writer.submit(turn(0, user="bob"))
     await wait_until(lambda: len(writer.journal) == 0)
     assert backend.stored["alice"] == [f"resp_alice_{n}" for n in range(10)]
     assert backend.stored["bob"] == ["resp_bob_0"]
@@ -68,7 +68,7 @@ async def test_a_dead_backend_loses_nothing_and_delivery_resumes(tmp_path: Path)
     backend.down = True
     writer = MemoryWriter(TurnJournal(tmp_path / "j.db"), backend, CONFIG)
     for n in range(6):
-        writer.submit(turn(n))
+        await writer.submit(turn(n))
     await wait_until(lambda: len(backend.calls) >= 3)  # retried with backoff
     assert len(writer.journal) == 6 and not backend.stored
     assert writer.journal.pending()[0].attempts >= 1
@@ -83,7 +83,7 @@ async def test_a_crashed_writer_is_replayed_from_the_journal_exactly_once(tmp_pa
     backend = FakeBackend(latency_s=0.5)
     first = MemoryWriter(TurnJournal(path), backend, CONFIG)
     for n in range(4):
-        first.submit(turn(n))
+        await first.submit(turn(n))
     await wait_until(lambda: backend.calls)  # a batch is in flight...
     await first.close()  # ...when the writer dies: nothing confirmed
     assert len(TurnJournal(path)) == 4
@@ -100,14 +100,14 @@ async def test_a_users_session_end_delivers_their_partial_batch_at_once(tmp_path
     writer = MemoryWriter(
         TurnJournal(tmp_path / "j.db"), backend, WriterConfig(batch_size=50, flush_interval_s=60)
     )
-    writer.submit(turn(1, user="ann"))
-    writer.submit(turn(2, user="ann"))
-    writer.submit(turn(1, user="ben"))
-    writer.flush_user("ann")
+    await writer.submit(turn(1, user="ann"))
+    await writer.submit(turn(2, user="ann"))
+    await writer.submit(turn(1, user="ben"))
+    await writer.flush_user("ann")
     await wait_until(lambda: "ann" in backend.stored)
     assert backend.stored["ann"] == ["resp_ann_1", "resp_ann_2"] and backend.calls == [("ann", 2)]
     assert [e.turn.user_id for e in writer.journal.pending()] == ["ben"]  # ben's window still runs
-    writer.submit(turn(3, user="ann"))  # a new session's turn waits for its batch again
+    await writer.submit(turn(3, user="ann"))  # a new session's turn waits for its batch again
     await asyncio.sleep(0.3)
     assert backend.stored["ann"] == ["resp_ann_1", "resp_ann_2"]
     await writer.close()
@@ -118,7 +118,7 @@ async def test_flush_delivers_a_partial_batch_at_once(tmp_path: Path) -> None:
     writer = MemoryWriter(
         TurnJournal(tmp_path / "j.db"), backend, WriterConfig(batch_size=50, flush_interval_s=60)
     )
-    writer.submit(turn(1))
+    await writer.submit(turn(1))
     await asyncio.wait_for(writer.flush(), 5)
     assert backend.stored["alice"] == ["resp_alice_1"]
     await writer.close()

@@ -64,13 +64,13 @@ class MemoryService:
             self._started = True
             self.writer.start()
 
-    def submit(self, turn: FinishedTurn) -> None:
+    async def submit(self, turn: FinishedTurn) -> None:
         self.start()
-        self.writer.submit(turn)
+        await self.writer.submit(turn)
 
-    def session_ended(self, user_id: str) -> None:
+    async def session_ended(self, user_id: str) -> None:
         self.start()
-        self.writer.flush_user(user_id)
+        await self.writer.flush_user(user_id)
 
     async def memory_context(self, user_id: str) -> str | None:
         self.start()

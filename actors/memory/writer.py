@@ -108,17 +108,19 @@ class MemoryWriter:
             self._ensure_task(user_id)
         self._update_gauges()
 
-    def submit(self, turn: FinishedTurn) -> None:
+    async def submit(self, turn: FinishedTurn) -> None:
         """Journal `turn` durably (raises JournalError for an invalid turn) and schedule its delivery."""
-        self.journal.append(turn)
+        # Journal calls (SQLite, fsync'd) run in a worker thread: the loop also answers memory reads.
+        await asyncio.to_thread(self.journal.append, turn)
         self._ensure_task(turn.user_id)
-        if len(self.journal.pending(turn.user_id, limit=self.config.batch_size)) >= self.config.batch_size:
+        waiting = await asyncio.to_thread(self.journal.pending, turn.user_id, self.config.batch_size)
+        if len(waiting) >= self.config.batch_size:
             self._wake[turn.user_id].set()
-        self._update_gauges()
+        await asyncio.to_thread(self._update_gauges)
 
-    def flush_user(self, user_id: str) -> None:
+    async def flush_user(self, user_id: str) -> None:
         """Deliver the user's waiting turns now, without waiting for the batch to fill (session end)."""
-        if self.journal.pending(user_id, limit=1):
+        if await asyncio.to_thread(self.journal.pending, user_id, 1):
             self._flush_users.add(user_id)
             self._ensure_task(user_id)
             self._wake[user_id].set()
@@ -148,7 +150,7 @@ class MemoryWriter:
     async def _deliver(self, user_id: str) -> None:
         wake = self._wake[user_id]
         while True:
-            entries = self.journal.pending(user_id, limit=self.config.batch_size)
+            entries = await asyncio.to_thread(self.journal.pending, user_id, self.config.batch_size)
             if not entries:
                 self._flush_users.discard(user_id)
                 return  # a new submit starts a new task
@@ -167,8 +169,8 @@ class MemoryWriter:
             now = time.time()
             for t in turns:
                 LAG_SECONDS.observe(max(now - t.ended_at, 0.0))
-            self.journal.confirm([t.turn_id for t in turns])
-            self._update_gauges()
+            await asyncio.to_thread(self.journal.confirm, [t.turn_id for t in turns])
+            await asyncio.to_thread(self._update_gauges)
             if self.on_delivered is not None:
                 self.on_delivered(user_id)
 
@@ -177,10 +179,10 @@ class MemoryWriter:
     ) -> None:
         ids = [t.turn_id for t in turns]
 
-        def on_failure(state: RetryCallState) -> None:
+        async def on_failure(state: RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None
             BACKEND_ERRORS.inc()
-            self.journal.record_failure(ids, repr(exc))
+            await asyncio.to_thread(self.journal.record_failure, ids, repr(exc))
             self._failing = True
             delay = state.upcoming_sleep
             log.warning(
@@ -201,7 +203,7 @@ class MemoryWriter:
         )
         async for attempt in retrying:
             with attempt:
-                self.journal.record_send(ids)
+                await asyncio.to_thread(self.journal.record_send, ids)
                 # A failed attempt may still have landed (say Letta timed out but went on).
                 first_send = attempt.retry_state.attempt_number == 1 and not maybe_delivered
                 await self.backend.write_turns(user_id, turns, maybe_delivered=not first_send)
@@ -210,5 +212,6 @@ class MemoryWriter:
             self._failing = False
 
     def _update_gauges(self) -> None:
+        """Reads the journal: from async code, call it in a worker thread."""
         QUEUE_DEPTH.set(len(self.journal))
         JOURNAL_BYTES.set(self.journal.size_bytes())
