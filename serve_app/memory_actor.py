@@ -17,11 +17,7 @@ from typing import Any
 import ray
 from ray.exceptions import RayActorError
 from tenacity import (
-    AsyncRetrying,
     RetryCallState,
-    retry_if_exception_type,
-    stop_never,
-    wait_random_exponential,
 )
 
 from actors.config import load_settings
@@ -29,6 +25,7 @@ from actors.conversation.events import FinishedTurn
 from actors.memory.cache import MemoryCache
 from actors.memory.journal import JournalError
 from actors.memory.service import MemoryService
+from actors.retry import retry_forever
 
 log = logging.getLogger(__name__)
 
@@ -125,8 +122,7 @@ class ActorMemorySink:
             log.warning("memory actor did not take the end of %s's session: %r", user_id, exc)
 
     async def _deliver(self, turn: FinishedTurn) -> None:
-        def on_failure(state: RetryCallState) -> None:
-            exc = state.outcome.exception() if state.outcome else None
+        def on_failure(exc: BaseException | None, state: RetryCallState) -> None:
             log.error(
                 "memory actor unreachable (%r): holding turn %s of user %s, retry %d in %.1f s",
                 exc,
@@ -137,12 +133,7 @@ class ActorMemorySink:
             )
             self.actor = self._resolve()
 
-        retrying = AsyncRetrying(
-            wait=wait_random_exponential(multiplier=0.5, max=30),
-            stop=stop_never,
-            retry=retry_if_exception_type(RayActorError),
-            before_sleep=on_failure,
-        )
+        retrying = retry_forever(retry_on=RayActorError, min_wait_s=0.5, max_wait_s=30, on_retry=on_failure)
         try:
             async for attempt in retrying:
                 with attempt:

@@ -19,15 +19,12 @@ from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from tenacity import (
-    AsyncRetrying,
     RetryCallState,
-    retry_if_exception_type,
-    stop_never,
-    wait_random_exponential,
 )
 
 from actors.conversation.events import FinishedTurn
 from actors.memory.journal import TurnJournal
+from actors.retry import retry_forever
 from actors.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
@@ -179,8 +176,7 @@ class MemoryWriter:
     ) -> None:
         ids = [t.turn_id for t in turns]
 
-        async def on_failure(state: RetryCallState) -> None:
-            exc = state.outcome.exception() if state.outcome else None
+        async def on_failure(exc: BaseException | None, state: RetryCallState) -> None:
             BACKEND_ERRORS.inc()
             await asyncio.to_thread(self.journal.record_failure, ids, repr(exc))
             self._failing = True
@@ -195,11 +191,11 @@ class MemoryWriter:
                 delay,
             )
 
-        retrying = AsyncRetrying(
-            wait=wait_random_exponential(multiplier=self.config.retry_min_s, max=self.config.retry_max_s),
-            stop=stop_never,
-            retry=retry_if_exception_type(Exception),
-            before_sleep=on_failure,
+        retrying = retry_forever(
+            retry_on=Exception,
+            min_wait_s=self.config.retry_min_s,
+            max_wait_s=self.config.retry_max_s,
+            on_retry=on_failure,
         )
         async for attempt in retrying:
             with attempt:
