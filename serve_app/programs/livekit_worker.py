@@ -20,7 +20,7 @@ import hashlib
 import logging
 import os
 import tempfile
-from dataclasses import dataclass, replace
+from collections.abc import Mapping
 from typing import Any
 
 import httpx
@@ -39,6 +39,8 @@ from livekit.agents.llm import ChatMessage
 from livekit.agents.vad import VAD
 from livekit.agents.voice.events import ConversationItemAddedEvent
 from livekit.plugins import openai, silero
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from actors.conversation.metrics import HISTOGRAMS
 from actors.memory.journal import USER_ID
@@ -49,31 +51,45 @@ DEFAULT_URL = "http://127.0.0.1:8000"
 OPEN_SERVER_KEY = "unused"  # the router asks for no key unless VOICE_API_KEYS is set; the SDK wants one
 
 
-@dataclass(frozen=True)
-class WorkerConfig:
-    """Where our router is and what to ask it for; empty model fields are read from GET /v1/models."""
+class WorkerConfig(BaseSettings):
+    """Where our router is and what to ask it for, from `VOICE_AGENT_*` environment variables; empty
+    model fields are read from GET /v1/models."""
 
-    base_url: str  # the router's /v1
-    api_key: str
+    # extra="ignore": the worker's other VOICE_AGENT_* variables (metrics) are read where they are used.
+    model_config = SettingsConfigDict(
+        env_prefix="VOICE_AGENT_", frozen=True, extra="ignore", hide_input_in_errors=True
+    )
+
+    base_url: str = Field(default=DEFAULT_URL, validation_alias=AliasChoices("base_url", "VOICE_AGENT_URL"))
+    api_key: str = OPEN_SERVER_KEY  # a server key when the router has keys: it acts for each participant
     llm_model: str = ""
-    stt_model: str = ""
+    stt_model: str = ""  # empty: from the router's model list
     tts_model: str = ""
     tts_voice: str = ""
     instructions: str = ""  # empty: the router's configured system prompt applies
     language: str = "en"
 
+    @field_validator("base_url")
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> WorkerConfig:
-        e = os.environ if env is None else env
-        url = e.get("VOICE_AGENT_URL", DEFAULT_URL).rstrip("/")
-        return cls(
-            base_url=url if url.endswith("/v1") else f"{url}/v1",
-            api_key=e.get("VOICE_AGENT_API_KEY") or OPEN_SERVER_KEY,
-            llm_model=e.get("VOICE_AGENT_LLM_MODEL", ""),
-            tts_voice=e.get("VOICE_AGENT_TTS_VOICE", ""),
-            instructions=e.get("VOICE_AGENT_INSTRUCTIONS", ""),
-            language=e.get("VOICE_AGENT_LANGUAGE", "en"),
-        )
+    def _v1(cls, url: str) -> str:
+        url = url.rstrip("/")
+        return url if url.endswith("/v1") else f"{url}/v1"
+
+    @field_validator("api_key")
+    @classmethod
+    def _some_key(cls, key: str) -> str:
+        return key or OPEN_SERVER_KEY  # the SDK refuses an empty key even for an open router
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> WorkerConfig:
+        """From `env` (default: the process environment)."""
+        if env is None:
+            return cls()
+        prefix = "VOICE_AGENT_"
+        values = {k.removeprefix(prefix).lower(): v for k, v in env.items() if k.startswith(prefix)}
+        if "url" in values:
+            values["base_url"] = values.pop("url")
+        return cls(**values)
 
     @property
     def resolved(self) -> bool:
@@ -95,7 +111,8 @@ class WorkerConfig:
             found.setdefault(f"{stage}_model", card["id"])
             if stage == "tts":
                 found.setdefault("tts_voice", rest.partition(":")[2])
-        return replace(self, **{k: getattr(self, k) or v for k, v in found.items() if hasattr(self, k)})
+        filled = {k: getattr(self, k) or v for k, v in found.items() if hasattr(self, k)}
+        return self.model_copy(update=filled)
 
 
 def user_id_for(identity: str) -> str:
