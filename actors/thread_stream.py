@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -16,7 +16,7 @@ _DONE = object()
 
 async def stream_from_thread(
     produce: Producer[T], *, name: str, join_on_close: bool = False
-) -> AsyncIterator[T]:
+) -> AsyncGenerator[T, None]:
     """Run `produce(emit, stop)` in a daemon thread and yield each emitted item as it arrives.
 
     Closing the iterator early (barge-in) sets `stop`, which the producer checks between items. A dedicated

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from ray import serve
@@ -74,11 +74,11 @@ class LLMDeployment:
         """None when the engine's provider answers, else what is wrong (cached in the engine)."""
         return await self.stage.engine.probe()
 
-    async def stream_phrases(self, request: LLMRequest) -> AsyncIterator[LLMEvent]:
+    async def stream_phrases(self, request: LLMRequest) -> AsyncGenerator[LLMEvent, None]:
         async for event in self.stage.stream_phrases(request):
             yield event
 
-    async def stream_tokens(self, request: LLMRequest) -> AsyncIterator[str]:
+    async def stream_tokens(self, request: LLMRequest) -> AsyncGenerator[str, None]:
         async for delta in self.stage.stream_tokens(request):
             yield delta
 
@@ -95,7 +95,7 @@ class TTSDeployment:
     async def ping(self) -> str:
         return f"{self.stage.engine.name}:{self.stage.engine.model}"
 
-    async def synthesize(self, text: str, sample_rate: int) -> AsyncIterator[bytes]:
+    async def synthesize(self, text: str, sample_rate: int) -> AsyncGenerator[bytes, None]:
         async for chunk in self.stage.synthesize(text, sample_rate):
             yield chunk
 

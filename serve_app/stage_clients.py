@@ -10,7 +10,7 @@ Hop design (measured on these machines: ~3 ms per call, ~0.6 ms per streamed ite
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from actors.conversation.session import new_id
@@ -59,10 +59,10 @@ class RemotePhraseLLM:
     def __init__(self, handle: Any) -> None:
         self._handle = handle.options(stream=True)
 
-    def stream_phrases(self, request: LLMRequest) -> AsyncIterator[LLMEvent]:
+    def stream_phrases(self, request: LLMRequest) -> AsyncGenerator[LLMEvent, None]:
         return _cancelled_on_close(self._handle.stream_phrases.remote(request))
 
-    def stream_tokens(self, request: LLMRequest) -> AsyncIterator[str]:
+    def stream_tokens(self, request: LLMRequest) -> AsyncGenerator[str, None]:
         return _cancelled_on_close(self._handle.stream_tokens.remote(request))
 
 
@@ -70,11 +70,11 @@ class RemoteSynthesizer:
     def __init__(self, handle: Any) -> None:
         self._handle = handle.options(stream=True)
 
-    def synthesize(self, text: str, sample_rate: int) -> AsyncIterator[bytes]:
+    def synthesize(self, text: str, sample_rate: int) -> AsyncGenerator[bytes, None]:
         return _cancelled_on_close(self._handle.synthesize.remote(text, sample_rate))
 
 
-async def _cancelled_on_close(response: Any) -> AsyncIterator[Any]:
+async def _cancelled_on_close(response: Any) -> AsyncGenerator[Any, None]:
     """The items of a streaming handle call. Closing early (barge-in, an HTTP client gone) cancels the
     call, which stops generation or synthesis on the replica."""
     try:

@@ -10,7 +10,7 @@ import asyncio
 import math
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -73,7 +73,7 @@ class ChatTurn:
         self._sink = memory_sink
         self._memory_context = memory_context
 
-    async def stream(self) -> AsyncIterator[str]:
+    async def stream(self) -> AsyncGenerator[str, None]:
         """Yield the reply's text deltas; closing early counts the turn as interrupted."""
         loop = asyncio.get_running_loop()
         started_wall = time.time()
@@ -105,7 +105,7 @@ class ChatTurn:
             status = "cancelled"  # the HTTP client went away
             raise
         finally:
-            await tokens.aclose()  # type: ignore[attr-defined]
+            await tokens.aclose()
             out.text = "".join(parts)
             out.finish_reason = "length" if out.completion_tokens >= self._max_tokens else "stop"
             out.metrics = timeline.metrics_ms()

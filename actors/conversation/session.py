@@ -18,9 +18,8 @@ import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from actors.audio.pcm import PCM_SAMPLE_WIDTH, STT_SAMPLE_RATE, StreamResampler, duration_ms
 from actors.audio.vad import Endpointer, SpeechDetector, VadConfig
@@ -47,7 +46,7 @@ from actors.conversation.stages import LLMRequest, PhraseLLMClient, SynthesizerC
 from actors.llm.base import ChatMessage
 from actors.memory.sink import MemorySink
 from actors.stt.base import STTStream
-from actors.tasks import cancel_and_wait
+from actors.tasks import cancel_and_wait, close_quietly
 
 log = logging.getLogger(__name__)
 
@@ -559,7 +558,7 @@ class VoiceSession:
             log.warning("response %s: the apology could not be spoken", response_id, exc_info=tts_exc)
             await self._emit(SessionError(failure.code, failure.message))
         finally:
-            await _aclose(chunks)
+            await close_quietly(chunks)
 
     async def _run_pipeline(
         self,
@@ -610,7 +609,7 @@ class VoiceSession:
                     raise task.exception()  # type: ignore[misc]
         finally:
             await cancel_and_wait(tasks)
-            await _aclose(events)
+            await close_quietly(events)
 
     async def _speak(
         self,
@@ -639,7 +638,7 @@ class VoiceSession:
             except Exception as exc:  # handed to the player, which fails the reply in order
                 out.put_nowait(exc)
             finally:
-                await _aclose(chunks)
+                await close_quietly(chunks)
 
         async def schedule() -> None:
             while (text := await phrases.get()) is not None:
@@ -685,13 +684,6 @@ class VoiceSession:
             await asyncio.gather(*synth_tasks)
         finally:
             await cancel_and_wait([scheduler, *synth_tasks])
-
-
-async def _aclose(iterator: AsyncIterator[Any]) -> None:
-    close = getattr(iterator, "aclose", None)
-    if close is not None:
-        with contextlib.suppress(Exception):
-            await close()
 
 
 __all__ = ["SessionLimits", "SessionOptions", "VoiceSession", "new_id"]

@@ -7,7 +7,7 @@ Items are plain dicts and bytes so they pickle cheaply between deployments.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Literal, NotRequired, Protocol, TypedDict
 
 from actors.llm.base import ChatMessage
@@ -34,13 +34,13 @@ class TranscriberClient(Protocol):
 
 
 class PhraseLLMClient(Protocol):
-    def stream_phrases(self, request: LLMRequest) -> AsyncIterator[LLMEvent]: ...
+    def stream_phrases(self, request: LLMRequest) -> AsyncGenerator[LLMEvent, None]: ...
 
 
 class TokenLLMClient(Protocol):
     """Raw text deltas as generated, for clients that want tokens (the REST chat endpoint)."""
 
-    def stream_tokens(self, request: LLMRequest) -> AsyncIterator[str]: ...
+    def stream_tokens(self, request: LLMRequest) -> AsyncGenerator[str, None]: ...
 
 
 class LLMClient(PhraseLLMClient, TokenLLMClient, Protocol):
@@ -48,4 +48,4 @@ class LLMClient(PhraseLLMClient, TokenLLMClient, Protocol):
 
 
 class SynthesizerClient(Protocol):
-    def synthesize(self, text: str, sample_rate: int) -> AsyncIterator[bytes]: ...
+    def synthesize(self, text: str, sample_rate: int) -> AsyncGenerator[bytes, None]: ...

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import TypedDict
 
 
@@ -25,7 +25,7 @@ class LLMEngine(ABC):
         temperature: float,
         user_id: str = "anonymous",
         model: str | None = None,
-    ) -> AsyncIterator[str]:
+    ) -> AsyncGenerator[str, None]:
         """Yield text deltas. Closing the iterator early (barge-in) must stop generation.
 
         `user_id` says whose conversation it is; engines that keep no per-user state ignore it.

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from actors.llm.base import ChatMessage
 from actors.llm.openai_engine import OpenAILLMEngine
@@ -35,7 +35,7 @@ class LettaAgentLLMEngine(OpenAILLMEngine):
         temperature: float,
         user_id: str = "anonymous",
         model: str | None = None,  # ignored: the user's agent is the model
-    ) -> AsyncIterator[str]:
+    ) -> AsyncGenerator[str, None]:
         newest = [m for m in messages if m["role"] == "user"][-1:]
         if not newest:
             raise ValueError("full-Letta mode answers a user message, and this response has none")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 
 from actors.llm.base import ChatMessage, LLMEngine
@@ -157,7 +157,7 @@ class LlamaCppEngine(LLMEngine):
         temperature: float,
         user_id: str = "anonymous",
         model: str | None = None,  # one GGUF is loaded: ignored
-    ) -> AsyncIterator[str]:
+    ) -> AsyncGenerator[str, None]:
         def produce(emit: Any, stop: threading.Event) -> None:
             self._generate(messages, max_tokens, temperature, stop, emit)
 

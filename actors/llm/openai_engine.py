@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any, cast
 
 import openai
@@ -84,7 +84,7 @@ class OpenAILLMEngine(LLMEngine):
         temperature: float,
         user_id: str = "anonymous",
         model: str | None = None,
-    ) -> AsyncIterator[str]:
+    ) -> AsyncGenerator[str, None]:
         async for delta in self.stream_completion(
             model or self.model, messages, max_tokens=max_tokens, temperature=temperature
         ):
@@ -92,7 +92,7 @@ class OpenAILLMEngine(LLMEngine):
 
     async def stream_completion(
         self, model: str, messages: list[ChatMessage], *, max_tokens: int, temperature: float
-    ) -> AsyncIterator[str]:
+    ) -> AsyncGenerator[str, None]:
         async def attempt() -> tuple[Any, str | None]:
             # max_tokens rather than max_completion_tokens: every OpenAI-compatible server accepts it.
             stream = await self._client.chat.completions.create(

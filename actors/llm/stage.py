@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from actors.conversation.chunker import ChunkerConfig, PhraseChunker
 from actors.conversation.stages import LLMEvent, LLMRequest
@@ -19,7 +19,7 @@ class LLMStage:
         self.engine = engine
         self.chunker_config = chunker_config
 
-    def _engine_stream(self, request: LLMRequest) -> AsyncIterator[str]:
+    def _engine_stream(self, request: LLMRequest) -> AsyncGenerator[str, None]:
         # `model` only when asked: engines written before it existed need not take it.
         extra = {"model": request["model"]} if "model" in request else {}
         return self.engine.stream(
@@ -30,7 +30,7 @@ class LLMStage:
             **extra,
         )
 
-    async def stream_tokens(self, request: LLMRequest) -> AsyncIterator[str]:
+    async def stream_tokens(self, request: LLMRequest) -> AsyncGenerator[str, None]:
         """The engine's text deltas as generated (empty ones dropped)."""
         tokens = self._engine_stream(request)
         try:
@@ -38,9 +38,9 @@ class LLMStage:
                 if delta:
                     yield delta
         finally:
-            await tokens.aclose()  # type: ignore[attr-defined]
+            await tokens.aclose()
 
-    async def stream_phrases(self, request: LLMRequest) -> AsyncIterator[LLMEvent]:
+    async def stream_phrases(self, request: LLMRequest) -> AsyncGenerator[LLMEvent, None]:
         chunker = PhraseChunker(self.chunker_config)
         started = time.perf_counter()
         first = True
@@ -64,4 +64,4 @@ class LLMStage:
             if rest:
                 yield {"type": "phrase", "text": rest}
         finally:
-            await tokens.aclose()  # type: ignore[attr-defined]
+            await tokens.aclose()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 
 class TTSEngine(ABC):
@@ -13,7 +13,7 @@ class TTSEngine(ABC):
     sample_rate: int  # native output rate of `synthesize`
 
     @abstractmethod
-    def synthesize(self, text: str) -> AsyncIterator[bytes]:
+    def synthesize(self, text: str) -> AsyncGenerator[bytes, None]:
         """Yield mono PCM16 chunks at `sample_rate` as soon as each is ready.
 
         Closing the iterator early (barge-in) must stop the synthesis work.

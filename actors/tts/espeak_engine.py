@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 
 from actors.thread_stream import stream_from_thread
 from actors.tts.base import TTSEngine
@@ -25,7 +25,7 @@ class EspeakEngine(TTSEngine):
         # Load the voice (first use reads its data files) with a tiny synthesis.
         await asyncio.to_thread(get_espeak().synth, ".", self.voice, self.rate_wpm, lambda _chunk: False)
 
-    async def synthesize(self, text: str) -> AsyncIterator[bytes]:
+    async def synthesize(self, text: str) -> AsyncGenerator[bytes, None]:
         if not text.strip():
             return
 

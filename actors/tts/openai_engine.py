@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from openai import AsyncOpenAI, Timeout
 
@@ -32,7 +32,7 @@ class OpenAITTSEngine(TTSEngine):
         timeout = Timeout(timeout_s, connect=connect_timeout_s)
         self._client = AsyncOpenAI(api_key=api_key, base_url=base_url, timeout=timeout, max_retries=1)
 
-    async def synthesize(self, text: str) -> AsyncIterator[bytes]:
+    async def synthesize(self, text: str) -> AsyncGenerator[bytes, None]:
         if not text.strip():
             return
         # The streaming response is an HTTP body read as it arrives; leaving the `async with`

@@ -7,7 +7,7 @@ generated `realtime_factor` times faster than real time.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 import numpy as np
 
@@ -34,7 +34,7 @@ class SimulatedTTSEngine(TTSEngine):
         self.realtime_factor = realtime_factor
         self.sample_rate = sample_rate
 
-    async def synthesize(self, text: str) -> AsyncIterator[bytes]:
+    async def synthesize(self, text: str) -> AsyncGenerator[bytes, None]:
         await asyncio.sleep(self.ttfb_ms / 1000)
         chunks = max(1, round(len(text) * self.ms_per_char / _CHUNK_MS))
         n = self.sample_rate * _CHUNK_MS // 1000

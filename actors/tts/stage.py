@@ -6,7 +6,7 @@ The first chunk goes out as soon as it exists (it sets tts_ttfb); later chunks a
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from actors.audio.pcm import PCM_SAMPLE_WIDTH, StreamResampler
 from actors.tts.base import TTSEngine
@@ -17,7 +17,7 @@ class TTSStage:
         self.engine = engine
         self.coalesce_ms = coalesce_ms
 
-    async def synthesize(self, text: str, sample_rate: int) -> AsyncIterator[bytes]:
+    async def synthesize(self, text: str, sample_rate: int) -> AsyncGenerator[bytes, None]:
         resampler = StreamResampler(self.engine.sample_rate, sample_rate)
         min_bytes = sample_rate * PCM_SAMPLE_WIDTH * self.coalesce_ms // 1000
         pending = bytearray()
@@ -34,4 +34,4 @@ class TTSStage:
             if pending:
                 yield bytes(pending)
         finally:
-            await chunks.aclose()  # type: ignore[attr-defined]
+            await chunks.aclose()

@@ -12,7 +12,7 @@ import base64
 import contextlib
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -156,7 +156,7 @@ def _guarded(endpoint: Endpoint, answered: tuple[type[Exception], ...]) -> Endpo
     return guarded
 
 
-async def _first(items: AsyncIterator[T], stage: str) -> T | None:
+async def _first(items: AsyncGenerator[T, None], stage: str) -> T | None:
     """Start a stream before answering, so a failing stage is a clean 502, not a broken body."""
     try:
         return await anext(items)
@@ -165,7 +165,7 @@ async def _first(items: AsyncIterator[T], stage: str) -> T | None:
     except Exception as exc:
         log.exception("%s failed", stage)
         with contextlib.suppress(Exception):
-            await items.aclose()  # type: ignore[attr-defined]
+            await items.aclose()
         raise _stage_failed(exc, stage) from exc
 
 
@@ -412,12 +412,12 @@ class RestApi:
     async def _chat_events(
         self,
         turn: ChatTurn,
-        deltas: AsyncIterator[str],
+        deltas: AsyncGenerator[str, None],
         first: str | None,
         model: str,
         created: int,
         include_usage: bool,
-    ) -> AsyncIterator[str]:
+    ) -> AsyncGenerator[str, None]:
         def chunk(delta: Delta, finish: Any = None) -> str:
             choice = ChunkChoice(delta=delta, finish_reason=finish)
             return _sse(ChatCompletionChunk(id=turn.turn_id, created=created, model=model, choices=[choice]))
@@ -432,7 +432,7 @@ class RestApi:
             yield _stage_failed_event("LLM", exc)
             return
         finally:
-            await deltas.aclose()  # type: ignore[attr-defined]
+            await deltas.aclose()
         out = turn.outcome
         yield chunk(Delta(), out.finish_reason)
         if include_usage:
@@ -475,7 +475,7 @@ class RestApi:
         HISTOGRAMS["tts_ttfb"].observe((loop.time() - started) * 1000)
         wav = body.response_format == "wav"
 
-        async def audio() -> AsyncIterator[bytes]:
+        async def audio() -> AsyncGenerator[bytes, None]:
             try:
                 if wav:
                     yield streaming_wav_header(DEFAULT_OUTPUT_RATE)
@@ -484,7 +484,7 @@ class RestApi:
                     async for piece in chunks:
                         yield piece
             finally:
-                await chunks.aclose()  # type: ignore[attr-defined]
+                await chunks.aclose()
 
         if body.stream_format == "sse":
             return StreamingResponse(
@@ -494,7 +494,7 @@ class RestApi:
             )
         return StreamingResponse(audio(), media_type="audio/wav" if wav else "audio/pcm")
 
-    async def _speech_events(self, audio: AsyncIterator[bytes]) -> AsyncIterator[str]:
+    async def _speech_events(self, audio: AsyncGenerator[bytes, None]) -> AsyncGenerator[str, None]:
         """OpenAI's SSE speech stream: the same bytes, base64 in `speech.audio.delta` events."""
         try:
             async for piece in audio:
@@ -503,7 +503,7 @@ class RestApi:
             yield _stage_failed_event("TTS", exc)
             return
         finally:
-            await audio.aclose()  # type: ignore[attr-defined]
+            await audio.aclose()
         yield _sse(SpeechAudioDone(usage=SpeechUsage(input_tokens=0, output_tokens=0, total_tokens=0)))
 
     async def transcriptions(self, request: Request) -> Response:
