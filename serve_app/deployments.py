@@ -8,6 +8,7 @@ from collections.abc import AsyncGenerator
 from typing import Any
 
 from ray import serve
+from ray.serve.handle import DeploymentHandle
 from starlette.types import ASGIApp
 
 from actors.config import load_settings
@@ -103,7 +104,9 @@ class TTSDeployment:
 @serve.deployment
 @serve.ingress()
 class Router:
-    def __init__(self, stt: Any, llm: Any, tts: Any, config: dict[str, Any]) -> None:
+    def __init__(
+        self, stt: DeploymentHandle, llm: DeploymentHandle, tts: DeploymentHandle, config: dict[str, Any]
+    ) -> None:
         settings = load_settings(config)
         log.info("voice agent engines: %s", settings.describe_engines())
 

@@ -13,13 +13,15 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator
 from typing import Any
 
+from ray.serve.handle import DeploymentHandle, DeploymentResponse, DeploymentResponseGenerator
+
 from actors.conversation.session import new_id
 from actors.conversation.stages import LLMEvent, LLMRequest
 from actors.stt.base import STTStream
 
 
 class RemoteSTTStream(STTStream):
-    def __init__(self, handle: Any) -> None:
+    def __init__(self, handle: DeploymentHandle) -> None:
         self.stream_id = new_id("stt")
         self._handle = handle.options(multiplexed_model_id=self.stream_id)
         self._audio = bytearray()  # kept for a resync
@@ -48,7 +50,7 @@ class RemoteSTTStream(STTStream):
 
 
 class RemoteTranscriber:
-    def __init__(self, handle: Any) -> None:
+    def __init__(self, handle: DeploymentHandle) -> None:
         self._handle = handle
 
     def open_stream(self) -> STTStream:
@@ -56,7 +58,7 @@ class RemoteTranscriber:
 
 
 class RemotePhraseLLM:
-    def __init__(self, handle: Any) -> None:
+    def __init__(self, handle: DeploymentHandle) -> None:
         self._handle = handle.options(stream=True)
 
     def stream_phrases(self, request: LLMRequest) -> AsyncGenerator[LLMEvent, None]:
@@ -67,16 +69,19 @@ class RemotePhraseLLM:
 
 
 class RemoteSynthesizer:
-    def __init__(self, handle: Any) -> None:
+    def __init__(self, handle: DeploymentHandle) -> None:
         self._handle = handle.options(stream=True)
 
     def synthesize(self, text: str, sample_rate: int) -> AsyncGenerator[bytes, None]:
         return _cancelled_on_close(self._handle.synthesize.remote(text, sample_rate))
 
 
-async def _cancelled_on_close(response: Any) -> AsyncGenerator[Any, None]:
+async def _cancelled_on_close(
+    response: DeploymentResponse[Any] | DeploymentResponseGenerator[Any],
+) -> AsyncGenerator[Any, None]:
     """The items of a streaming handle call. Closing early (barge-in, an HTTP client gone) cancels the
     call, which stops generation or synthesis on the replica."""
+    assert isinstance(response, DeploymentResponseGenerator)  # the handle was made with stream=True
     try:
         async for item in response:
             yield item
