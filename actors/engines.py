@@ -14,6 +14,7 @@ from actors.tts.base import TTSEngine
 
 
 def create_stt_engine(settings: Settings) -> STTEngine:
+    """The STT engine `settings.stt_engine` names (resolved settings: no "auto"), not yet warmed up."""
     engine = settings.stt_engine
     if engine == "pocketsphinx":
         from actors.stt.pocketsphinx_engine import PocketsphinxEngine
@@ -37,6 +38,7 @@ def create_stt_engine(settings: Settings) -> STTEngine:
 
 
 def create_tts_engine(settings: Settings) -> TTSEngine:
+    """The TTS engine `settings.tts_engine` names, not yet warmed up."""
     engine = settings.tts_engine
     if engine == "espeak":
         from actors.tts.espeak_engine import EspeakEngine
@@ -61,6 +63,8 @@ def create_tts_engine(settings: Settings) -> TTSEngine:
 
 
 def create_llm_engine(settings: Settings) -> LLMEngine:
+    """The LLM engine `settings.llm_engine` names (full-Letta mode: each user's Letta agent), not yet
+    warmed up."""
     engine = settings.llm_engine
     if engine == "openai":
         from actors.llm.call_policy import LLMCallPolicy

@@ -18,6 +18,8 @@ log = logging.getLogger("ray.serve")
 
 
 def build_app(args: dict[str, Any] | None = None) -> Application:
+    """The Serve application `import_path` names: the Router deployment composed with the STT, LLM and
+    TTS deployments; `args` are Settings overrides from serve_config.yaml."""
     settings = load_settings(args)
     log.info("building voice agent: %s", settings.describe_engines())
     config = settings.shareable()

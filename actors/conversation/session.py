@@ -169,6 +169,14 @@ class _Utterance:
 
 
 class VoiceSession:
+    """One conversation, whatever carries it (a Realtime WebSocket, a test, a benchmark).
+
+    Feed it client audio (`append_audio`) or typed text (`add_user_text` + `create_response`); it emits
+    `actors.conversation.events` through `emit` as the turn goes: speech started and stopped, transcript,
+    reply text and audio, `ResponseFinished` with the turn's metrics. Finished turns go to `memory_sink`.
+    Call `close()` when the client leaves: it cancels every stage call the session still has running.
+    """
+
     def __init__(
         self,
         *,
@@ -225,6 +233,7 @@ class VoiceSession:
             self._endpointer.config = vad
 
     def update_options(self, options: SessionOptions) -> None:
+        """Apply a validated `session.update` (sample rates, turn detection, instructions, limits)."""
         if options.input_sample_rate != self.options.input_sample_rate:
             self._resampler = StreamResampler(options.input_sample_rate, STT_SAMPLE_RATE)
         self.options = options
@@ -232,6 +241,7 @@ class VoiceSession:
 
     @property
     def responding(self) -> bool:
+        """A reply is being generated or played."""
         return self._response_task is not None and not self._response_task.done()
 
     # ---------------------------------------------------------------- input audio
@@ -343,6 +353,7 @@ class VoiceSession:
 
     # ---------------------------------------------------------------- client commands
     async def commit(self) -> None:
+        """Push-to-talk: the audio appended since the last commit is the user's turn."""
         if self._utterance is None:
             await self._emit(
                 SessionError(
@@ -355,6 +366,7 @@ class VoiceSession:
         await self._commit_utterance(TurnTimeline(speech_end=now, committed=now))
 
     async def clear_audio(self) -> None:
+        """Drop the audio not yet committed (and the utterance being transcribed)."""
         if self._utterance is not None:
             await self._utterance.abort()
             self._utterance = None
@@ -363,6 +375,7 @@ class VoiceSession:
         await self._emit(InputCleared())
 
     async def add_user_text(self, text: str) -> str:
+        """A typed user message; the next `create_response` answers it. Returns the item id."""
         item_id = new_id("item")
         self._pending_user = (item_id, text)
         await self._emit(UserItemAdded(item_id, self._last_item_id, text))
@@ -370,6 +383,7 @@ class VoiceSession:
         return item_id
 
     async def create_response(self) -> None:
+        """Answer the pending user message (or continue the conversation); one response at a time."""
         if self.responding:
             await self._emit(
                 SessionError(
@@ -383,12 +397,14 @@ class VoiceSession:
         self._start_response(user, TurnTimeline())
 
     async def cancel_response(self) -> None:
+        """Stop the reply in progress; it ends with `ResponseFinished(status="cancelled")`."""
         if not self.responding:
             await self._emit(SessionError("response_cancel_not_active", "there is no response in progress"))
             return
         await self._cancel_response("client_cancelled")
 
     async def close(self) -> None:
+        """The client left: cancel the reply, the transcription and every turn task, end the session."""
         self._closed = True
         if self.responding:
             await self._cancel_response("client_cancelled")

@@ -15,6 +15,8 @@ from actors.stt.base import STTStream
 
 
 class LLMRequest(TypedDict):
+    """One reply to generate: the whole prompt and the generation limits."""
+
     messages: list[ChatMessage]
     max_tokens: int
     temperature: float
@@ -30,10 +32,14 @@ class LLMEvent(TypedDict):
 
 
 class TranscriberClient(Protocol):
+    """The STT stage as the session sees it: one stream per utterance."""
+
     def open_stream(self) -> STTStream: ...
 
 
 class PhraseLLMClient(Protocol):
+    """The LLM stage for voice turns: the reply as phrases ready to speak (`actors.conversation.chunker`)."""
+
     def stream_phrases(self, request: LLMRequest) -> AsyncGenerator[LLMEvent, None]: ...
 
 
@@ -48,4 +54,6 @@ class LLMClient(PhraseLLMClient, TokenLLMClient, Protocol):
 
 
 class SynthesizerClient(Protocol):
+    """The TTS stage: one phrase in, PCM16 mono at `sample_rate` out, first chunk as soon as it exists."""
+
     def synthesize(self, text: str, sample_rate: int) -> AsyncGenerator[bytes, None]: ...

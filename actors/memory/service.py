@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 
 
 class MemoryService:
+    """What the memory actor runs (see the module docstring): the journal, the writer to Letta, and the
+    users' memory for prompts."""
+
     def __init__(self, settings: Settings, letta: LettaMemory | None = None) -> None:
         self.letta = letta or LettaMemory(letta_config(settings))
         # Raises JournalError (with the path and the reason) when the journal cannot be written.

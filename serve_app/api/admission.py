@@ -78,6 +78,9 @@ class AdmissionLimits:
 
 
 class Admission:
+    """One router replica's counts: open sessions and REST requests in all and per bound credential,
+    and each bound credential's request rate."""
+
     def __init__(self, limits: AdmissionLimits, clock: Callable[[], float] = time.monotonic) -> None:
         self.limits = limits
         self.sessions = 0

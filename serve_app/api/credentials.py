@@ -113,6 +113,8 @@ def _unb64(text: str) -> bytes:
 
 
 class Credentials:
+    """Checks presented keys and client secrets, mints and revokes secrets (see the module docstring)."""
+
     def __init__(
         self,
         *,

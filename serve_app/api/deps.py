@@ -24,6 +24,9 @@ class MetricsHub(Protocol):
 
 @dataclass
 class RouterDeps:
+    """Everything `build_router_app` needs; `serve_app.deployments.Router` fills it with Serve handles,
+    `serve_app.programs.local` and the tests with in-process stages."""
+
     settings: Settings
     stt: TranscriberClient
     llm: LLMClient

@@ -59,6 +59,9 @@ class ConnectionLimits:
 
 
 class RealtimeConnection:
+    """One accepted `WS /v1/realtime` connection: client events in, session events out, with the
+    connection's limits (audio rate, idle and total time, a client that stops reading)."""
+
     def __init__(
         self,
         websocket: WebSocket,

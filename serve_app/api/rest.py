@@ -170,6 +170,8 @@ async def _first(items: AsyncGenerator[T, None], stage: str) -> T | None:
 
 
 class RestApi:
+    """The OpenAI-compatible REST endpoints under `/v1` and `GET /openapi.json` (see the module docstring)."""
+
     def __init__(self, deps: RouterDeps, credentials: Credentials, admission: Admission) -> None:
         self.deps = deps
         self.settings = deps.settings

@@ -50,6 +50,8 @@ def _exposition() -> str:
 
 
 def build_router_app(deps: RouterDeps) -> Starlette:
+    """The router's ASGI app: `WS /v1/realtime` (one VoiceSession per connection), the REST API,
+    `/healthz`, `/readyz` and `/metrics`, with credentials and admission checked at the door."""
     settings = deps.settings
     limits = ProtocolLimits.from_settings(settings)
     session_limits = SessionLimits(
