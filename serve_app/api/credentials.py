@@ -124,7 +124,7 @@ class Credentials:
         revocations: Revocations,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self._server = [(_digest(k), f"server:{_digest(k).hex()[:8]}") for k in server_keys]
+        self._server = [(d, f"server:{d.hex()[:8]}") for d in map(_digest, server_keys)]
         self._users = [(_digest(k), user) for k, user in user_keys.items()]
         self._signing_key = signing_key
         self.revocations = revocations

@@ -11,7 +11,7 @@ from actors.audio.vad import SileroSpeechDetector, SpeechDetector
 from actors.config import Settings
 from actors.conversation.stages import LLMClient, SynthesizerClient, TranscriberClient
 from actors.memory.sink import MemorySink
-from serve_app.api.credentials import LocalRevocations, Revocations
+from serve_app.api.credentials import ANONYMOUS, LocalRevocations, Revocations
 
 
 class MetricsHub(Protocol):
@@ -45,3 +45,16 @@ class RouterDeps:
     revocations: Revocations = field(default_factory=LocalRevocations)
     # The deployment's metrics across router replicas (serve_app.cluster_state); None: this process's.
     metrics_hub: MetricsHub | None = None
+
+    def memory_for(self, user_id: str) -> UserMemory:
+        """Where `user_id`'s finished turns go and their memory comes from; nothing for `anonymous`,
+        so callers without an identity never share one memory."""
+        if user_id == ANONYMOUS:
+            return UserMemory(None, None)
+        return UserMemory(self.memory_sink, self.memory_context)
+
+
+@dataclass(frozen=True)
+class UserMemory:
+    sink: MemorySink | None
+    context: Callable[[str], Awaitable[str | None]] | None

@@ -351,7 +351,7 @@ class RestApi:
         principal = await self._authorize(request)
         body = await self._json(request, ChatCompletionRequest)
         user_id = acting_user(principal, body.user, self.settings)
-        remembered = user_id != ANONYMOUS  # a caller that names no user has no long-term memory
+        memory = self.deps.memory_for(user_id)
         s = self.settings
         max_tokens = body.max_completion_tokens or body.max_tokens or s.llm_max_tokens
         if max_tokens > s.rest_max_completion_tokens:
@@ -377,8 +377,8 @@ class RestApi:
             temperature=body.temperature if body.temperature is not None else s.llm_temperature,
             default_instructions=s.system_prompt,
             model=body.model if switchable else None,
-            memory_sink=self.deps.memory_sink if remembered else None,
-            memory_context=self.deps.memory_context if remembered else None,
+            memory_sink=memory.sink,
+            memory_context=memory.context,
         )
         deltas = turn.stream()
         first = await _first(deltas, "LLM")

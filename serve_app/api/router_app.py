@@ -31,7 +31,6 @@ from serve_app.api.auth import (
     websocket_subprotocols,
 )
 from serve_app.api.credentials import (
-    ANONYMOUS,
     CredentialError,
     Credentials,
     Principal,
@@ -92,11 +91,11 @@ def build_router_app(deps: RouterDeps) -> Starlette:
         websocket: WebSocket, principal: Principal, user_id: str, options: SessionOptions, offered: list[str]
     ) -> None:
         await websocket.accept(subprotocol="realtime" if "realtime" in offered else None)
-        memory_context = deps.memory_context if user_id != ANONYMOUS else None
-        if memory_context is not None:
+        memory = deps.memory_for(user_id)
+        if memory.context is not None:
             # Read the user's memory while they start speaking: the first turn then finds it cached
             # instead of spending its read budget (a new user's agent takes ~0.5 s to create).
-            prefetch = asyncio.ensure_future(memory_context(user_id))
+            prefetch = asyncio.ensure_future(memory.context(user_id))
             prefetches.add(prefetch)
             prefetch.add_done_callback(prefetches.discard)
 
@@ -109,8 +108,8 @@ def build_router_app(deps: RouterDeps) -> Starlette:
                 options=options,
                 limits=session_limits,
                 speech_detector=deps.speech_detector,
-                memory_sink=deps.memory_sink if user_id != ANONYMOUS else None,
-                memory_context=memory_context,
+                memory_sink=memory.sink,
+                memory_context=memory.context,
                 user_id=user_id,
             )
 
@@ -151,12 +150,14 @@ def build_router_app(deps: RouterDeps) -> Starlette:
                 raise CredentialError(403, "permission_denied", "metrics need a server key")
         except CredentialError as exc:
             return credential_error_response(exc)
-        body = generate_latest()
+        body = b""
         if deps.metrics_hub is not None:
             try:
                 body = (await deps.metrics_hub.merged_metrics(_exposition)).encode()
             except Exception as exc:  # this replica's own figures still answer
                 log.warning("deployment metrics unavailable, answering this replica's: %r", exc)
+        if not body:
+            body = generate_latest()
         if deps.extra_metrics is not None:
             try:
                 async with asyncio.timeout(2):
