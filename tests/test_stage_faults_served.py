@@ -1,6 +1,6 @@
 """Stage faults on a real Ray Serve app (`serve run serve_config.yaml`, offline STT and TTS, the LLM an
 OpenAI-compatible simulated server behind the fault proxy): `response.cancel` during the LLM stream,
-`/readyz` with the LLM server down, and the LLM replica's process killed in the middle of a reply."""
+`/readyz` with the LLM server down, and the LLM, STT or TTS replica's process killed mid-turn."""
 
 from __future__ import annotations
 
@@ -201,5 +201,51 @@ async def test_stt_replica_killed_mid_utterance(served: ServeRun) -> None:
             if event["type"] == "response.created":
                 break
             assert time.monotonic() < deadline, kinds
+        await ws.send(json.dumps({"type": "response.cancel"}))
+        await until(ws, "response.done", seen)
+
+
+async def test_tts_replica_killed_mid_reply(served: ServeRun) -> None:
+    async with websockets.connect(f"{served.ws_url}/realtime", max_size=None) as ws:
+        seen: list[dict] = []
+        await until(ws, "session.created", seen)
+        await ask(ws, "Tell me something long.")
+        await until(ws, "response.output_audio.delta", seen)  # the reply is being spoken
+        killed_at = float(
+            (
+                await asyncio.to_thread(
+                    served.run_driver, KILL_REPLICA.replace("{deployment}", "TTSDeployment")
+                )
+            )
+            .strip()
+            .splitlines()[-1]
+        )
+        audio_at: list[float] = []  # when each audio chunk after the kill arrived
+        while (event := await next_event(ws))["type"] != "response.done":
+            seen.append(event)
+            if event["type"] == "response.output_audio.delta":
+                audio_at.append(time.time())
+        done = event["response"]
+        for event in seen:
+            if event["type"] != "response.output_audio.delta":
+                assert not INTERNALS.search(json.dumps(event)), event
+        errors = [e["error"]["code"] for e in seen if e["type"] == "error"]
+        # Two plain outcomes, depending on whether a synthesis call was in flight when the process died
+        # and on how soon Serve's replacement takes calls: the reply goes on (phrases wait in the handle
+        # for the new replica while the audio already received keeps playing), or it fails at once.
+        if done["status"] == "completed":
+            assert errors == []
+            spoken_after = [t for t in audio_at if t > killed_at + 5.0]
+            assert spoken_after, "no reply audio from the replacement replica"
+        else:
+            assert done["status"] == "failed", done
+            assert done["status_details"]["error"]["code"] == "tts_unavailable"
+            assert errors == ["tts_unavailable"]
+            assert time.time() - killed_at < 3.0 + 5.0 + 2.0  # stage + chunk timeouts, not a hang
+
+        # The session goes on: the next turn is spoken.
+        seen = []
+        await ask(ws, "Are you back?")
+        await until(ws, "response.output_audio.delta", seen, limit_s=90)
         await ws.send(json.dumps({"type": "response.cancel"}))
         await until(ws, "response.done", seen)
