@@ -166,7 +166,9 @@ def _build_app(state: SimOpenAIServer) -> Starlette:
         tool = _pick_tool(body)
         tool_call_id = f"call_{uuid.uuid4().hex[:24]}"
         arguments = json.dumps(_tool_arguments(tool, "".join(tokens))) if tool is not None else ""
-        finish_reason = "tool_calls" if tool is not None else "stop"
+        # As OpenAI answers: "length" when max_tokens cut the reply short.
+        truncated = len(_tokens(cfg.reply)) > len(tokens)
+        finish_reason = "tool_calls" if tool is not None else "length" if truncated else "stop"
         if not body.get("stream"):
             await asyncio.sleep(cfg.ttft_ms / 1000)
             message: dict[str, Any] = {"role": "assistant", "content": "".join(tokens)}
