@@ -61,3 +61,33 @@ def test_chunk_size_does_not_change_the_decisions() -> None:
     assert (
         run(probs, config, chunk_frames=1) == run(probs, config, chunk_frames=0.37) == run(probs, config, 5)
     )
+
+
+def test_a_pause_is_reported_and_so_is_speech_resuming_before_the_window_ends() -> None:
+    # 10 speech frames, 8 silent (256 ms), 6 speech, then silence to the end; pause at 192 ms = 6 frames.
+    probs = [0.9] * 10 + [0.1] * 8 + [0.9] * 6 + [0.1] * 20
+    events = run(probs, VadConfig(silence_ms=500, min_speech_ms=96, pause_ms=192))
+    assert events == [
+        VadEvent("speech_started", 0),
+        VadEvent("speech_paused", 10 * FRAME),
+        VadEvent("speech_resumed", 18 * FRAME),
+        VadEvent("speech_paused", 24 * FRAME),
+        VadEvent("speech_stopped", 24 * FRAME),
+    ]
+
+
+def test_without_pause_ms_there_are_no_pause_events() -> None:
+    probs = [0.9] * 10 + [0.1] * 8 + [0.9] * 6 + [0.1] * 20
+    events = run(probs, VadConfig(silence_ms=500, min_speech_ms=96))
+    assert [e.kind for e in events] == ["speech_started", "speech_stopped"]
+
+
+def test_end_now_stops_speech_where_the_pause_began() -> None:
+    endpointer = Endpointer(ScriptedDetector([0.9] * 10 + [0.1] * 8), VadConfig(pause_ms=192))
+    assert endpointer.end_now() is None  # nothing said yet
+    events = endpointer.process(b"\x00\x00" * FRAME * 10)
+    assert endpointer.end_now() is None  # speaking, not silent
+    events += endpointer.process(b"\x00\x00" * FRAME * 8)
+    assert [e.kind for e in events] == ["speech_started", "speech_paused"]
+    assert endpointer.end_now() == VadEvent("speech_stopped", 10 * FRAME)
+    assert not endpointer.in_speech and endpointer.end_now() is None

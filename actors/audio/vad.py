@@ -81,12 +81,16 @@ class VadConfig:
     silence_ms: int = 500
     prefix_padding_ms: int = 300
     min_speech_ms: int = 96
+    # Report a pause once speech has been silent this long, and its end if speech resumes before
+    # `silence_ms` (for semantic turn detection, which asks the end-of-turn model at each pause); None:
+    # no pause events.
+    pause_ms: int | None = None
 
 
 @dataclass(frozen=True)
 class VadEvent:
-    kind: Literal["speech_started", "speech_stopped"]
-    sample: int  # 16 kHz sample offset in the session's input stream where speech started / ended
+    kind: Literal["speech_started", "speech_paused", "speech_resumed", "speech_stopped"]
+    sample: int  # 16 kHz sample offset in the session's input stream where speech started / paused / ended
 
 
 class Endpointer:
@@ -100,6 +104,7 @@ class Endpointer:
         self._pending = bytearray()
         self._offset = 0  # samples scored so far
         self.in_speech = False
+        self.paused = False  # in speech, silent for at least `pause_ms`
         self._run_start: int | None = None  # first sample of the current run of speech frames
         self._silence_start: int | None = None
 
@@ -130,18 +135,44 @@ class Endpointer:
             elif p < neg_threshold:
                 if self._silence_start is None:
                     self._silence_start = start
-                if self._offset - self._silence_start >= self._frames_for(self.config.silence_ms) * n:
-                    self.in_speech = False
-                    self._run_start = None
-                    events.append(VadEvent("speech_stopped", self._silence_start))
+                silent = self._offset - self._silence_start
+                if silent >= self._frames_for(self.config.silence_ms) * n:
+                    events.append(self._stop())
+                elif (
+                    self.config.pause_ms is not None
+                    and not self.paused
+                    and silent >= self._frames_for(self.config.pause_ms) * n
+                ):
+                    self.paused = True
+                    events.append(VadEvent("speech_paused", self._silence_start))
             elif p >= self.config.threshold:
                 self._silence_start = None
+                if self.paused:
+                    self.paused = False
+                    events.append(VadEvent("speech_resumed", start))
         return events
+
+    def end_now(self) -> VadEvent | None:
+        """End the speech at the silence it is in (the end-of-turn model judged the pause to be the end
+        of the turn); None when there is no speech, or it is not silent."""
+        if not self.in_speech or self._silence_start is None:
+            return None
+        return self._stop()
+
+    def _stop(self) -> VadEvent:
+        assert self._silence_start is not None
+        event = VadEvent("speech_stopped", self._silence_start)
+        self.in_speech = False
+        self.paused = False
+        self._run_start = None
+        self._silence_start = None
+        return event
 
     def reset(self) -> None:
         self._offset += len(self._pending) // PCM_SAMPLE_WIDTH  # offsets stay aligned with the stream
         self._pending.clear()
         self.in_speech = False
+        self.paused = False
         self._run_start = None
         self._silence_start = None
         self.detector.reset()
