@@ -1,3 +1,3 @@
-"""One conversation: the session, phrase chunking, prompts, events, stage contracts, failures and turn
-metrics.
+"""One conversation: the session (input, turn state machine, reply player), phrase chunking, prompts,
+events, stage contracts, failures and turn metrics.
 """

@@ -5,8 +5,18 @@
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+# How a response ended, as `ResponseFinished` reports it (and the wire's `response.done` carries it).
+ResponseStatus = Literal["completed", "cancelled", "failed"]
+
+
+def new_id(prefix: str) -> str:
+    """A fresh id for what events name: a session, an item, a response, an STT stream."""
+    return f"{prefix}_{uuid.uuid4().hex[:20]}"
 
 
 @dataclass(frozen=True)
@@ -76,7 +86,7 @@ class ResponseAudioDelta:
 class ResponseFinished:
     response_id: str
     item_id: str
-    status: Literal["completed", "cancelled", "failed"]
+    status: ResponseStatus
     text: str  # what the assistant said (up to the interruption point when cancelled)
     reason: str | None = None  # why it was cancelled, or the public error code when it failed
     metrics: dict[str, float] = field(default_factory=dict)
@@ -105,6 +115,9 @@ SessionEvent = (
     | ResponseFinished
     | SessionError
 )
+
+# How a session hands its events to whatever carries them.
+Emit = Callable[[SessionEvent], Awaitable[None]]
 
 
 @dataclass(frozen=True)

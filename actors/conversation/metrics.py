@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 from prometheus_client import Counter, Gauge, Histogram
@@ -54,6 +55,12 @@ ERRORS = Counter("voice_client_errors", "Error events sent to clients by code", 
 SESSIONS_OPEN = Gauge("voice_sessions_open", "Realtime sessions open")
 REQUESTS_IN_FLIGHT = Gauge("voice_rest_requests_in_flight", "REST requests being answered")
 LOOP_TASKS = Gauge("voice_event_loop_tasks", "asyncio tasks alive on the router's event loop")
+
+
+def clock() -> float:
+    """The session clock `TurnTimeline` reads."""
+    # The event loop's clock: monotonic in production, virtual under tests that fake loop time.
+    return asyncio.get_running_loop().time()
 
 
 @dataclass

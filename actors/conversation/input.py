@@ -1,0 +1,305 @@
+"""Input: the client's audio on its way to STT. Resampling to 16 kHz, a preroll of recent audio,
+endpointing (VAD), and one `Utterance` per user turn that feeds STT in chunks while the user speaks.
+
+It decides nothing about turns: it says where speech starts and stops (`on_speech_started`,
+`on_speech_stopped`) and hands over the utterance it holds when the turn is committed
+(`take_utterance`); `actors.conversation.turns` decides what that means for the conversation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import assert_never
+
+from actors.audio.pcm import PCM_SAMPLE_WIDTH, STT_SAMPLE_RATE, StreamResampler, duration_ms
+from actors.audio.vad import Endpointer, SpeechDetector
+from actors.conversation.events import (
+    Emit,
+    InputCleared,
+    SessionError,
+    SpeechStarted,
+    SpeechStopped,
+    TranscriptDelta,
+    new_id,
+)
+from actors.conversation.faults import public_error
+from actors.conversation.metrics import TurnTimeline, clock
+from actors.conversation.options import SessionLimits, SessionOptions
+from actors.conversation.stages import TranscriberClient
+from actors.stt.base import STTStream
+from actors.tasks import cancel_and_wait
+
+log = logging.getLogger(__name__)
+
+# Audio chunks longer than this are scored by the VAD in a worker thread (ONNX Runtime releases the GIL),
+# so a client sending seconds of audio at once never holds up the event loop other sessions share.
+VAD_INLINE_MAX_MS = 200
+
+
+class Utterance:
+    """Streams one utterance's audio to STT in chunks of at least `chunk_bytes`, one call at a time.
+
+    Audio never waits for STT: it is appended here and a feeder task sends whatever accumulated
+    since the previous call finished (so a slow STT gets bigger, fewer calls, never a backlog of hops).
+    """
+
+    def __init__(
+        self,
+        stream: STTStream,
+        chunk_bytes: int,
+        on_interim: Callable[[str], Awaitable[None]],
+        on_failure: Callable[[Utterance, Exception], Awaitable[None]],
+        limits: SessionLimits,
+    ):
+        self.item_id = new_id("item")
+        self._stream = stream
+        self._chunk_bytes = chunk_bytes
+        self._on_interim = on_interim
+        self._on_failure = on_failure
+        self._limits = limits
+        self._pending = bytearray()
+        self.audio_bytes = 0
+        self.failure: Exception | None = None  # a feed call failed: the utterance cannot be transcribed
+        self._wake = asyncio.Event()
+        self._closing = False
+        self._task = asyncio.create_task(self._feed_loop())
+
+    @property
+    def audio_seconds(self) -> float:
+        """How much audio the utterance holds."""
+        return self.audio_bytes / (PCM_SAMPLE_WIDTH * STT_SAMPLE_RATE)
+
+    def push(self, pcm16k: bytes) -> None:
+        """Add 16 kHz audio; the feeder sends it once a chunk's worth has accumulated."""
+        self.audio_bytes += len(pcm16k)
+        self._pending += pcm16k
+        if len(self._pending) >= self._chunk_bytes:
+            self._wake.set()
+
+    async def _feed_loop(self) -> None:
+        try:
+            while not self._closing:
+                await self._wake.wait()
+                self._wake.clear()
+                if self._pending and not self._closing:
+                    chunk = bytes(self._pending)
+                    self._pending.clear()
+                    # A chunk takes milliseconds; waiting longer means the replica is gone or stuck.
+                    async with asyncio.timeout(self._limits.stage_timeout_s):
+                        interim = await self._stream.feed(chunk)
+                    if interim is not None and not self._closing:
+                        await self._on_interim(interim)
+        except Exception as exc:
+            self.failure = exc
+            if not self._closing:  # still being spoken: say so now, not when the user stops talking
+                await self._on_failure(self, exc)
+
+    async def finish(self) -> str:
+        """Wait for the call in flight, then send the rest of the audio with the finish (one call)."""
+        self._closing = True
+        self._wake.set()
+        await self._task
+        if self.failure is not None:
+            raise self.failure
+        tail = bytes(self._pending)
+        self._pending.clear()
+        async with asyncio.timeout(self._limits.stt_timeout_s + self._limits.stage_timeout_s):
+            return await self._stream.finish_with(tail)
+
+    async def abort(self) -> None:
+        """Drop the utterance: stop feeding and close the STT stream without a transcript."""
+        await cancel_and_wait([self._task])
+        await self.close_stream()
+
+    async def close_stream(self) -> None:
+        """Close the STT stream, whatever state it is in."""
+        with contextlib.suppress(Exception):
+            await self._stream.aclose()
+
+
+class AudioInput:
+    """The session's input audio: resampled, remembered for the preroll, endpointed, fed to STT.
+
+    With turn detection (a VAD) an utterance opens where speech starts, `prefix_padding_ms` early,
+    and ends where it stops; without, everything appended between commits is one utterance. Emits
+    `SpeechStarted`, `SpeechStopped`, `TranscriptDelta`, `InputCleared` and the input's errors.
+    """
+
+    def __init__(
+        self,
+        *,
+        stt: TranscriberClient,
+        emit: Emit,
+        options: SessionOptions,
+        limits: SessionLimits,
+        speech_detector: Callable[[], SpeechDetector] | None,
+        on_speech_started: Callable[[], Awaitable[None]],
+        on_speech_stopped: Callable[[Utterance, TurnTimeline], Awaitable[None]],
+    ) -> None:
+        self.options = options
+        self._limits = limits
+        self._stt = stt
+        self._emit = emit
+        self._make_detector = speech_detector
+        self._on_speech_started = on_speech_started  # after `SpeechStarted` is sent
+        self._on_speech_stopped = on_speech_stopped  # after `SpeechStopped`: the utterance, to commit
+        self._resampler = StreamResampler(options.input_sample_rate, STT_SAMPLE_RATE)
+        self._endpointer: Endpointer | None = None
+        self._configure_vad()
+        self._samples_in = 0  # 16 kHz samples received so far
+        self._preroll: deque[bytes] = deque()
+        self._preroll_samples = 0
+        self._utterance: Utterance | None = None
+
+    def _configure_vad(self) -> None:
+        vad = self.options.turn_detection
+        if vad is None or self._make_detector is None:
+            self._endpointer = None
+        elif self._endpointer is None:
+            self._endpointer = Endpointer(self._make_detector(), vad)
+        else:
+            self._endpointer.config = vad
+
+    def update_options(self, options: SessionOptions) -> None:
+        """Apply new options: the input sample rate and turn detection."""
+        if options.input_sample_rate != self.options.input_sample_rate:
+            self._resampler = StreamResampler(options.input_sample_rate, STT_SAMPLE_RATE)
+        self.options = options
+        self._configure_vad()
+
+    async def append(self, pcm16: bytes, received_at: float | None = None) -> None:
+        """Accept client audio at the session's input rate (already validated PCM16 mono)."""
+        now = clock() if received_at is None else received_at
+        pcm16k = self._resampler.process(pcm16)
+        max_utterance_bytes = int(self._limits.max_utterance_s * STT_SAMPLE_RATE) * PCM_SAMPLE_WIDTH
+        if self._endpointer is None:
+            # Manual turns: everything between commits is one utterance, up to the limit.
+            held = self._utterance.audio_bytes if self._utterance is not None else 0
+            if held + len(pcm16k) > max_utterance_bytes:
+                await self._emit(
+                    SessionError(
+                        "input_audio_buffer_full",
+                        f"the input audio buffer holds {self._limits.max_utterance_s:.0f} s at most: "
+                        "commit or clear it; this audio was dropped",
+                    )
+                )
+                return
+            self._samples_in += len(pcm16k) // PCM_SAMPLE_WIDTH
+            if self._utterance is None:
+                self._utterance = self._open_utterance()
+            self._utterance.push(pcm16k)
+            return
+        self._samples_in += len(pcm16k) // PCM_SAMPLE_WIDTH
+        self._remember_preroll(pcm16k)
+        if self._utterance is not None:
+            self._utterance.push(pcm16k)
+        endpointer = self._endpointer
+        if duration_ms(pcm16k, STT_SAMPLE_RATE) <= VAD_INLINE_MAX_MS:
+            events = endpointer.process(pcm16k)
+        else:
+            events = await asyncio.to_thread(endpointer.process, pcm16k)
+        for event in events:
+            # When the event's sample arrived: chunk arrival minus the audio after it in this chunk,
+            # i.e. the moment it was spoken for a client streaming in real time.
+            at = now - max(self._samples_in - event.sample, 0) / STT_SAMPLE_RATE
+            match event.kind:
+                case "speech_started":
+                    await self._speech_started(event.sample)
+                case "speech_stopped":
+                    await self._speech_stopped(event.sample, at, now)
+                case "speech_paused" | "speech_resumed":
+                    pass  # reported only when `pause_ms` is set, which server VAD does not do
+                case _:
+                    assert_never(event.kind)
+        if self._utterance is not None and self._utterance.audio_bytes > max_utterance_bytes:
+            # Nobody speaks for minutes without a pause: end the turn here rather than grow without bound.
+            endpointer.reset()
+            await self._speech_stopped(self._samples_in, now, now)
+
+    def take_utterance(self) -> Utterance | None:
+        """Hand over the utterance being spoken (the turn is committed); the next audio starts a new one."""
+        utterance, self._utterance = self._utterance, None
+        return utterance
+
+    async def clear(self) -> None:
+        """Drop the audio not yet committed (and the utterance being transcribed)."""
+        if self._utterance is not None:
+            await self._utterance.abort()
+            self._utterance = None
+        if self._endpointer is not None:
+            self._endpointer.reset()
+        await self._emit(InputCleared())
+
+    async def close(self) -> None:
+        """Abort the utterance being spoken, if any (the client left)."""
+        if self._utterance is not None:
+            await self._utterance.abort()
+            self._utterance = None
+
+    def _remember_preroll(self, pcm16k: bytes) -> None:
+        vad = self.options.turn_detection
+        keep = (vad.prefix_padding_ms if vad else 0) * STT_SAMPLE_RATE // 1000 + 16_000  # + 1 s of slack
+        self._preroll.append(pcm16k)
+        self._preroll_samples += len(pcm16k) // PCM_SAMPLE_WIDTH
+        while self._preroll and self._preroll_samples - len(self._preroll[0]) // PCM_SAMPLE_WIDTH >= keep:
+            self._preroll_samples -= len(self._preroll.popleft()) // PCM_SAMPLE_WIDTH
+
+    def _preroll_from(self, sample: int) -> bytes:
+        audio = b"".join(self._preroll)
+        first = self._samples_in - len(audio) // PCM_SAMPLE_WIDTH
+        return audio[max(sample - first, 0) * PCM_SAMPLE_WIDTH :]
+
+    def _open_utterance(self) -> Utterance:
+        chunk_bytes = STT_SAMPLE_RATE * PCM_SAMPLE_WIDTH * self._limits.stt_chunk_ms // 1000
+        holder: dict[str, str] = {}
+
+        async def on_interim(text: str) -> None:
+            previous = holder.get("text", "")
+            delta = text[len(previous) :] if text.startswith(previous) else text
+            holder["text"] = text
+            if delta:
+                await self._emit(TranscriptDelta(utterance.item_id, delta))
+
+        utterance = Utterance(
+            self._stt.open_stream(), chunk_bytes, on_interim, self._on_utterance_failed, self._limits
+        )
+        return utterance
+
+    async def _on_utterance_failed(self, utterance: Utterance, exc: Exception) -> None:
+        """STT failed while the user was still speaking: report it at once and drop the utterance
+        (the user's next utterance starts afresh, on a replacement replica if need be)."""
+        failure = public_error(exc, "stt")
+        log.warning("transcription of %s failed (%s)", utterance.item_id, failure.code, exc_info=exc)
+        if self._utterance is utterance:
+            self._utterance = None
+        await utterance.close_stream()  # called from its feed task, which ends right after
+        await self._emit(SessionError("transcription_failed", failure.message))
+
+    async def _speech_started(self, sample: int) -> None:
+        if self._utterance is not None:  # a previous utterance was never committed
+            await self._utterance.abort()
+        vad = self.options.turn_detection
+        padding = (vad.prefix_padding_ms if vad else 0) * STT_SAMPLE_RATE // 1000
+        start = max(sample - padding, 0)
+        self._utterance = self._open_utterance()
+        # The current chunk was already pushed to the preroll; feed everything from `start`.
+        self._utterance.push(self._preroll_from(start))
+        await self._emit(SpeechStarted(self._utterance.item_id, _ms(start)))
+        await self._on_speech_started()
+
+    async def _speech_stopped(self, sample: int, speech_end_at: float, now: float) -> None:
+        if self._utterance is None:
+            return
+        await self._emit(SpeechStopped(self._utterance.item_id, _ms(sample)))
+        timeline = TurnTimeline(speech_end=speech_end_at, committed=now)
+        utterance = self.take_utterance()
+        assert utterance is not None
+        await self._on_speech_stopped(utterance, timeline)
+
+
+def _ms(sample: int) -> int:
+    return sample * 1000 // STT_SAMPLE_RATE

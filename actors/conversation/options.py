@@ -1,0 +1,38 @@
+"""A voice session's settings: what the client may change (`SessionOptions`) and the server's limits
+(`SessionLimits`), shared by the session's parts (input, turns, reply)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from actors.audio.vad import VadConfig
+
+
+@dataclass
+class SessionOptions:
+    """What a client may change with `session.update`."""
+
+    instructions: str
+    input_sample_rate: int = 24_000
+    output_sample_rate: int = 24_000
+    turn_detection: VadConfig | None = field(default_factory=VadConfig)  # None: the client commits
+    max_tokens: int = 120
+    temperature: float = 0.7
+    output_audio: bool = True  # False: text-only replies, no TTS
+
+
+@dataclass(frozen=True)
+class SessionLimits:
+    """What the server allows one session: chunk sizes, buffers, history, and its guards on stage calls."""
+
+    stt_chunk_ms: int = 100
+    audio_lead_ms: int = 500
+    history_turns: int = 8
+    max_utterance_s: float = 120.0  # one user turn's audio: the end of a turn with VAD, a full buffer without
+    # The session's guard on stage calls, on top of the provider's own timeout (`stt_timeout_s` for a
+    # transcript, `tts_timeout_s` for the next audio chunk): a stage replica that died or hangs fails
+    # the turn within seconds instead of leaving the user in silence.
+    stage_timeout_s: float = 3.0
+    stt_timeout_s: float = 10.0
+    tts_timeout_s: float = 5.0
+    apology: str = "Sorry, I'm having trouble answering right now."  # spoken when a reply fails

@@ -1,0 +1,332 @@
+"""The reply player: one reply at a time, LLM phrases → TTS → audio paced out to the client.
+
+A reply runs in a task of its own: the LLM streams phrases, TTS synthesises them one phrase ahead of
+the one playing, and the audio goes out paced to real time plus `audio_lead_ms`, so a cancellation
+(barge-in, `response.cancel`) still stops what has not been heard. However it ends (completed,
+cancelled, or failed with a spoken apology) it ends with one `ResponseFinished` carrying the turn's
+metrics; what was said joins the conversation history, and the exchange goes to the memory sink.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from actors.audio.pcm import duration_ms
+from actors.conversation.events import (
+    Emit,
+    FinishedTurn,
+    ResponseAudioDelta,
+    ResponseFinished,
+    ResponseStarted,
+    ResponseStatus,
+    ResponseTextDelta,
+    SessionError,
+    new_id,
+)
+from actors.conversation.faults import PublicError, StageError, public_error
+from actors.conversation.metrics import TurnTimeline, clock, observe_turn
+from actors.conversation.options import SessionLimits, SessionOptions
+from actors.conversation.prompt import with_memory
+from actors.conversation.stages import LLMRequest, PhraseLLMClient, SynthesizerClient
+from actors.conversation.turns import CancelReason, Conversation, UserTurn
+from actors.llm.base import ChatMessage
+from actors.memory.sink import MemorySink
+from actors.tasks import cancel_and_wait, close_quietly
+
+log = logging.getLogger(__name__)
+
+
+class ReplyPlayer:
+    """Generates and plays the session's replies, one at a time (`start`, `cancel`)."""
+
+    def __init__(
+        self,
+        *,
+        llm: PhraseLLMClient,
+        tts: SynthesizerClient,
+        emit: Emit,
+        options: SessionOptions,
+        limits: SessionLimits,
+        conversation: Conversation,
+        session_id: str,
+        user_id: str,
+        memory_sink: MemorySink | None = None,
+        memory_context: Callable[[str], Awaitable[str | None]] | None = None,
+    ) -> None:
+        self.options = options
+        self._limits = limits
+        self._llm = llm
+        self._tts = tts
+        self._emit = emit
+        self._conversation = conversation
+        self._session_id = session_id
+        self._user_id = user_id
+        self._sink = memory_sink
+        self._memory_context = memory_context  # the user's long-term memory (budgeted, cached)
+        self._task: asyncio.Task[None] | None = None
+        self._began = False  # the reply task has run its first step
+        self._cancel_reason: CancelReason | None = None
+
+    @property
+    def responding(self) -> bool:
+        """A reply is being generated or played."""
+        return self._task is not None and not self._task.done()
+
+    def start(self, user: UserTurn | None, timeline: TurnTimeline) -> None:
+        """Start answering `user` (None: continue the conversation) in a task of its own."""
+        response_id = new_id("resp")
+        self._cancel_reason = None
+        self._began = False
+        self._task = asyncio.create_task(self._respond(response_id, user, timeline))
+
+    async def cancel(self, reason: CancelReason) -> None:
+        """Stop the reply in progress, if any, and wait until it has sent its `ResponseFinished`."""
+        task = self._task
+        if task is None or task.done():
+            return
+        # Kept here too: a cancellation that crosses a stage call (a Serve handle's stream)
+        # can arrive as a new CancelledError without the message.
+        self._cancel_reason = reason
+        # A task cancelled before its first step never runs at all, and the client would get no
+        # response.done: let it start first (it is next in the loop's queue).
+        if not self._began:
+            await asyncio.sleep(0)
+        task.cancel(reason)
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    def _messages(self, user_text: str | None, memory: str | None = None) -> list[ChatMessage]:
+        system = with_memory(self.options.instructions, memory)
+        messages: list[ChatMessage] = [{"role": "system", "content": system}]
+        keep = self._limits.history_turns * 2
+        messages += self._conversation.history[-keep:] if keep else []
+        if user_text is not None:
+            messages.append({"role": "user", "content": user_text})
+        return messages
+
+    async def _respond(self, response_id: str, user: UserTurn | None, timeline: TurnTimeline) -> None:
+        item_id = new_id("item")
+        user_item, user_text = (user.item_id, user.text) if user else (None, None)
+        started_wall = time.time()
+        spoken: list[str] = []  # phrases whose audio started playing
+        heard: list[str] = []  # what the client got: the spoken reply, then any apology
+        status: ResponseStatus = "completed"
+        reason: str | None = None
+        failure: PublicError | None = None
+        self._began = True
+        try:
+            await self._emit(ResponseStarted(response_id, item_id))
+            try:
+                await self._run_pipeline(response_id, item_id, user_text, timeline, spoken)
+            except Exception as exc:
+                failure = public_error(exc)
+                # The details (a traceback, a replica's pid and address) are for the log only.
+                log.warning("response %s failed (%s)", response_id, failure.code, exc_info=exc)
+                status, reason = "failed", failure.code
+                heard = [*spoken]
+                await self._apologise(response_id, item_id, failure, exc, heard)
+        except asyncio.CancelledError as exc:
+            # Cancelled by barge-in or response.cancel: finish the turn properly instead of propagating.
+            status = "cancelled"
+            reason = self._cancel_reason or (str(exc.args[0]) if exc.args else "cancelled")
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+        text = " ".join(spoken)
+        metrics = timeline.metrics_ms()
+        history = self._conversation.history
+        if user_text is not None:
+            history.append({"role": "user", "content": user_text})
+        if text:
+            history.append({"role": "assistant", "content": text})
+        observe_turn(metrics, status)
+        await self._emit(
+            ResponseFinished(
+                response_id,
+                item_id,
+                status,
+                " ".join(heard) if failure is not None else text,
+                reason,
+                metrics,
+                failure.message if failure is not None else None,
+            )
+        )
+        self._conversation.last_item_id = item_id
+        if self._sink is not None and (user_text or text):
+            self._sink.submit(
+                FinishedTurn(
+                    session_id=self._session_id,
+                    user_id=self._user_id,
+                    turn_id=response_id,
+                    user_item_id=user_item,
+                    user_text=user_text or "",
+                    assistant_text=text,
+                    started_at=started_wall,
+                    ended_at=time.time(),
+                    interrupted=status != "completed",
+                    metrics=metrics,
+                )
+            )
+
+    async def _apologise(
+        self, response_id: str, item_id: str, failure: PublicError, exc: Exception, heard: list[str]
+    ) -> None:
+        """Tell the user the reply failed: spoken through TTS (text in a text-only session). The
+        apology is not part of the conversation history. When TTS is what failed, or cannot say the
+        apology within `stage_timeout_s`, an `error` event says what happened instead."""
+        apology = self._limits.apology
+        delta = apology if not heard else " " + apology
+        if not self.options.output_audio:
+            heard.append(apology)
+            await self._emit(ResponseTextDelta(response_id, item_id, delta))
+            return
+        if isinstance(exc, StageError) and exc.stage == "tts":
+            await self._emit(SessionError(failure.code, failure.message))
+            return
+        chunks = self._tts.synthesize(apology, self.options.output_sample_rate)
+        first = True
+        try:
+            while True:
+                async with asyncio.timeout(self._limits.stage_timeout_s):
+                    chunk = await anext(chunks, None)
+                if chunk is None:
+                    break
+                if first:
+                    first = False
+                    heard.append(apology)
+                    await self._emit(ResponseTextDelta(response_id, item_id, delta))
+                await self._emit(ResponseAudioDelta(response_id, item_id, chunk))
+        except Exception as tts_exc:
+            log.warning("response %s: the apology could not be spoken", response_id, exc_info=tts_exc)
+            await self._emit(SessionError(failure.code, failure.message))
+        finally:
+            await close_quietly(chunks)
+
+    async def _run_pipeline(
+        self,
+        response_id: str,
+        item_id: str,
+        user_text: str | None,
+        timeline: TurnTimeline,
+        spoken: list[str],
+    ) -> None:
+        memory = await self._memory_context(self._user_id) if self._memory_context else None
+        request: LLMRequest = {
+            "messages": self._messages(user_text, memory),
+            "max_tokens": self.options.max_tokens,
+            "temperature": self.options.temperature,
+            "user_id": self._user_id,
+        }
+        phrases: asyncio.Queue[str | None] = asyncio.Queue()
+        timeline.llm_start = clock()
+        events = self._llm.stream_phrases(request)
+
+        async def produce(speaking: bool) -> None:
+            try:
+                async for event in events:
+                    if event["type"] == "first_token":
+                        timeline.first_token = clock()
+                        continue
+                    if timeline.first_phrase is None:
+                        timeline.first_phrase = clock()
+                    if not speaking:  # text-only session: the phrase is the output
+                        spoken.append(event["text"])
+                        delta = event["text"] if len(spoken) == 1 else " " + event["text"]
+                        await self._emit(ResponseTextDelta(response_id, item_id, delta))
+                    else:
+                        phrases.put_nowait(event["text"])
+            except Exception as exc:
+                raise StageError("llm") from exc
+            phrases.put_nowait(None)
+
+        # The LLM and the speaker run side by side; whichever fails first ends the reply at once
+        # (a dead TTS must not wait for the whole LLM reply, nor a dead LLM for the audio queued).
+        tasks = [asyncio.create_task(produce(self.options.output_audio))]
+        if self.options.output_audio:
+            tasks.append(asyncio.create_task(self._speak(response_id, item_id, phrases, timeline, spoken)))
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            for task in tasks:
+                if task in done and (failed := task.exception()) is not None:
+                    raise failed
+        finally:
+            await cancel_and_wait(tasks)
+            await close_quietly(events)
+
+    async def _speak(
+        self,
+        response_id: str,
+        item_id: str,
+        phrases: asyncio.Queue[str | None],
+        timeline: TurnTimeline,
+        spoken: list[str],
+    ) -> None:
+        """Synthesise phrases in order, one phrase ahead of the one playing, and send the audio paced
+        to real time plus `audio_lead_ms`, so a barge-in can still stop what has not been heard."""
+        rate = self.options.output_sample_rate
+        lead_s = self._limits.audio_lead_ms / 1000
+        # The next chunk of a phrase: the provider's own timeout plus the hop's.
+        chunk_timeout_s = self._limits.tts_timeout_s + self._limits.stage_timeout_s
+        slots = asyncio.Semaphore(2)  # the phrase playing + one synthesising ahead
+        ordered: asyncio.Queue[tuple[str, asyncio.Queue[bytes | Exception | None]] | None] = asyncio.Queue()
+        synth_tasks: list[asyncio.Task[None]] = []
+
+        async def synthesize(text: str, out: asyncio.Queue[bytes | Exception | None]) -> None:
+            chunks = self._tts.synthesize(text, rate)
+            try:
+                async for chunk in chunks:
+                    out.put_nowait(chunk)
+                out.put_nowait(None)
+            except Exception as exc:  # handed to the player, which fails the reply in order
+                out.put_nowait(exc)
+            finally:
+                await close_quietly(chunks)
+
+        async def schedule() -> None:
+            while (text := await phrases.get()) is not None:
+                await slots.acquire()
+                out: asyncio.Queue[bytes | Exception | None] = asyncio.Queue()
+                synth_tasks.append(asyncio.create_task(synthesize(text, out)))
+                ordered.put_nowait((text, out))
+            ordered.put_nowait(None)
+
+        async def next_chunk(out: asyncio.Queue[bytes | Exception | None]) -> bytes | None:
+            try:
+                async with asyncio.timeout(chunk_timeout_s):
+                    item = await out.get()
+            except TimeoutError as exc:
+                raise StageError("tts") from exc
+            if isinstance(item, Exception):
+                raise StageError("tts") from item
+            return item
+
+        scheduler = asyncio.create_task(schedule())
+        audio_sent_s = 0.0
+        try:
+            while (item := await ordered.get()) is not None:
+                text, out = item
+                first_chunk = True
+                while (chunk := await next_chunk(out)) is not None:
+                    if timeline.first_audio_out is None:
+                        timeline.first_audio_out = clock()
+                    if timeline.first_audio_sent is not None:
+                        ahead = audio_sent_s - (clock() - timeline.first_audio_sent)
+                        if ahead > lead_s:
+                            await asyncio.sleep(ahead - lead_s)
+                    if first_chunk:
+                        first_chunk = False
+                        spoken.append(text)
+                        delta = text if len(spoken) == 1 else " " + text
+                        await self._emit(ResponseTextDelta(response_id, item_id, delta))
+                    await self._emit(ResponseAudioDelta(response_id, item_id, chunk))
+                    if timeline.first_audio_sent is None:
+                        timeline.first_audio_sent = clock()
+                    audio_sent_s += duration_ms(chunk, rate) / 1000
+                slots.release()
+            await asyncio.gather(*synth_tasks)
+        finally:
+            await cancel_and_wait([scheduler, *synth_tasks])

@@ -1,0 +1,176 @@
+"""The turn state machine: whose turn it is, when a user turn is committed, and when a reply stops.
+
+LISTENING (no user speech) → USER_SPEAKING (the input holds an utterance streaming to STT) → COMMITTED
+(`commit`: the utterance becomes a conversation item and is transcribed in the background) → back to
+LISTENING. The transcript is answered at once with turn detection; without it (push-to-talk) and for
+typed text it waits as the pending `UserTurn` until the client asks for a reply. Independently a reply
+may be RESPONDING: user speech that starts meanwhile cancels it (barge-in), and so does a newly
+transcribed turn or the client's `cancel_response`.
+
+It sees the input only as the `Utterance` it is handed and the reply player only through `Replies`, so
+it runs (and is tested) without either.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from actors.conversation.events import (
+    AudioCommitted,
+    Emit,
+    SessionError,
+    TranscriptCompleted,
+    UserItemAdded,
+    new_id,
+)
+from actors.conversation.faults import public_error
+from actors.conversation.input import Utterance
+from actors.conversation.metrics import TurnTimeline, clock
+from actors.conversation.options import SessionOptions
+from actors.llm.base import ChatMessage
+from actors.tasks import cancel_and_wait
+
+log = logging.getLogger(__name__)
+
+# Why a reply is cancelled: the user spoke over it (or a new turn replaced it), or the client asked.
+CancelReason = Literal["turn_detected", "client_cancelled"]
+
+
+@dataclass(frozen=True)
+class UserTurn:
+    """One user message to answer: a committed utterance's transcript or typed text, and its item id."""
+
+    item_id: str
+    text: str
+
+
+@dataclass
+class Conversation:
+    """What outlives a turn: the dialogue the LLM sees, and the last item's id (each new item names the
+    one before it)."""
+
+    history: list[ChatMessage] = field(default_factory=list)
+    last_item_id: str | None = None
+
+
+class Replies(Protocol):
+    """The reply player as the state machine drives it (`actors.conversation.reply.ReplyPlayer`)."""
+
+    @property
+    def responding(self) -> bool:
+        """A reply is being generated or played."""
+        ...
+
+    def start(self, user: UserTurn | None, timeline: TurnTimeline) -> None:
+        """Start answering `user` (None: continue the conversation)."""
+        ...
+
+    async def cancel(self, reason: CancelReason) -> None:
+        """Stop the reply in progress; it still ends with `ResponseFinished`."""
+        ...
+
+
+class TurnStateMachine:
+    """Commits user turns, holds the one awaiting a reply, and starts or stops replies.
+
+    Emits `AudioCommitted`, `TranscriptCompleted`, `UserItemAdded` and the errors of client commands
+    that do not fit the current state.
+    """
+
+    def __init__(
+        self, *, replies: Replies, emit: Emit, options: SessionOptions, conversation: Conversation
+    ) -> None:
+        self.options = options
+        self.conversation = conversation
+        self._replies = replies
+        self._emit = emit
+        self._pending: UserTurn | None = None  # awaiting `create_response`
+        self._tasks: set[asyncio.Task[None]] = set()  # transcriptions in progress
+
+    @property
+    def pending(self) -> UserTurn | None:
+        """The user turn the next `create_response` answers, if any."""
+        return self._pending
+
+    async def speech_started(self) -> None:
+        """The user started speaking."""
+        if self._replies.responding:  # barge-in: stop the reply the user is talking over
+            await self._replies.cancel("turn_detected")
+
+    async def commit(self, utterance: Utterance, timeline: TurnTimeline) -> None:
+        """The utterance is the user's turn: it becomes a conversation item and is transcribed; with
+        turn detection its transcript is answered at once, without it waits for `create_response`."""
+        await self._emit(AudioCommitted(utterance.item_id, self.conversation.last_item_id))
+        self.conversation.last_item_id = utterance.item_id
+        # Transcription finishes in the background so audio keeps flowing (and barge-in keeps working).
+        task = asyncio.create_task(self._transcribe_and_respond(utterance, timeline))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def commit_buffer(self, utterance: Utterance | None) -> None:
+        """Push-to-talk: the audio appended since the last commit (`utterance`) is the user's turn."""
+        if utterance is None:
+            await self._emit(
+                SessionError(
+                    "input_audio_buffer_commit_empty",
+                    "the input audio buffer is empty: append audio before committing",
+                )
+            )
+            return
+        now = clock()
+        await self.commit(utterance, TurnTimeline(speech_end=now, committed=now))
+
+    async def add_user_text(self, text: str) -> str:
+        """A typed user message; the next `create_response` answers it. Returns the item id."""
+        item_id = new_id("item")
+        self._pending = UserTurn(item_id, text)
+        await self._emit(UserItemAdded(item_id, self.conversation.last_item_id, text))
+        self.conversation.last_item_id = item_id
+        return item_id
+
+    async def create_response(self) -> None:
+        """Answer the pending user turn (or continue the conversation); one reply at a time."""
+        if self._replies.responding:
+            await self._emit(
+                SessionError(
+                    "conversation_already_has_active_response",
+                    "a response is already in progress: cancel it first or wait for response.done",
+                )
+            )
+            return
+        user, self._pending = self._pending, None
+        self._replies.start(user, TurnTimeline())
+
+    async def cancel_response(self) -> None:
+        """The client stops the reply in progress."""
+        if not self._replies.responding:
+            await self._emit(SessionError("response_cancel_not_active", "there is no response in progress"))
+            return
+        await self._replies.cancel("client_cancelled")
+
+    async def close(self) -> None:
+        """Cancel the transcriptions still running."""
+        await cancel_and_wait(self._tasks)
+
+    async def _transcribe_and_respond(self, utterance: Utterance, timeline: TurnTimeline) -> None:
+        try:
+            transcript = (await utterance.finish()).strip()
+        except Exception as exc:
+            failure = public_error(exc, "stt")
+            log.warning("transcription of %s failed (%s)", utterance.item_id, failure.code, exc_info=exc)
+            await self._emit(SessionError("transcription_failed", failure.message))
+            return
+        timeline.transcript = clock()
+        await self._emit(TranscriptCompleted(utterance.item_id, transcript, utterance.audio_seconds))
+        if not transcript:
+            return  # nothing recognisable: no response, like a cough
+        turn = UserTurn(utterance.item_id, transcript)
+        if self.options.turn_detection is None:
+            self._pending = turn
+            return  # manual mode: the client asks for the response
+        if self._replies.responding:
+            await self._replies.cancel("turn_detected")
+        self._replies.start(turn, timeline)

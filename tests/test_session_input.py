@@ -1,0 +1,162 @@
+"""The session's input alone (`actors.conversation.input`): what reaches STT, and where turns start and
+end, with a recording STT on virtual time."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from actors.audio.vad import VadConfig
+from actors.conversation.events import InputCleared, SessionError, SpeechStarted, SpeechStopped
+from actors.conversation.input import AudioInput, Utterance
+from actors.conversation.metrics import TurnTimeline
+from actors.conversation.options import SessionLimits, SessionOptions
+from actors.stt.base import STTStream
+from actors.stt.simulated import SimulatedSTTEngine
+from testkit.fakes import EnergySpeechDetector, silence, tone
+
+pytestmark = pytest.mark.looptime
+
+RATE = 16_000  # the STT rate: no resampling, so byte counts compare exactly
+CHUNK_MS = 100
+CHUNK_BYTES = RATE * 2 * CHUNK_MS // 1000
+
+
+class RecordingStream(STTStream):
+    """A simulated STT stream that records what it was sent and takes `feed_ms` per call."""
+
+    def __init__(self, stt: RecordingSTT) -> None:
+        self._inner = SimulatedSTTEngine("hello there").open_stream()
+        self._stt = stt
+        self.fed: list[int] = []  # bytes per feed call
+        self.tail: int | None = None  # bytes sent with the finish
+        self.closed = False
+
+    async def feed(self, pcm16: bytes) -> str | None:
+        if self._stt.fail:
+            raise ConnectionError("the recogniser went away")
+        self.fed.append(len(pcm16))
+        await asyncio.sleep(self._stt.feed_ms / 1000)
+        return await self._inner.feed(pcm16)
+
+    async def finish(self) -> str:
+        return await self._inner.finish()
+
+    async def finish_with(self, tail: bytes) -> str:
+        self.tail = len(tail)
+        return await self._inner.finish_with(tail)
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+class RecordingSTT:
+    def __init__(self, feed_ms: float = 5) -> None:
+        self.feed_ms = feed_ms
+        self.fail = False
+        self.streams: list[RecordingStream] = []
+
+    def open_stream(self) -> STTStream:
+        self.streams.append(RecordingStream(self))
+        return self.streams[-1]
+
+
+class Input:
+    def __init__(self, *, vad: bool = True, feed_ms: float = 5, max_utterance_s: float = 120) -> None:
+        self.stt = RecordingSTT(feed_ms)
+        self.events: list[object] = []
+        self.started = 0
+        self.stopped: list[tuple[Utterance, TurnTimeline]] = []
+        self.input = AudioInput(
+            stt=self.stt,
+            emit=self._emit,
+            options=SessionOptions(
+                instructions="", input_sample_rate=RATE, turn_detection=VadConfig() if vad else None
+            ),
+            limits=SessionLimits(stt_chunk_ms=CHUNK_MS, max_utterance_s=max_utterance_s),
+            speech_detector=EnergySpeechDetector,
+            on_speech_started=self._on_started,
+            on_speech_stopped=self._on_stopped,
+        )
+
+    async def _emit(self, event: object) -> None:
+        self.events.append(event)
+
+    async def _on_started(self) -> None:
+        self.started += 1
+
+    async def _on_stopped(self, utterance: Utterance, timeline: TurnTimeline) -> None:
+        self.stopped.append((utterance, timeline))
+
+    def of(self, kind: type) -> list:
+        return [e for e in self.events if isinstance(e, kind)]
+
+    async def stream(self, pcm: bytes, frame_ms: int = 20) -> None:
+        """Send audio in real-time frames, like a microphone."""
+        step = RATE * frame_ms // 1000 * 2
+        for i in range(0, len(pcm), step):
+            await self.input.append(pcm[i : i + step])
+            await asyncio.sleep(frame_ms / 1000)
+
+
+@pytest.mark.parametrize("feed_ms", [5, 250])
+async def test_stt_gets_the_utterance_in_chunks_of_at_least_the_configured_size(feed_ms: float) -> None:
+    i = Input(vad=False, feed_ms=feed_ms)
+    await i.stream(tone(2000, RATE))
+    utterance = i.input.take_utterance()
+    assert utterance is not None and await utterance.finish() == "hello there"
+    stream = i.stt.streams[0]
+    assert stream.fed and all(size >= CHUNK_BYTES for size in stream.fed)
+    assert sum(stream.fed) + (stream.tail or 0) == len(tone(2000, RATE))  # every byte, once
+    if feed_ms > CHUNK_MS:  # a slow STT gets fewer, bigger calls rather than a queue of them
+        assert len(stream.fed) <= 2000 / feed_ms + 1
+
+
+async def test_speech_opens_an_utterance_with_the_prefix_padding_and_silence_hands_it_over() -> None:
+    i = Input()
+    await i.stream(silence(1000, RATE) + tone(600, RATE) + silence(800, RATE))
+    [started] = i.of(SpeechStarted)
+    [stopped] = i.of(SpeechStopped)
+    # The audio before the detected onset is kept (prefix_padding_ms) so the first word is not clipped.
+    assert 1000 - 300 - 32 <= started.audio_start_ms <= 1000 - 300 + 32
+    assert 1600 <= stopped.audio_end_ms <= 1600 + 32
+    assert i.started == 1
+    [(utterance, timeline)] = i.stopped
+    assert utterance.item_id == started.item_id == stopped.item_id
+    assert timeline.committed is not None and timeline.speech_end is not None
+    assert timeline.committed - timeline.speech_end == pytest.approx(0.5, abs=0.06)  # silence_ms
+    # STT got everything from the padded start up to the moment the silence ended the turn.
+    detected_ms = stopped.audio_end_ms + 500
+    assert utterance.audio_seconds == pytest.approx((detected_ms - started.audio_start_ms) / 1000, abs=0.04)
+    assert i.input.take_utterance() is None  # already handed over
+
+
+async def test_manual_buffer_refuses_audio_past_the_limit_and_keeps_what_it_holds() -> None:
+    i = Input(vad=False, max_utterance_s=1)
+    await i.input.append(tone(800, RATE))
+    await i.input.append(tone(400, RATE))  # 1.2 s > 1 s: dropped
+    assert [e.code for e in i.of(SessionError)] == ["input_audio_buffer_full"]
+    utterance = i.input.take_utterance()
+    assert utterance is not None and utterance.audio_seconds == pytest.approx(0.8)
+
+
+async def test_clear_drops_the_utterance_and_closes_its_stt_stream() -> None:
+    i = Input(vad=False)
+    await i.stream(tone(300, RATE))
+    await i.input.clear()
+    assert i.of(InputCleared) and i.stt.streams[0].closed
+    assert i.input.take_utterance() is None
+
+
+async def test_stt_failing_mid_utterance_is_reported_at_once_and_the_next_utterance_starts_afresh() -> None:
+    i = Input()
+    i.stt.fail = True
+    await i.stream(silence(200, RATE) + tone(600, RATE))  # still speaking
+    assert [e.code for e in i.of(SessionError)] == ["transcription_failed"]
+    assert i.stt.streams[0].closed
+    await i.stream(silence(800, RATE))
+    assert not i.stopped  # the failed utterance is not handed over as a turn
+    i.stt.fail = False
+    await i.stream(tone(600, RATE) + silence(800, RATE))
+    assert len(i.stopped) == 1 and len(i.stt.streams) == 2

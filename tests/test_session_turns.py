@@ -1,0 +1,141 @@
+"""The turn state machine alone (`actors.conversation.turns`): commits, the pending turn, barge-in,
+with a scripted reply player and simulated STT on virtual time."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from actors.audio.vad import VadConfig
+from actors.conversation.events import AudioCommitted, SessionError, TranscriptCompleted, UserItemAdded
+from actors.conversation.input import Utterance
+from actors.conversation.metrics import TurnTimeline
+from actors.conversation.options import SessionLimits, SessionOptions
+from actors.conversation.turns import CancelReason, Conversation, TurnStateMachine, UserTurn
+from actors.stt.simulated import SimulatedSTTEngine
+from testkit.fakes import tone
+
+pytestmark = pytest.mark.looptime
+
+QUESTION = "what time is it"
+
+
+class ScriptedReplies:
+    """A reply player that records what it was asked to do; a reply runs until cancelled."""
+
+    def __init__(self) -> None:
+        self.responding = False
+        self.started: list[tuple[UserTurn | None, TurnTimeline]] = []
+        self.cancelled: list[CancelReason] = []
+
+    def start(self, user: UserTurn | None, timeline: TurnTimeline) -> None:
+        self.started.append((user, timeline))
+        self.responding = True
+
+    async def cancel(self, reason: CancelReason) -> None:
+        self.cancelled.append(reason)
+        self.responding = False
+
+
+class Turns:
+    def __init__(self, *, vad: bool = True, transcript: str = QUESTION) -> None:
+        self.events: list[object] = []
+        self.replies = ScriptedReplies()
+        self.conversation = Conversation()
+        self.stt = SimulatedSTTEngine(transcript, finalize_delay_ms=150)
+        self.turns = TurnStateMachine(
+            replies=self.replies,
+            emit=self._emit,
+            options=SessionOptions(instructions="", turn_detection=VadConfig() if vad else None),
+            conversation=self.conversation,
+        )
+
+    async def _emit(self, event: object) -> None:
+        self.events.append(event)
+
+    def of(self, kind: type) -> list:
+        return [e for e in self.events if isinstance(e, kind)]
+
+    async def utterance(self, ms: int = 800) -> Utterance:
+        async def ignore(*_: object) -> None:
+            pass
+
+        spoken = Utterance(self.stt.open_stream(), 3200, ignore, ignore, SessionLimits())
+        spoken.push(tone(ms, 16_000))
+        return spoken
+
+    async def settle(self) -> None:
+        await asyncio.sleep(1)  # transcription runs in the background
+
+
+async def test_speech_during_a_reply_is_a_barge_in_and_speech_in_silence_is_not() -> None:
+    t = Turns()
+    await t.turns.speech_started()
+    assert t.replies.cancelled == []
+    t.replies.start(None, TurnTimeline())
+    await t.turns.speech_started()
+    assert t.replies.cancelled == ["turn_detected"] and not t.replies.responding
+
+
+async def test_a_committed_turn_is_transcribed_and_answered_at_once() -> None:
+    t = Turns()
+    utterance = await t.utterance()
+    loop = asyncio.get_running_loop()
+    committed_at = loop.time()
+    await t.turns.commit(utterance, TurnTimeline(speech_end=committed_at - 0.5, committed=committed_at))
+    assert t.of(AudioCommitted) == [AudioCommitted(utterance.item_id, None)]
+    await t.settle()
+    [done] = t.of(TranscriptCompleted)
+    assert (done.transcript, done.audio_seconds) == (QUESTION, pytest.approx(0.8))
+    [(user, timeline)] = t.replies.started
+    assert user == UserTurn(utterance.item_id, QUESTION)
+    assert timeline.transcript == pytest.approx(committed_at + 0.15)  # the reply's metrics include STT
+    assert t.conversation.last_item_id == utterance.item_id
+
+
+async def test_a_new_turn_replaces_the_reply_still_playing() -> None:
+    t = Turns()
+    t.replies.start(None, TurnTimeline())
+    await t.turns.commit(await t.utterance(), TurnTimeline())
+    await t.settle()
+    assert t.replies.cancelled == ["turn_detected"] and len(t.replies.started) == 2
+
+
+async def test_silence_that_transcribes_to_nothing_gets_no_reply() -> None:
+    t = Turns(transcript="")
+    await t.turns.commit(await t.utterance(), TurnTimeline())
+    await t.settle()
+    assert t.of(TranscriptCompleted)[0].transcript == "" and not t.replies.started
+
+
+async def test_push_to_talk_waits_for_the_client_to_ask_for_the_reply() -> None:
+    t = Turns(vad=False)
+    await t.turns.commit_buffer(None)
+    assert t.of(SessionError)[-1].code == "input_audio_buffer_commit_empty"
+    utterance = await t.utterance()
+    await t.turns.commit_buffer(utterance)
+    await t.settle()
+    assert not t.replies.started and t.turns.pending == UserTurn(utterance.item_id, QUESTION)
+    await t.turns.create_response()
+    assert t.replies.started[0][0] == UserTurn(utterance.item_id, QUESTION)
+    assert t.turns.pending is None
+    await t.turns.create_response()  # one reply at a time
+    assert t.of(SessionError)[-1].code == "conversation_already_has_active_response"
+    assert len(t.replies.started) == 1
+
+
+async def test_typed_items_chain_and_cancel_needs_a_reply_in_progress() -> None:
+    t = Turns(vad=False)
+    first = await t.turns.add_user_text("hello")
+    second = await t.turns.add_user_text("are you there?")
+    assert t.of(UserItemAdded) == [
+        UserItemAdded(first, None, "hello"),
+        UserItemAdded(second, first, "are you there?"),
+    ]
+    await t.turns.cancel_response()
+    assert t.of(SessionError)[-1].code == "response_cancel_not_active"
+    await t.turns.create_response()
+    assert t.replies.started[0][0] == UserTurn(second, "are you there?")  # the latest message
+    await t.turns.cancel_response()
+    assert t.replies.cancelled == ["client_cancelled"]
