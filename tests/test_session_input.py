@@ -7,6 +7,7 @@ import asyncio
 
 import pytest
 
+from actors.audio.end_of_turn import SmartTurnModel
 from actors.audio.vad import VadConfig
 from actors.conversation.events import InputCleared, SessionError, SpeechStarted, SpeechStopped
 from actors.conversation.input import AudioInput, Utterance
@@ -62,8 +63,27 @@ class RecordingSTT:
         return self.streams[-1]
 
 
+class ScriptedTurnModel:
+    """An end-of-turn model that answers the scripted probabilities in turn and records what it heard."""
+
+    def __init__(self, probabilities: list[float]) -> None:
+        self.probabilities = list(probabilities)
+        self.heard: list[int] = []  # bytes of audio per call
+
+    def probability_complete(self, pcm16k: bytes) -> float:
+        self.heard.append(len(pcm16k))
+        return self.probabilities.pop(0)
+
+
 class Input:
-    def __init__(self, *, vad: bool = True, feed_ms: float = 5, max_utterance_s: float = 120) -> None:
+    def __init__(
+        self,
+        *,
+        vad: bool = True,
+        feed_ms: float = 5,
+        max_utterance_s: float = 120,
+        semantic: ScriptedTurnModel | None = None,
+    ) -> None:
         self.stt = RecordingSTT(feed_ms)
         self.events: list[object] = []
         self.started = 0
@@ -72,12 +92,15 @@ class Input:
             stt=self.stt,
             emit=self._emit,
             options=SessionOptions(
-                instructions="", input_sample_rate=RATE, turn_detection=VadConfig() if vad else None
+                instructions="",
+                input_sample_rate=RATE,
+                turn_detection=(VadConfig.semantic() if semantic else VadConfig()) if vad else None,
             ),
             limits=SessionLimits(stt_chunk_ms=CHUNK_MS, max_utterance_s=max_utterance_s),
             speech_detector=EnergySpeechDetector,
             on_speech_started=self._on_started,
             on_speech_stopped=self._on_stopped,
+            end_of_turn=(lambda: semantic) if semantic else SmartTurnModel,
         )
 
     async def _emit(self, event: object) -> None:
@@ -160,3 +183,48 @@ async def test_stt_failing_mid_utterance_is_reported_at_once_and_the_next_uttera
     i.stt.fail = False
     await i.stream(tone(600, RATE) + silence(800, RATE))
     assert len(i.stopped) == 1 and len(i.stt.streams) == 2
+
+
+async def test_semantic_a_pause_that_sounds_finished_ends_the_turn_without_the_silence_window() -> None:
+    model = ScriptedTurnModel([0.9])
+    i = Input(semantic=model)
+    await i.stream(silence(500, RATE) + tone(1500, RATE) + silence(350, RATE))
+    [stopped] = i.of(SpeechStopped)
+    assert len(i.stopped) == 1
+    assert stopped.audio_end_ms == pytest.approx(2000, abs=40)  # where the speech ended, as server VAD
+    # Asked once, at the pause, about everything up to it (the speech and ~200 ms of its silence).
+    [heard] = model.heard
+    assert 2.2 <= heard / (2 * RATE) <= 2.3
+
+
+async def test_semantic_a_pause_that_sounds_unfinished_keeps_listening_up_to_the_cap() -> None:
+    i = Input(semantic=ScriptedTurnModel([0.0]))
+    await i.stream(tone(1000, RATE) + silence(2000, RATE))
+    assert i.stopped == []  # server VAD would have ended the turn 500 ms into the pause
+    await i.stream(silence(2200, RATE))
+    assert len(i.stopped) == 1  # auto eagerness: 4 s at most
+    [stopped] = i.of(SpeechStopped)
+    assert stopped.audio_end_ms == pytest.approx(1000, abs=40)
+
+
+async def test_semantic_speech_after_a_pause_continues_the_same_turn() -> None:
+    model = ScriptedTurnModel([0.1, 0.8])
+    i = Input(semantic=model)
+    await i.stream(tone(1000, RATE) + silence(900, RATE) + tone(800, RATE) + silence(400, RATE))
+    assert len(i.of(SpeechStarted)) == 1 and len(i.stopped) == 1
+    [stopped] = i.of(SpeechStopped)
+    assert stopped.audio_end_ms == pytest.approx(2700, abs=40)
+    assert len(model.heard) == 2
+
+
+async def test_semantic_the_model_hears_the_last_eight_seconds_at_most() -> None:
+    model = ScriptedTurnModel([0.9])
+    i = Input(semantic=model)
+    await i.stream(
+        tone(
+            10_000,
+            RATE,
+        )
+        + silence(300, RATE)
+    )
+    assert model.heard == [8 * RATE * 2]

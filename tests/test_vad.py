@@ -82,12 +82,38 @@ def test_without_pause_ms_there_are_no_pause_events() -> None:
     assert [e.kind for e in events] == ["speech_started", "speech_stopped"]
 
 
-def test_end_now_stops_speech_where_the_pause_began() -> None:
-    endpointer = Endpointer(ScriptedDetector([0.9] * 10 + [0.1] * 8), VadConfig(pause_ms=192))
-    assert endpointer.end_now() is None  # nothing said yet
+def test_stop_after_ends_this_pause_at_its_own_window() -> None:
+    endpointer = Endpointer(ScriptedDetector([0.9] * 10 + [0.1] * 20), VadConfig(pause_ms=192))
+    assert endpointer.stop_after(0) is None  # nothing said yet
     events = endpointer.process(b"\x00\x00" * FRAME * 10)
-    assert endpointer.end_now() is None  # speaking, not silent
+    assert endpointer.stop_after(0) is None  # speaking, not silent
     events += endpointer.process(b"\x00\x00" * FRAME * 8)
     assert [e.kind for e in events] == ["speech_started", "speech_paused"]
-    assert endpointer.end_now() == VadEvent("speech_stopped", 10 * FRAME)
-    assert not endpointer.in_speech and endpointer.end_now() is None
+    # Judged unfinished: wait until 640 ms of silence (20 frames), not the configured 500 ms.
+    assert endpointer.stop_after(640) is None
+    assert endpointer.process(b"\x00\x00" * FRAME * 8) == []  # 16 frames: past 500 ms, still waiting
+    assert endpointer.process(b"\x00\x00" * FRAME * 4) == [VadEvent("speech_stopped", 10 * FRAME)]
+
+
+def test_stop_after_a_window_already_reached_stops_at_once() -> None:
+    endpointer = Endpointer(ScriptedDetector([0.9] * 10 + [0.1] * 8), VadConfig(pause_ms=192))
+    endpointer.process(b"\x00\x00" * FRAME * 18)
+    assert endpointer.stop_after(192) == VadEvent("speech_stopped", 10 * FRAME)
+    assert not endpointer.in_speech and endpointer.stop_after(0) is None
+
+
+def test_a_pause_window_does_not_outlive_its_pause() -> None:
+    # Judged unfinished at the first pause (wait long); speech resumes; the next pause has the default.
+    probs = [0.9] * 10 + [0.1] * 7 + [0.9] * 5 + [0.1] * 17
+    endpointer = Endpointer(ScriptedDetector(probs), VadConfig(silence_ms=500, pause_ms=192))
+    events = endpointer.process(b"\x00\x00" * FRAME * 17)
+    endpointer.stop_after(8000)
+    events += endpointer.process(b"\x00\x00" * FRAME * 22)
+    assert [e.kind for e in events] == [
+        "speech_started",
+        "speech_paused",
+        "speech_resumed",
+        "speech_paused",
+        "speech_stopped",
+    ]
+    assert events[-1] == VadEvent("speech_stopped", 22 * FRAME)

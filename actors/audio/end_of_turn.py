@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
@@ -22,6 +22,25 @@ from actors.audio.pcm import pcm_to_float
 
 MODEL_PATH = Path(__file__).parents[1] / "models" / "smart_turn_v3.2_cpu.onnx"
 WINDOW_SAMPLES = 8 * SAMPLE_RATE
+
+# Semantic turn detection, as OpenAI's Realtime API names it: at each pause in the user's speech the model
+# judges the turn. Likely finished → the turn ends at once; likely unfinished → the agent keeps listening,
+# the longer the less likely the turn is finished, up to a cap that `eagerness` sets (OpenAI documents
+# 8 / 4 / 2 s for low / medium / high; auto is medium).
+Eagerness = Literal["low", "medium", "high", "auto"]
+MAX_WAIT_MS: dict[Eagerness, int] = {"low": 8000, "medium": 4000, "high": 2000, "auto": 4000}
+PAUSE_MS = 200  # silence before the model is asked: it was trained on speech followed by ~200 ms of it
+COMPLETE_THRESHOLD = 0.5
+
+
+def wait_after_pause_ms(probability: float, eagerness: Eagerness) -> int:
+    """How much longer than `PAUSE_MS` to wait for more speech, given the model's verdict at the pause:
+    0 when the turn sounds finished, then growing linearly to the eagerness cap as the probability that
+    it is finished falls to 0."""
+    if probability >= COMPLETE_THRESHOLD:
+        return 0
+    doubt = 1.0 - probability / COMPLETE_THRESHOLD
+    return round(doubt * (MAX_WAIT_MS[eagerness] - PAUSE_MS))
 
 
 class EndOfTurnModel(Protocol):

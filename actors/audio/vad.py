@@ -15,6 +15,7 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
+from actors.audio.end_of_turn import MAX_WAIT_MS, PAUSE_MS, Eagerness
 from actors.audio.pcm import PCM_SAMPLE_WIDTH, STT_SAMPLE_RATE
 
 
@@ -85,6 +86,12 @@ class VadConfig:
     # `silence_ms` (for semantic turn detection, which asks the end-of-turn model at each pause); None:
     # no pause events.
     pause_ms: int | None = None
+    eagerness: Eagerness | None = None  # semantic turn detection; None: server VAD (silence only)
+
+    @classmethod
+    def semantic(cls, eagerness: Eagerness = "auto") -> VadConfig:
+        """Semantic turn detection: the end-of-turn model decides at each pause how long to wait."""
+        return cls(silence_ms=MAX_WAIT_MS[eagerness], pause_ms=PAUSE_MS, eagerness=eagerness)
 
 
 @dataclass(frozen=True)
@@ -107,6 +114,7 @@ class Endpointer:
         self.paused = False  # in speech, silent for at least `pause_ms`
         self._run_start: int | None = None  # first sample of the current run of speech frames
         self._silence_start: int | None = None
+        self._stop_after_ms: int | None = None  # this pause's window, set by `stop_after`
 
     def _frames_for(self, ms: int) -> int:
         return max(1, math.ceil(ms * STT_SAMPLE_RATE / 1000 / self.detector.frame_samples))
@@ -136,7 +144,8 @@ class Endpointer:
                 if self._silence_start is None:
                     self._silence_start = start
                 silent = self._offset - self._silence_start
-                if silent >= self._frames_for(self.config.silence_ms) * n:
+                window_ms = self._stop_after_ms or self.config.silence_ms
+                if silent >= self._frames_for(window_ms) * n:
                     events.append(self._stop())
                 elif (
                     self.config.pause_ms is not None
@@ -147,17 +156,23 @@ class Endpointer:
                     events.append(VadEvent("speech_paused", self._silence_start))
             elif p >= self.config.threshold:
                 self._silence_start = None
+                self._stop_after_ms = None
                 if self.paused:
                     self.paused = False
                     events.append(VadEvent("speech_resumed", start))
         return events
 
-    def end_now(self) -> VadEvent | None:
-        """End the speech at the silence it is in (the end-of-turn model judged the pause to be the end
-        of the turn); None when there is no speech, or it is not silent."""
+    def stop_after(self, silence_ms: int) -> VadEvent | None:
+        """End the current pause's speech once its silence lasts `silence_ms` instead of the configured
+        window (the end-of-turn model's verdict on this pause): the stop event now if it already has,
+        else None and it comes from `process` (also None when there is no pause to end)."""
         if not self.in_speech or self._silence_start is None:
             return None
-        return self._stop()
+        n = self.detector.frame_samples
+        if self._offset - self._silence_start >= self._frames_for(silence_ms) * n:
+            return self._stop()
+        self._stop_after_ms = silence_ms
+        return None
 
     def _stop(self) -> VadEvent:
         assert self._silence_start is not None
@@ -166,6 +181,7 @@ class Endpointer:
         self.paused = False
         self._run_start = None
         self._silence_start = None
+        self._stop_after_ms = None
         return event
 
     def reset(self) -> None:
@@ -173,6 +189,7 @@ class Endpointer:
         self._pending.clear()
         self.in_speech = False
         self.paused = False
+        self._stop_after_ms = None
         self._run_start = None
         self._silence_start = None
         self.detector.reset()

@@ -4,6 +4,11 @@ endpointing (VAD), and one `Utterance` per user turn that feeds STT in chunks wh
 It decides nothing about turns: it says where speech starts and stops (`on_speech_started`,
 `on_speech_stopped`) and hands over the utterance it holds when the turn is committed
 (`take_utterance`); `actors.conversation.turns` decides what that means for the conversation.
+
+Where speech stops: after the silence window (server VAD), or with semantic turn detection at a pause
+the end-of-turn model judges finished, else after a wait that grows with its doubt
+(`actors.audio.end_of_turn`). The model runs in a worker thread; audio keeps flowing meanwhile, and a
+verdict that arrives after the user spoke again is dropped.
 """
 
 from __future__ import annotations
@@ -15,8 +20,9 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import assert_never
 
+from actors.audio.end_of_turn import WINDOW_SAMPLES, EndOfTurnModel, SmartTurnModel, wait_after_pause_ms
 from actors.audio.pcm import PCM_SAMPLE_WIDTH, STT_SAMPLE_RATE, StreamResampler, duration_ms
-from actors.audio.vad import Endpointer, SpeechDetector
+from actors.audio.vad import Endpointer, SpeechDetector, VadEvent
 from actors.conversation.events import (
     Emit,
     InputCleared,
@@ -139,6 +145,7 @@ class AudioInput:
         speech_detector: Callable[[], SpeechDetector] | None,
         on_speech_started: Callable[[], Awaitable[None]],
         on_speech_stopped: Callable[[Utterance, TurnTimeline], Awaitable[None]],
+        end_of_turn: Callable[[], EndOfTurnModel] = SmartTurnModel,
     ) -> None:
         self.options = options
         self._limits = limits
@@ -154,6 +161,12 @@ class AudioInput:
         self._preroll: deque[bytes] = deque()
         self._preroll_samples = 0
         self._utterance: Utterance | None = None
+        self._make_end_of_turn = end_of_turn
+        self._end_of_turn: EndOfTurnModel | None = None  # made at the first pause it must judge
+        self._pauses = 0  # pauses seen: a verdict applies only to the pause it was asked about
+        self._judging: set[asyncio.Task[None]] = set()
+        # The endpointer is used from `append` and from a verdict's task: one at a time.
+        self._vad_lock = asyncio.Lock()
 
     def _configure_vad(self) -> None:
         vad = self.options.turn_detection
@@ -193,32 +206,63 @@ class AudioInput:
                 self._utterance = self._open_utterance()
             self._utterance.push(pcm16k)
             return
-        self._samples_in += len(pcm16k) // PCM_SAMPLE_WIDTH
-        self._remember_preroll(pcm16k)
-        if self._utterance is not None:
-            self._utterance.push(pcm16k)
-        endpointer = self._endpointer
-        if duration_ms(pcm16k, STT_SAMPLE_RATE) <= VAD_INLINE_MAX_MS:
-            events = endpointer.process(pcm16k)
-        else:
-            events = await asyncio.to_thread(endpointer.process, pcm16k)
-        for event in events:
-            # When the event's sample arrived: chunk arrival minus the audio after it in this chunk,
-            # i.e. the moment it was spoken for a client streaming in real time.
-            at = now - max(self._samples_in - event.sample, 0) / STT_SAMPLE_RATE
-            match event.kind:
-                case "speech_started":
-                    await self._speech_started(event.sample)
-                case "speech_stopped":
-                    await self._speech_stopped(event.sample, at, now)
-                case "speech_paused" | "speech_resumed":
-                    pass  # reported only when `pause_ms` is set, which server VAD does not do
-                case _:
-                    assert_never(event.kind)
-        if self._utterance is not None and self._utterance.audio_bytes > max_utterance_bytes:
-            # Nobody speaks for minutes without a pause: end the turn here rather than grow without bound.
-            endpointer.reset()
-            await self._speech_stopped(self._samples_in, now, now)
+        async with self._vad_lock:
+            self._samples_in += len(pcm16k) // PCM_SAMPLE_WIDTH
+            self._remember_preroll(pcm16k)
+            if self._utterance is not None:
+                self._utterance.push(pcm16k)
+            endpointer = self._endpointer
+            if duration_ms(pcm16k, STT_SAMPLE_RATE) <= VAD_INLINE_MAX_MS:
+                events = endpointer.process(pcm16k)
+            else:
+                events = await asyncio.to_thread(endpointer.process, pcm16k)
+            for event in events:
+                await self._on_vad_event(event, now)
+            if self._utterance is not None and self._utterance.audio_bytes > max_utterance_bytes:
+                # Nobody speaks for minutes without a pause: end the turn here rather than grow unbounded.
+                endpointer.reset()
+                await self._speech_stopped(self._samples_in, now, now)
+
+    async def _on_vad_event(self, event: VadEvent, now: float) -> None:
+        # When the event's sample arrived: chunk arrival minus the audio after it in this chunk,
+        # i.e. the moment it was spoken for a client streaming in real time.
+        at = now - max(self._samples_in - event.sample, 0) / STT_SAMPLE_RATE
+        match event.kind:
+            case "speech_started":
+                await self._speech_started(event.sample)
+            case "speech_stopped":
+                await self._speech_stopped(event.sample, at, now)
+            case "speech_paused":
+                self._pauses += 1
+                audio = b"".join(self._preroll)[-WINDOW_SAMPLES * PCM_SAMPLE_WIDTH :]
+                task = asyncio.create_task(self._judge_pause(self._pauses, audio))
+                self._judging.add(task)
+                task.add_done_callback(self._judging.discard)
+            case "speech_resumed":
+                pass  # a verdict on the pause that ended is dropped when it arrives
+            case _:
+                assert_never(event.kind)
+
+    async def _judge_pause(self, pause: int, audio: bytes) -> None:
+        """Ask the end-of-turn model about this pause, then set how long it may last."""
+        vad = self.options.turn_detection
+        if vad is None or vad.eagerness is None or vad.pause_ms is None:
+            return
+        try:
+            if self._end_of_turn is None:
+                self._end_of_turn = self._make_end_of_turn()
+            probability = await asyncio.to_thread(self._end_of_turn.probability_complete, audio)
+        except Exception:
+            # Without a verdict the pause lasts the eagerness cap: slow, but the turn still ends.
+            log.exception("the end-of-turn model failed; this pause waits the full window")
+            return
+        async with self._vad_lock:
+            endpointer = self._endpointer
+            if endpointer is None or pause != self._pauses or not endpointer.paused:
+                return  # the user spoke again, or the turn ended, meanwhile
+            event = endpointer.stop_after(vad.pause_ms + wait_after_pause_ms(probability, vad.eagerness))
+            if event is not None:
+                await self._on_vad_event(event, clock())
 
     def take_utterance(self) -> Utterance | None:
         """Hand over the utterance being spoken (the turn is committed); the next audio starts a new one."""
@@ -227,15 +271,17 @@ class AudioInput:
 
     async def clear(self) -> None:
         """Drop the audio not yet committed (and the utterance being transcribed)."""
-        if self._utterance is not None:
-            await self._utterance.abort()
-            self._utterance = None
-        if self._endpointer is not None:
-            self._endpointer.reset()
+        async with self._vad_lock:
+            if self._utterance is not None:
+                await self._utterance.abort()
+                self._utterance = None
+            if self._endpointer is not None:
+                self._endpointer.reset()
         await self._emit(InputCleared())
 
     async def close(self) -> None:
         """Abort the utterance being spoken, if any (the client left)."""
+        await cancel_and_wait(list(self._judging))
         if self._utterance is not None:
             await self._utterance.abort()
             self._utterance = None
@@ -243,6 +289,8 @@ class AudioInput:
     def _remember_preroll(self, pcm16k: bytes) -> None:
         vad = self.options.turn_detection
         keep = (vad.prefix_padding_ms if vad else 0) * STT_SAMPLE_RATE // 1000 + 16_000  # + 1 s of slack
+        if vad is not None and vad.eagerness is not None:
+            keep = max(keep, WINDOW_SAMPLES)  # what the end-of-turn model hears
         self._preroll.append(pcm16k)
         self._preroll_samples += len(pcm16k) // PCM_SAMPLE_WIDTH
         while self._preroll and self._preroll_samples - len(self._preroll[0]) // PCM_SAMPLE_WIDTH >= keep:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
+from actors.audio.end_of_turn import EndOfTurnModel, SmartTurnModel
 from actors.audio.vad import SpeechDetector
 from actors.conversation.events import Emit, new_id
 from actors.conversation.input import AudioInput
@@ -44,6 +45,7 @@ class VoiceSession:
         options: SessionOptions,
         limits: SessionLimits | None = None,
         speech_detector: Callable[[], SpeechDetector] | None = None,
+        end_of_turn: Callable[[], EndOfTurnModel] = SmartTurnModel,
         memory_sink: MemorySink | None = None,
         memory_context: Callable[[str], Awaitable[str | None]] | None = None,
         user_id: str = "anonymous",
@@ -76,6 +78,7 @@ class VoiceSession:
             options=options,
             limits=self.limits,
             speech_detector=speech_detector,
+            end_of_turn=end_of_turn,
             on_speech_started=self._turns.speech_started,
             on_speech_stopped=self._turns.commit,
         )
