@@ -264,6 +264,12 @@ class AudioInput:
             if event is not None:
                 await self._on_vad_event(event, clock())
 
+    async def settled(self) -> None:
+        """Wait for the end-of-turn verdicts still being worked out: for callers that feed recorded audio
+        faster than real time and want each verdict applied where a live speaker's would be."""
+        while self._judging:
+            await asyncio.gather(*self._judging, return_exceptions=True)
+
     def take_utterance(self) -> Utterance | None:
         """Hand over the utterance being spoken (the turn is committed); the next audio starts a new one."""
         utterance, self._utterance = self._utterance, None
