@@ -13,7 +13,7 @@ import threading
 from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 
-from actors.llm.base import ChatMessage, LLMEngine
+from actors.llm.base import ChatMessage, LLMEngine, LLMRequest
 from actors.thread_stream import stream_from_thread
 
 # Spin-waiting OpenMP threads collapse when STT/TTS share the cores (measured). libgomp reads
@@ -149,17 +149,10 @@ class LlamaCppEngine(LLMEngine):
             finally:
                 chunks.close()
 
-    async def stream(
-        self,
-        messages: list[ChatMessage],
-        *,
-        max_tokens: int,
-        temperature: float,
-        user_id: str = "anonymous",
-        model: str | None = None,  # one GGUF is loaded: ignored
-    ) -> AsyncGenerator[str, None]:
+    async def stream(self, request: LLMRequest) -> AsyncGenerator[str, None]:
+        # request["model"] and request["user_id"] are ignored: one GGUF is loaded, and it keeps no state.
         def produce(emit: Any, stop: threading.Event) -> None:
-            self._generate(messages, max_tokens, temperature, stop, emit)
+            self._generate(request["messages"], request["max_tokens"], request["temperature"], stop, emit)
 
         # Not joined on close: the worker notices at its next token (~25 ms) and frees the lock; the
         # consumer (barge-in) need not wait for that.
