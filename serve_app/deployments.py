@@ -23,7 +23,7 @@ from actors.tts.stage import TTSStage
 from serve_app.api.deps import RouterDeps
 from serve_app.api.router_app import build_router_app
 from serve_app.cluster_state import SharedRouterState
-from serve_app.memory_actor import ActorMemoryContext, ActorMemorySink, memory_actor
+from serve_app.memory_actor import ActorMemorySink, actor_memory_context, memory_actor
 from serve_app.stage_clients import RemoteLLMStage, RemoteSTTStage, RemoteTTSStage
 
 log = logging.getLogger("ray.serve")
@@ -119,7 +119,7 @@ class Router:
         if settings.letta_base_url and settings.use_hybrid_streaming:
             sink = ActorMemorySink(lambda: memory_actor(config))
             memory_sink = sink
-            memory_context = ActorMemoryContext(sink, budget_s=settings.memory_read_budget_ms / 1000)
+            memory_context = actor_memory_context(sink, settings).context
 
             async def extra_metrics() -> bytes:
                 return await sink.actor.metrics_text.remote()
