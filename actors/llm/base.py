@@ -13,7 +13,7 @@ from typing import Literal, NotRequired, Protocol, TypedDict
 
 
 class ChatMessage(TypedDict):
-    role: str  # "system" | "user" | "assistant"
+    role: Literal["system", "user", "assistant"]
     content: str
 
 

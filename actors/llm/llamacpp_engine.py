@@ -11,7 +11,7 @@ import asyncio
 import os
 import threading
 from collections.abc import AsyncGenerator, Sequence
-from typing import Any
+from typing import Any, assert_never
 
 from actors.llm.base import ChatMessage, LLMEngine, LLMRequest
 from actors.thread_stream import stream_from_thread
@@ -51,10 +51,15 @@ def build_prompt(messages: Sequence[ChatMessage], few_shot: Sequence[tuple[str, 
     system = " ".join(m["content"] for m in messages if m["role"] == "system") or None
     turns = []
     for m in messages:
-        if m["role"] == "user":
-            turns.append(f"User: {_one_line(m['content'])}")
-        elif m["role"] == "assistant":
-            turns.append(f"Assistant: {_one_line(m['content'])}")
+        match m["role"]:
+            case "user":
+                turns.append(f"User: {_one_line(m['content'])}")
+            case "assistant":
+                turns.append(f"Assistant: {_one_line(m['content'])}")
+            case "system":
+                pass  # in the preamble (above)
+            case unknown:
+                assert_never(unknown)
     return build_prefix(system, few_shot) + "".join(t + "\n" for t in turns) + "Assistant:"
 
 
