@@ -60,6 +60,7 @@ class RemoteSTTStage:
         self._handle = handle
 
     def open_stream(self) -> STTStream:
+        """A stream for one utterance, routed to one replica while it holds the stream."""
         return RemoteSTTStream(self._handle)
 
 
@@ -70,9 +71,11 @@ class RemoteLLMStage:
         self._handle = handle.options(stream=True)
 
     def stream_phrases(self, request: LLMRequest) -> AsyncGenerator[LLMEvent, None]:
+        """`LLMStage.stream_phrases` on a replica; closing the stream cancels it there."""
         return _cancelled_on_close(self._handle.stream_phrases.remote(request))
 
     def stream_tokens(self, request: LLMRequest) -> AsyncGenerator[str, None]:
+        """`LLMStage.stream_tokens` on a replica; closing the stream cancels it there."""
         return _cancelled_on_close(self._handle.stream_tokens.remote(request))
 
 
@@ -83,6 +86,7 @@ class RemoteTTSStage:
         self._handle = handle.options(stream=True)
 
     def synthesize(self, text: str, sample_rate: int) -> AsyncGenerator[bytes, None]:
+        """`TTSStage.synthesize` on a replica; closing the stream cancels it there."""
         return _cancelled_on_close(self._handle.synthesize.remote(text, sample_rate))
 
 

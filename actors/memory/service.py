@@ -119,6 +119,7 @@ class MemoryService:
         return asyncio.run(run())
 
     async def close(self) -> None:
+        """Stop delivering (what is left stays journaled) and release Letta's client and the journal."""
         await self.writer.close()
         await self.letta.close()
         await asyncio.to_thread(self.journal.close)
