@@ -1,5 +1,6 @@
-"""Retrying until it works, for deliveries that must never be dropped (memory writes, turns to the
-memory actor): jittered exponential backoff, so many callers recovering at once do not retry in step."""
+"""Retrying until it works, for calls that must never be given up on: memory writes to Letta (the
+writer), turns handed to the memory actor (the router's sink), and the router's watch on the memory
+change log. Jittered exponential backoff, so many callers recovering at once do not retry in step."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from tenacity import (
     wait_random_exponential,
 )
 
+__all__ = ["OnRetry", "RetryCallState", "retry_forever"]
+
 OnRetry = Callable[[BaseException | None, RetryCallState], Awaitable[None] | None]
 
 
@@ -26,7 +29,8 @@ def retry_forever(
 ) -> AsyncRetrying:
     """An `AsyncRetrying` that retries `retry_on` errors without end, waiting a random time of up to
     `min_wait_s` × 2^attempt (at most `max_wait_s`); `on_retry(error, state)` runs before each wait
-    (`state.attempt_number`, `state.upcoming_sleep`)."""
+    (`state.attempt_number`, `state.upcoming_sleep`). Use it as `async for attempt in ...` or call it
+    with the coroutine function and its arguments."""
 
     async def before_sleep(state: RetryCallState) -> None:
         error = state.outcome.exception() if state.outcome else None

@@ -1,4 +1,6 @@
-"""Thin Ray Serve deployments around the stage logic in `actors/` (no logic of their own)."""
+"""Thin Ray Serve deployments around the stages in `actors/` (no logic of their own): each of
+`STTDeployment`, `LLMDeployment` and `TTSDeployment` runs its engine in that stage's in-process class
+(`STTStage`, `LLMStage`, `TTSStage`), and the `Router` reaches them through `serve_app.stage_clients`."""
 
 from __future__ import annotations
 
@@ -12,17 +14,17 @@ from ray.serve.handle import DeploymentHandle
 from starlette.types import ASGIApp
 
 from actors.config import load_settings
-from actors.conversation.stages import LLMEvent, LLMRequest
 from actors.engines import create_llm_engine, create_stt_engine, create_tts_engine
+from actors.llm.base import LLMEvent, LLMRequest
 from actors.llm.stage import LLMStage
 from actors.memory.sink import RecentTurnsSink
-from actors.stt.registry import FeedResult, FinishResult, STTStreamRegistry
+from actors.stt.stage import FeedResult, FinishResult, STTStage
 from actors.tts.stage import TTSStage
 from serve_app.api.deps import RouterDeps
 from serve_app.api.router_app import build_router_app
 from serve_app.cluster_state import SharedRouterState
-from serve_app.memory_actor import ActorMemoryContext, ActorMemorySink, memory_actor
-from serve_app.stage_clients import RemotePhraseLLM, RemoteSynthesizer, RemoteTranscriber
+from serve_app.memory_actor import ActorMemorySink, actor_memory_context, memory_actor
+from serve_app.stage_clients import RemoteLLMStage, RemoteSTTStage, RemoteTTSStage
 
 log = logging.getLogger("ray.serve")
 
@@ -33,30 +35,30 @@ MAX_STREAMS_PER_STT_REPLICA = 64
 class STTDeployment:
     async def __init__(self, config: dict[str, Any]) -> None:  # type: ignore[misc]  # Serve awaits it
         settings = load_settings(config)
-        self.engine = create_stt_engine(settings)
-        await self.engine.warmup()
-        self.registry = STTStreamRegistry(self.engine)
-        log.info("STT engine: %s model=%s", self.engine.name, self.engine.model)
+        engine = create_stt_engine(settings)
+        await engine.warmup()
+        self.stage = STTStage(engine)
+        log.info("STT engine: %s model=%s", engine.name, engine.model)
 
     async def ping(self) -> str:
-        return f"{self.engine.name}:{self.engine.model}"
+        return f"{self.stage.engine.name}:{self.stage.engine.model}"
 
     @serve.multiplexed(max_num_models_per_replica=MAX_STREAMS_PER_STT_REPLICA)
     async def _claim(self, stream_id: str) -> str:
         # Registering the stream id as a multiplexed "model" makes the router prefer this replica
-        # for the rest of the utterance. The state itself lives in the registry.
+        # for the rest of the utterance. The state itself lives in the stage.
         return stream_id
 
     async def feed(self, stream_id: str, offset: int, pcm16: bytes) -> FeedResult:
         await self._claim(serve.get_multiplexed_model_id())
-        return await self.registry.feed(stream_id, offset, pcm16)
+        return await self.stage.feed(stream_id, offset, pcm16)
 
     async def finish(self, stream_id: str, offset: int, tail: bytes) -> FinishResult:
         await self._claim(serve.get_multiplexed_model_id())
-        return await self.registry.finish(stream_id, offset, tail)
+        return await self.stage.finish(stream_id, offset, tail)
 
     async def close(self, stream_id: str) -> None:
-        await self.registry.close(stream_id)
+        await self.stage.close(stream_id)
 
 
 @serve.deployment
@@ -117,7 +119,7 @@ class Router:
         if settings.letta_base_url and settings.use_hybrid_streaming:
             sink = ActorMemorySink(lambda: memory_actor(config))
             memory_sink = sink
-            memory_context = ActorMemoryContext(sink, budget_s=settings.memory_read_budget_ms / 1000)
+            memory_context = actor_memory_context(sink, settings).context
 
             async def extra_metrics() -> bytes:
                 return await sink.actor.metrics_text.remote()
@@ -138,9 +140,9 @@ class Router:
         self._app = build_router_app(
             RouterDeps(
                 settings=settings,
-                stt=RemoteTranscriber(stt),
-                llm=RemotePhraseLLM(llm),
-                tts=RemoteSynthesizer(tts),
+                stt=RemoteSTTStage(stt),
+                llm=RemoteLLMStage(llm),
+                tts=RemoteTTSStage(tts),
                 memory_sink=memory_sink,
                 memory_context=memory_context,
                 readiness=readiness,

@@ -1,4 +1,5 @@
-"""The one long-lived memory actor: journal → batches → Letta, and the users' core memory for prompts.
+"""The one long-lived memory actor: journal → batches → Letta, and the users' core memory for prompts;
+and the router's two sides of it: the sink that hands it turns, and the memory read path.
 
 A detached, named Ray actor (not a Serve deployment): Serve may restart or scale the router and stages at
 will, while memory writes must have exactly one owner of the journal. `get_if_exists` makes every router
@@ -16,16 +17,13 @@ from typing import Any
 
 import ray
 from ray.exceptions import RayActorError
-from tenacity import (
-    RetryCallState,
-)
 
-from actors.config import load_settings
+from actors.config import Settings, load_settings
 from actors.conversation.events import FinishedTurn
-from actors.memory.cache import MemoryCache
+from actors.memory.cache import MemoryCache, MemoryChanges
 from actors.memory.journal import JournalError
 from actors.memory.service import MemoryService
-from actors.retry import retry_forever
+from actors.retry import RetryCallState, retry_forever
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +38,8 @@ class MemoryActor:
     """Ray wiring around `actors.memory.service.MemoryService`; see that module for the behaviour."""
 
     async def __init__(self, config: dict[str, Any]) -> None:  # type: ignore[misc]  # Ray awaits it
-        self.service = MemoryService(load_settings(config))
-        self.service.start()  # replays what the journal holds, at once (after a crash too)
+        # Replays what the journal holds, at once (after a crash too); the journal opens off the loop.
+        self.service = await MemoryService.open(load_settings(config))
 
     async def submit(self, turn: dict[str, Any]) -> None:
         await self.service.submit(FinishedTurn(**turn))
@@ -49,11 +47,14 @@ class MemoryActor:
     async def session_ended(self, user_id: str) -> None:
         await self.service.session_ended(user_id)
 
-    async def memory_context(self, user_id: str) -> str | None:
-        return await self.service.memory_context(user_id)
+    async def read_memory(self, user_id: str) -> str:
+        return await self.service.read_memory(user_id)
+
+    async def memory_changes(self, log_id: str | None, seq: int) -> MemoryChanges:
+        return await self.service.memory_changes(log_id, seq)
 
     async def pending(self) -> int:
-        return self.service.pending()
+        return await asyncio.to_thread(self.service.pending)
 
     async def metrics_text(self) -> bytes:
         return self.service.metrics_text()
@@ -95,6 +96,10 @@ class ActorMemorySink:
         self.max_held = max_held
         self._pending: set[asyncio.Task[None]] = set()
 
+    def reconnect(self) -> None:
+        """The actor is gone for good: look it up (or create it) again."""
+        self.actor = self._resolve()
+
     def submit(self, turn: FinishedTurn) -> None:
         if len(self._pending) >= self.max_held:
             log.error(
@@ -131,7 +136,7 @@ class ActorMemorySink:
                 state.attempt_number,
                 state.upcoming_sleep,
             )
-            self.actor = self._resolve()
+            self.reconnect()
 
         retrying = retry_forever(retry_on=RayActorError, min_wait_s=0.5, max_wait_s=30, on_retry=on_failure)
         try:
@@ -144,20 +149,24 @@ class ActorMemorySink:
             log.info("memory actor reachable again: turn %s delivered", turn.turn_id)
 
 
-class ActorMemoryContext:
-    """Each user's memory text for prompts, from a router-side copy of the actor's cache.
+def actor_memory_context(sink: ActorMemorySink, settings: Settings) -> MemoryCache:
+    """The router's memory read path: the one `MemoryCache` (see `actors.memory.cache` for why it lives
+    here and how stale it may be), reading through the memory actor and following its change log. Its
+    `context` is what a turn awaits."""
 
-    The copy answers at once and is refreshed from the actor in the background at most every
-    `refresh_s`, so a turn costs no hop to the actor; a user's first turn waits at most `budget_s`.
-    """
+    async def read(user_id: str) -> str:
+        return await sink.actor.read_memory.remote(user_id)
 
-    def __init__(self, actor_sink: ActorMemorySink, budget_s: float, refresh_s: float = 1.0) -> None:
-        self._sink = actor_sink
-        self._cache = MemoryCache(self._fetch, ttl_s=refresh_s, budget_s=budget_s)
+    async def changes(log_id: str | None, seq: int) -> MemoryChanges:
+        try:
+            return await sink.actor.memory_changes.remote(log_id, seq)
+        except RayActorError:
+            sink.reconnect()  # a restarting actor needs none of this: Ray retries the call itself
+            raise
 
-    async def _fetch(self, user_id: str) -> str | None:
-        # None while the actor's own first read is under way: then the next turn asks again.
-        return await self._sink.actor.memory_context.remote(user_id)
-
-    async def __call__(self, user_id: str) -> str | None:
-        return await self._cache.context(user_id) or None
+    return MemoryCache(
+        read,
+        changes,
+        ttl_s=settings.memory_cache_ttl_s,
+        budget_s=settings.memory_read_budget_ms / 1000,
+    )

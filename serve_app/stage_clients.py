@@ -1,4 +1,6 @@
-"""Stage clients backed by Serve deployment handles (the router's side of each hop).
+"""The stages as the router holds them under Serve: `RemoteSTTStage`, `RemoteLLMStage` and
+`RemoteTTSStage` fit the same contracts as the in-process `STTStage`, `LLMStage` and `TTSStage`
+(`STTClient`, `LLMClient`, `TTSClient`) and call the deployment that runs that stage.
 
 Hop design (measured on these machines: ~3 ms per call, ~0.6 ms per streamed item):
 - STT: one call per ≥100 ms of utterance audio (the session batches), routed to the same replica with
@@ -16,11 +18,13 @@ from typing import Any
 from ray.serve.handle import DeploymentHandle, DeploymentResponse, DeploymentResponseGenerator
 
 from actors.conversation.session import new_id
-from actors.conversation.stages import LLMEvent, LLMRequest
+from actors.llm.base import LLMEvent, LLMRequest
 from actors.stt.base import STTStream
 
 
 class RemoteSTTStream(STTStream):
+    """One utterance on `STTDeployment`, fed by stream id; resent whole when a replica asks to resync."""
+
     def __init__(self, handle: DeploymentHandle) -> None:
         self.stream_id = new_id("stt")
         self._handle = handle.options(multiplexed_model_id=self.stream_id)
@@ -49,30 +53,40 @@ class RemoteSTTStream(STTStream):
         self._handle.close.remote(self.stream_id)  # fire and forget
 
 
-class RemoteTranscriber:
+class RemoteSTTStage:
+    """The STT stage on `STTDeployment` (an `STTClient`)."""
+
     def __init__(self, handle: DeploymentHandle) -> None:
         self._handle = handle
 
     def open_stream(self) -> STTStream:
+        """A stream for one utterance, routed to one replica while it holds the stream."""
         return RemoteSTTStream(self._handle)
 
 
-class RemotePhraseLLM:
+class RemoteLLMStage:
+    """The LLM stage on `LLMDeployment` (an `LLMClient`)."""
+
     def __init__(self, handle: DeploymentHandle) -> None:
         self._handle = handle.options(stream=True)
 
     def stream_phrases(self, request: LLMRequest) -> AsyncGenerator[LLMEvent, None]:
+        """`LLMStage.stream_phrases` on a replica; closing the stream cancels it there."""
         return _cancelled_on_close(self._handle.stream_phrases.remote(request))
 
     def stream_tokens(self, request: LLMRequest) -> AsyncGenerator[str, None]:
+        """`LLMStage.stream_tokens` on a replica; closing the stream cancels it there."""
         return _cancelled_on_close(self._handle.stream_tokens.remote(request))
 
 
-class RemoteSynthesizer:
+class RemoteTTSStage:
+    """The TTS stage on `TTSDeployment` (a `TTSClient`)."""
+
     def __init__(self, handle: DeploymentHandle) -> None:
         self._handle = handle.options(stream=True)
 
     def synthesize(self, text: str, sample_rate: int) -> AsyncGenerator[bytes, None]:
+        """`TTSStage.synthesize` on a replica; closing the stream cancels it there."""
         return _cancelled_on_close(self._handle.synthesize.remote(text, sample_rate))
 
 

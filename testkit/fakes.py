@@ -14,7 +14,7 @@ import uvicorn
 
 from actors.audio.pcm import rms_dbfs
 from actors.conversation.events import FinishedTurn
-from actors.llm.base import ChatMessage, LLMEngine
+from actors.llm.base import ChatMessage, LLMEngine, LLMRequest
 from testkit.serve_cluster import free_port
 
 
@@ -46,18 +46,15 @@ class FakeLLMEngine(LLMEngine):
         words = self.reply.split(" ")
         return [w if i == 0 else " " + w for i, w in enumerate(words)]
 
-    async def stream(
-        self,
-        messages: list[ChatMessage],
-        *,
-        max_tokens: int,
-        temperature: float,
-        user_id: str = "anonymous",
-        model: str | None = None,
-    ) -> AsyncIterator[str]:
-        self.requests.append(messages)
+    async def stream(self, request: LLMRequest) -> AsyncIterator[str]:
+        self.requests.append(request["messages"])
         self.calls.append(
-            {"max_tokens": max_tokens, "temperature": temperature, "user_id": user_id, "model": model}
+            {
+                "max_tokens": request["max_tokens"],
+                "temperature": request["temperature"],
+                "user_id": request["user_id"],
+                "model": request.get("model"),
+            }
         )
         try:
             await asyncio.sleep(self.ttft_ms / 1000)

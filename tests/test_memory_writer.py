@@ -89,7 +89,7 @@ async def test_a_crashed_writer_is_replayed_from_the_journal_exactly_once(tmp_pa
     assert len(TurnJournal(path)) == 4
     backend.latency_s = 0.0
     second = MemoryWriter(TurnJournal(path), backend, CONFIG)
-    second.start()
+    await second.start()
     await wait_until(lambda: len(second.journal) == 0)
     assert backend.stored["alice"] == [f"resp_alice_{n}" for n in range(4)]
     await second.close()

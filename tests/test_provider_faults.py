@@ -42,7 +42,9 @@ def engine_for(proxy: FaultProxy, policy: LLMCallPolicy = POLICY) -> OpenAILLMEn
 
 async def reply_of(engine: OpenAILLMEngine, into: list[str] | None = None) -> str:
     out = [] if into is None else into
-    async for delta in engine.stream([{"role": "user", "content": "Hi"}], max_tokens=100, temperature=0):
+    async for delta in engine.stream(
+        {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 100, "temperature": 0, "user_id": "u"}
+    ):
         out.append(delta)
     return "".join(out)
 

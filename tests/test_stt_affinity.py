@@ -6,7 +6,7 @@ import random
 from typing import Any
 
 from actors.stt.base import STTEngine, STTStream
-from actors.stt.registry import STTStreamRegistry
+from actors.stt.stage import STTStage
 from serve_app.stage_clients import RemoteSTTStream
 
 
@@ -49,7 +49,7 @@ class FakeHandle:
     """Routes each call to a replica chosen by `pick` (Serve's handle without Ray)."""
 
     def __init__(self, replicas: int, sticky: bool, seed: int = 0) -> None:
-        self.replicas = [STTStreamRegistry(ByteCountingEngine()) for _ in range(replicas)]
+        self.replicas = [STTStage(ByteCountingEngine()) for _ in range(replicas)]
         self.sticky = sticky
         self.rng = random.Random(seed)
         self.calls: list[tuple[str, int]] = []
@@ -83,19 +83,19 @@ async def test_rerouted_chunks_are_resent_and_nothing_is_lost_or_doubled() -> No
     assert len(handle.calls) > 13  # some calls were answered with resync and repeated
 
 
-async def test_registry_rejects_gaps_and_replaces_on_restart() -> None:
-    registry = STTStreamRegistry(ByteCountingEngine())
-    assert (await registry.feed("s", 0, b"\x00" * 10))["resync"] is False
-    assert (await registry.feed("s", 20, b"\x00" * 10))["resync"] is True  # a gap: state dropped
-    assert (await registry.feed("s", 10, b"\x00" * 10))["resync"] is True
-    assert (await registry.feed("s", 0, b"\x00" * 30))["interim"] == "30"
-    assert (await registry.finish("s", 30, b"\x00" * 2))["text"] == "heard 32"
-    assert (await registry.finish("s", 32))["resync"] is True  # already finished
-    assert len(registry) == 0
+async def test_stage_rejects_gaps_and_replaces_on_restart() -> None:
+    stage = STTStage(ByteCountingEngine())
+    assert (await stage.feed("s", 0, b"\x00" * 10))["resync"] is False
+    assert (await stage.feed("s", 20, b"\x00" * 10))["resync"] is True  # a gap: state dropped
+    assert (await stage.feed("s", 10, b"\x00" * 10))["resync"] is True
+    assert (await stage.feed("s", 0, b"\x00" * 30))["interim"] == "30"
+    assert (await stage.finish("s", 30, b"\x00" * 2))["text"] == "heard 32"
+    assert (await stage.finish("s", 32))["resync"] is True  # already finished
+    assert stage.streams_held == 0
 
 
 async def test_streams_left_behind_on_another_replica_expire() -> None:
-    registry = STTStreamRegistry(ByteCountingEngine(), idle_timeout_s=0.0)
-    await registry.feed("abandoned", 0, b"\x00" * 10)
-    await registry.feed("next", 0, b"\x00" * 10)  # any later call sweeps idle streams
-    assert len(registry) == 1
+    stage = STTStage(ByteCountingEngine(), idle_timeout_s=0.0)
+    await stage.feed("abandoned", 0, b"\x00" * 10)
+    await stage.feed("next", 0, b"\x00" * 10)  # any later call sweeps idle streams
+    assert stage.streams_held == 1

@@ -1,15 +1,40 @@
-"""The LLM engine interface: chat messages in, text deltas out as they are generated."""
+"""The LLM stage's interfaces: the request a reply is generated from, the engine interface (chat messages
+in, text deltas out as they are generated), and `LLMClient`, the stage as its callers hold it.
+
+The same `LLMRequest` goes from the session through the stage (in process or over a Serve handle) to
+the engine, so the generation parameters are declared once, here.
+"""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator
-from typing import TypedDict
+from typing import Literal, NotRequired, Protocol, TypedDict
 
 
 class ChatMessage(TypedDict):
-    role: str  # "system" | "user" | "assistant"
+    role: Literal["system", "user", "assistant"]
     content: str
+
+
+class LLMRequest(TypedDict):
+    """One reply to generate: the whole prompt and the generation limits.
+
+    A plain dict (a TypedDict rather than a dataclass) so it pickles cheaply across a Serve hop.
+    """
+
+    messages: list[ChatMessage]
+    max_tokens: int
+    temperature: float
+    user_id: str  # whose conversation this is (full-Letta mode answers from that user's agent)
+    model: NotRequired[str]  # another model on the same server (OpenAI-compatible engine only)
+
+
+class LLMEvent(TypedDict):
+    """`first_token` is sent once (its text is repeated in the first phrase); then one item per phrase."""
+
+    type: Literal["first_token", "phrase"]
+    text: str
 
 
 class LLMEngine(ABC):
@@ -17,20 +42,12 @@ class LLMEngine(ABC):
     model: str
 
     @abstractmethod
-    def stream(
-        self,
-        messages: list[ChatMessage],
-        *,
-        max_tokens: int,
-        temperature: float,
-        user_id: str = "anonymous",
-        model: str | None = None,
-    ) -> AsyncGenerator[str, None]:
+    def stream(self, request: LLMRequest) -> AsyncGenerator[str, None]:
         """Yield text deltas. Closing the iterator early (barge-in) must stop generation.
 
-        `user_id` says whose conversation it is; engines that keep no per-user state ignore it.
-        `model` asks for another model than the configured one; an engine that loads one model
-        ignores it.
+        `request["user_id"]` says whose conversation it is; engines that keep no per-user state ignore
+        it. `request["model"]`, when present, asks for another model than the configured one; an
+        engine that loads one model ignores it.
         """
 
     async def warmup(self) -> None:  # noqa: B027 - optional hook
@@ -40,3 +57,15 @@ class LLMEngine(ABC):
         """None when the engine can answer now, else a short description of what is down (an
         engine behind an HTTP API checks it, cached so readiness probes stay cheap)."""
         return None
+
+
+class LLMClient(Protocol):
+    """The LLM stage as its callers hold it: `LLMStage` in process, `RemoteLLMStage` over a Serve handle.
+
+    Voice turns take the reply as phrases ready to speak (`actors.conversation.chunker`); REST chat
+    takes raw text deltas as generated.
+    """
+
+    def stream_phrases(self, request: LLMRequest) -> AsyncGenerator[LLMEvent, None]: ...
+
+    def stream_tokens(self, request: LLMRequest) -> AsyncGenerator[str, None]: ...

@@ -12,7 +12,7 @@ import asyncio
 import logging
 from collections.abc import AsyncGenerator
 
-from actors.llm.base import ChatMessage
+from actors.llm.base import LLMRequest
 from actors.llm.openai_engine import OpenAILLMEngine
 from actors.memory.letta import LettaMemory
 
@@ -27,22 +27,13 @@ class LettaAgentLLMEngine(OpenAILLMEngine):
         super().__init__(api_key=letta.config.api_key, base_url=base_url, model="letta-agent")
         self.letta = letta
 
-    async def stream(
-        self,
-        messages: list[ChatMessage],
-        *,
-        max_tokens: int,
-        temperature: float,
-        user_id: str = "anonymous",
-        model: str | None = None,  # ignored: the user's agent is the model
-    ) -> AsyncGenerator[str, None]:
-        newest = [m for m in messages if m["role"] == "user"][-1:]
+    async def stream(self, request: LLMRequest) -> AsyncGenerator[str, None]:
+        # request["model"] is ignored: the user's agent is the model.
+        newest = [m for m in request["messages"] if m["role"] == "user"][-1:]
         if not newest:
             raise ValueError("full-Letta mode answers a user message, and this response has none")
-        agent_id = await self.letta.agent_id(user_id)
-        async for delta in self.stream_completion(
-            agent_id, newest, max_tokens=max_tokens, temperature=temperature
-        ):
+        agent_id = await self.letta.agent_id(request["user_id"])
+        async for delta in self.stream_completion(request, model=agent_id, messages=newest):
             yield delta
 
     async def _check_upstream(self) -> str | None:

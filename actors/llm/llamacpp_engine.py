@@ -11,9 +11,9 @@ import asyncio
 import os
 import threading
 from collections.abc import AsyncGenerator, Sequence
-from typing import Any
+from typing import Any, assert_never
 
-from actors.llm.base import ChatMessage, LLMEngine
+from actors.llm.base import ChatMessage, LLMEngine, LLMRequest
 from actors.thread_stream import stream_from_thread
 
 # Spin-waiting OpenMP threads collapse when STT/TTS share the cores (measured). libgomp reads
@@ -51,10 +51,15 @@ def build_prompt(messages: Sequence[ChatMessage], few_shot: Sequence[tuple[str, 
     system = " ".join(m["content"] for m in messages if m["role"] == "system") or None
     turns = []
     for m in messages:
-        if m["role"] == "user":
-            turns.append(f"User: {_one_line(m['content'])}")
-        elif m["role"] == "assistant":
-            turns.append(f"Assistant: {_one_line(m['content'])}")
+        match m["role"]:
+            case "user":
+                turns.append(f"User: {_one_line(m['content'])}")
+            case "assistant":
+                turns.append(f"Assistant: {_one_line(m['content'])}")
+            case "system":
+                pass  # in the preamble (above)
+            case unknown:
+                assert_never(unknown)
     return build_prefix(system, few_shot) + "".join(t + "\n" for t in turns) + "Assistant:"
 
 
@@ -149,17 +154,10 @@ class LlamaCppEngine(LLMEngine):
             finally:
                 chunks.close()
 
-    async def stream(
-        self,
-        messages: list[ChatMessage],
-        *,
-        max_tokens: int,
-        temperature: float,
-        user_id: str = "anonymous",
-        model: str | None = None,  # one GGUF is loaded: ignored
-    ) -> AsyncGenerator[str, None]:
+    async def stream(self, request: LLMRequest) -> AsyncGenerator[str, None]:
+        # request["model"] and request["user_id"] are ignored: one GGUF is loaded, and it keeps no state.
         def produce(emit: Any, stop: threading.Event) -> None:
-            self._generate(messages, max_tokens, temperature, stop, emit)
+            self._generate(request["messages"], request["max_tokens"], request["temperature"], stop, emit)
 
         # Not joined on close: the worker notices at its next token (~25 ms) and frees the lock; the
         # consumer (barge-in) need not wait for that.

@@ -12,7 +12,7 @@ import openai
 from openai import AsyncOpenAI
 
 from actors.conversation.faults import LLMStalled, LLMTimeout, LLMUnavailable
-from actors.llm.base import ChatMessage, LLMEngine
+from actors.llm.base import ChatMessage, LLMEngine, LLMRequest
 from actors.llm.call_policy import LLMCallPolicy, first_with_retries
 from actors.probe import CachedProbe
 
@@ -76,30 +76,25 @@ class OpenAILLMEngine(LLMEngine):
             return "the LLM server is unreachable"
         return None
 
-    async def stream(
-        self,
-        messages: list[ChatMessage],
-        *,
-        max_tokens: int,
-        temperature: float,
-        user_id: str = "anonymous",
-        model: str | None = None,
-    ) -> AsyncGenerator[str, None]:
+    async def stream(self, request: LLMRequest) -> AsyncGenerator[str, None]:
         async for delta in self.stream_completion(
-            model or self.model, messages, max_tokens=max_tokens, temperature=temperature
+            request, model=request.get("model") or self.model, messages=request["messages"]
         ):
             yield delta
 
     async def stream_completion(
-        self, model: str, messages: list[ChatMessage], *, max_tokens: int, temperature: float
+        self, request: LLMRequest, *, model: str, messages: list[ChatMessage]
     ) -> AsyncGenerator[str, None]:
+        """Stream one chat completion of `messages` from `model`, with the request's limits (full-Letta
+        mode sends another model and fewer messages than the request holds)."""
+
         async def attempt() -> tuple[Any, str | None]:
             # max_tokens rather than max_completion_tokens: every OpenAI-compatible server accepts it.
             stream = await self._client.chat.completions.create(
                 model=model,
                 messages=cast(Any, messages),  # ChatMessage is a subset of the SDK's message params
-                max_tokens=max_tokens,
-                temperature=temperature,
+                max_tokens=request["max_tokens"],
+                temperature=request["temperature"],
                 stream=True,
             )
             try:

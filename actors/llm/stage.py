@@ -1,5 +1,6 @@
-"""LLM stage: engine tokens → speakable phrases, so only phrases cross process boundaries on a voice
-turn; REST chat clients that want tokens get them as generated (`stream_tokens`)."""
+"""The LLM stage: engine tokens → speakable phrases, so only phrases cross process boundaries on a voice
+turn; REST chat clients that want tokens get them as generated (`stream_tokens`). Runs in process, or
+in `serve_app.deployments.LLMDeployment` behind `serve_app.stage_clients.RemoteLLMStage`."""
 
 from __future__ import annotations
 
@@ -8,31 +9,21 @@ import time
 from collections.abc import AsyncGenerator
 
 from actors.conversation.chunker import ChunkerConfig, PhraseChunker
-from actors.conversation.stages import LLMEvent, LLMRequest
-from actors.llm.base import LLMEngine
+from actors.llm.base import LLMEngine, LLMEvent, LLMRequest
 
 log = logging.getLogger(__name__)
 
 
 class LLMStage:
+    """The LLM stage around one engine (an `LLMClient`)."""
+
     def __init__(self, engine: LLMEngine, chunker_config: ChunkerConfig | None = None) -> None:
         self.engine = engine
         self.chunker_config = chunker_config
 
-    def _engine_stream(self, request: LLMRequest) -> AsyncGenerator[str, None]:
-        # `model` only when asked: engines written before it existed need not take it.
-        extra = {"model": request["model"]} if "model" in request else {}
-        return self.engine.stream(
-            request["messages"],
-            max_tokens=request["max_tokens"],
-            temperature=request["temperature"],
-            user_id=request["user_id"],
-            **extra,
-        )
-
     async def stream_tokens(self, request: LLMRequest) -> AsyncGenerator[str, None]:
         """The engine's text deltas as generated (empty ones dropped)."""
-        tokens = self._engine_stream(request)
+        tokens = self.engine.stream(request)
         try:
             async for delta in tokens:
                 if delta:
@@ -41,10 +32,11 @@ class LLMStage:
             await tokens.aclose()
 
     async def stream_phrases(self, request: LLMRequest) -> AsyncGenerator[LLMEvent, None]:
+        """A `first_token` marker as soon as the engine starts, then the reply phrase by phrase."""
         chunker = PhraseChunker(self.chunker_config)
         started = time.perf_counter()
         first = True
-        tokens = self._engine_stream(request)
+        tokens = self.engine.stream(request)
         try:
             async for delta in tokens:
                 if not delta:

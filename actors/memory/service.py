@@ -1,14 +1,18 @@
-"""The memory service: every finished turn journaled, batched to Letta, and each user's core memory cached
-for prompts. Plain asyncio with no Ray: `serve_app.memory_actor` runs one of these as the cluster's
-single long-lived memory actor; tests and tools can run it in process.
+"""The memory service: every finished turn journaled and batched to Letta, and each user's core memory
+read back for prompts. Plain asyncio with no Ray: `serve_app.memory_actor` runs one of these as the
+cluster's single long-lived memory actor; tests and tools can run it in process.
 
 - `submit` journals a turn durably before returning (it raises `JournalError`, with the reason, for a
   turn that can never be stored) and leaves delivery to the background writer.
-- `memory_context` answers from a per-user cache within the read budget; the cache refreshes on its TTL
-  and right after each batch of that user's turns is confirmed by Letta (the agent may have changed
-  its memory blocks while reading them).
+- `read_memory` reads the user's core memory blocks from Letta, uncached: the one cache, with the read
+  budget and the staleness rule, is `actors.memory.cache.MemoryCache`, next to the turns that use it.
+  `memory_changes` tells that cache which users' memory a delivered batch may have changed.
 - `drain_blocking` delivers what is held (graceful shutdown, after the event loop stopped), bounded by a
   deadline: whatever is left stays in the journal for the next start.
+
+Journal calls (SQLite, fsync'd) never run on the event loop: the loop also answers reads and the change
+log's long polls. The constructor opens the journal, so async callers build the service in a worker
+thread (`open`).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from prometheus_client import generate_latest
 
 from actors.config import Settings
 from actors.conversation.events import FinishedTurn
-from actors.memory.cache import MemoryCache
+from actors.memory.cache import MemoryChangeLog, MemoryChanges
 from actors.memory.journal import TurnJournal
 from actors.memory.letta import LettaMemory, letta_config
 from actors.memory.writer import MEMORY_REGISTRY, MemoryWriter, WriterConfig
@@ -31,18 +35,15 @@ log = logging.getLogger(__name__)
 
 
 class MemoryService:
-    """What the memory actor runs (see the module docstring): the journal, the writer to Letta, and the
-    users' memory for prompts."""
+    """What the memory actor runs (see the module docstring): the journal, the writer to Letta, the
+    users' memory for prompts and the log of whose memory changed."""
 
     def __init__(self, settings: Settings, letta: LettaMemory | None = None) -> None:
+        """Blocking (opens and checks the journal); from async code use `open`."""
         self.letta = letta or LettaMemory(letta_config(settings))
         # Raises JournalError (with the path and the reason) when the journal cannot be written.
         self.journal = TurnJournal(Path(settings.memory_journal_path).expanduser())
-        self.cache = MemoryCache(
-            self.letta.read_memory,
-            ttl_s=settings.memory_cache_ttl_s,
-            budget_s=settings.memory_read_budget_ms / 1000,
-        )
+        self.changes = MemoryChangeLog()
         self.writer = MemoryWriter(
             self.journal,
             self.letta,
@@ -51,7 +52,8 @@ class MemoryService:
                 flush_interval_s=settings.memory_flush_interval_s,
                 retry_max_s=settings.memory_retry_max_s,
             ),
-            on_delivered=self._delivered,
+            # Letta's agent read the turns and may have rewritten its blocks: caches read them again.
+            on_delivered=self.changes.record,
         )
         self._started = False
         log.info(
@@ -61,25 +63,41 @@ class MemoryService:
             len(self.journal),
         )
 
-    def start(self) -> None:
+    @classmethod
+    async def open(cls, settings: Settings) -> MemoryService:
+        """Build the service in a worker thread (the journal's open and integrity check are disk I/O)
+        and start delivering what the journal holds."""
+        service = await asyncio.to_thread(cls, settings)
+        await service.start()
+        return service
+
+    async def start(self) -> None:
         """Resume delivering what the journal holds; needs the running event loop. Idempotent."""
         if not self._started:
             self._started = True
-            self.writer.start()
+            await self.writer.start()
 
     async def submit(self, turn: FinishedTurn) -> None:
-        self.start()
+        """Journal `turn` durably (raises `JournalError` for a turn that can never be stored)."""
+        await self.start()
         await self.writer.submit(turn)
 
     async def session_ended(self, user_id: str) -> None:
-        self.start()
+        """Deliver the user's waiting turns now rather than at the end of the flush window."""
+        await self.start()
         await self.writer.flush_user(user_id)
 
-    async def memory_context(self, user_id: str) -> str | None:
-        self.start()
-        return await self.cache.context(user_id)
+    async def read_memory(self, user_id: str) -> str:
+        """The user's core memory blocks as prompt text, read from Letta now."""
+        return await self.letta.read_memory(user_id)
+
+    async def memory_changes(self, log_id: str | None, seq: int) -> MemoryChanges:
+        """Users whose memory changed after `seq` of log `log_id` (waits a while for one; see
+        `MemoryChangeLog.since`)."""
+        return await self.changes.since(log_id, seq)
 
     def pending(self) -> int:
+        """Turns in the journal (blocking: from async code, call it in a worker thread)."""
         return len(self.journal)
 
     def drain_blocking(self, timeout_s: float) -> int:
@@ -96,20 +114,17 @@ class MemoryService:
             finally:
                 await writer.close()
                 await letta.close()
-            return len(self.journal)
+            return await asyncio.to_thread(len, self.journal)
 
         return asyncio.run(run())
 
     async def close(self) -> None:
+        """Stop delivering (what is left stays journaled) and release Letta's client and the journal."""
         await self.writer.close()
         await self.letta.close()
-        self.journal.close()
+        await asyncio.to_thread(self.journal.close)
 
     @staticmethod
     def metrics_text() -> bytes:
         """The memory metrics in Prometheus text format (queue depth, batches, flush time, errors, lag)."""
         return generate_latest(MEMORY_REGISTRY)
-
-    def _delivered(self, user_id: str) -> None:
-        # Letta's agent read the turns and may have rewritten its blocks: refetch them for prompts.
-        self.cache.invalidate(user_id)

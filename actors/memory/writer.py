@@ -3,8 +3,11 @@
 `MemoryWriter.submit` journals a finished turn durably and returns; a background task per user sends
 that user's pending turns to the memory backend (Letta) in one call when `batch_size` turns are waiting
 or the oldest has waited `flush_interval_s`. A failed call is retried with exponential backoff and
-jitter (tenacity's wait strategy), forever: turns leave the journal only once the backend confirmed
-them, so a dead backend delays memory but loses nothing, and a restart replays the journal.
+jitter (`actors.retry.retry_forever`), forever: turns leave the journal only once the backend
+confirmed them, so a dead backend delays memory but loses nothing, and a restart replays the journal.
+
+Every journal call (SQLite, fsync'd) runs in a worker thread, replay and shutdown included: the event
+loop it would block also answers memory reads.
 """
 
 from __future__ import annotations
@@ -18,13 +21,10 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from tenacity import (
-    RetryCallState,
-)
 
 from actors.conversation.events import FinishedTurn
 from actors.memory.journal import TurnJournal
-from actors.retry import retry_forever
+from actors.retry import RetryCallState, retry_forever
 from actors.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
@@ -99,15 +99,14 @@ class MemoryWriter:
         self._flushing = False  # deliver partial batches at once (shutdown)
         self._flush_users: set[str] = set()  # deliver these users' partial batches at once
 
-    def start(self) -> None:
+    async def start(self) -> None:
         """Resume delivery of whatever the journal holds (a replay after a restart or crash)."""
-        for user_id in self.journal.users_with_pending():
+        for user_id in await asyncio.to_thread(self.journal.users_with_pending):
             self._ensure_task(user_id)
-        self._update_gauges()
+        await asyncio.to_thread(self._update_gauges)
 
     async def submit(self, turn: FinishedTurn) -> None:
         """Journal `turn` durably (raises JournalError for an invalid turn) and schedule its delivery."""
-        # Journal calls (SQLite, fsync'd) run in a worker thread: the loop also answers memory reads.
         await asyncio.to_thread(self.journal.append, turn)
         self._ensure_task(turn.user_id)
         waiting = await asyncio.to_thread(self.journal.pending, turn.user_id, self.config.batch_size)
@@ -126,8 +125,8 @@ class MemoryWriter:
         """Deliver everything now (graceful shutdown); waits while the backend is down."""
         self._flushing = True
         try:
-            while len(self.journal):
-                for user_id in self.journal.users_with_pending():
+            while users := await asyncio.to_thread(self.journal.users_with_pending):
+                for user_id in users:
                     self._ensure_task(user_id)
                     self._wake[user_id].set()
                 await asyncio.sleep(0.05)

@@ -1,8 +1,10 @@
-"""The STT engine interface: one stream per utterance, fed 16 kHz PCM16 chunks."""
+"""The STT stage's interfaces: the engine interface (one stream per utterance, fed 16 kHz PCM16 chunks)
+and `STTClient`, the stage as its callers hold it."""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import Protocol
 
 
 class STTStream(ABC):
@@ -37,3 +39,10 @@ class STTEngine(ABC):
 
     async def warmup(self) -> None:  # noqa: B027 - optional hook
         """Load models ahead of the first request."""
+
+
+class STTClient(Protocol):
+    """The STT stage as its callers hold it: one stream per utterance. `STTStage` in process,
+    `RemoteSTTStage` over a Serve handle (an engine itself fits too)."""
+
+    def open_stream(self) -> STTStream: ...

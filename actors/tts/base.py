@@ -1,9 +1,11 @@
-"""The TTS engine interface: a phrase in, PCM16 chunks out as they are synthesised."""
+"""The TTS stage's interfaces: the engine interface (a phrase in, PCM16 chunks out as they are
+synthesised) and `TTSClient`, the stage as its callers hold it."""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator
+from typing import Protocol
 
 
 class TTSEngine(ABC):
@@ -21,3 +23,10 @@ class TTSEngine(ABC):
 
     async def warmup(self) -> None:  # noqa: B027 - optional hook
         """Load voices ahead of the first request."""
+
+
+class TTSClient(Protocol):
+    """The TTS stage as its callers hold it: one phrase in, PCM16 mono at `sample_rate` out, the first
+    chunk as soon as it exists. `TTSStage` in process, `RemoteTTSStage` over a Serve handle."""
+
+    def synthesize(self, text: str, sample_rate: int) -> AsyncGenerator[bytes, None]: ...

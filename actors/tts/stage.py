@@ -1,4 +1,6 @@
-"""TTS stage: engine PCM → the session's output rate, first chunk at once, later ones coalesced.
+"""The TTS stage: engine PCM → the session's output rate, first chunk at once, later ones coalesced.
+Runs in process, or in `serve_app.deployments.TTSDeployment` behind
+`serve_app.stage_clients.RemoteTTSStage`.
 
 The first chunk goes out as soon as it exists (it sets tts_ttfb); later chunks are merged to at least
 `coalesce_ms` so a Serve hop costs ~0.6 ms per 100+ ms of audio instead of per 20 ms buffer.
@@ -13,11 +15,14 @@ from actors.tts.base import TTSEngine
 
 
 class TTSStage:
+    """The TTS stage around one engine (a `TTSClient`)."""
+
     def __init__(self, engine: TTSEngine, coalesce_ms: int = 120) -> None:
         self.engine = engine
         self.coalesce_ms = coalesce_ms
 
     async def synthesize(self, text: str, sample_rate: int) -> AsyncGenerator[bytes, None]:
+        """`text` as PCM16 mono at `sample_rate`: the first chunk at once, then ≥ `coalesce_ms` each."""
         resampler = StreamResampler(self.engine.sample_rate, sample_rate)
         min_bytes = sample_rate * PCM_SAMPLE_WIDTH * self.coalesce_ms // 1000
         pending = bytearray()

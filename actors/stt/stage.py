@@ -1,9 +1,13 @@
-"""Utterance streams held by an STT replica, keyed by stream id, with an offset check.
+"""The STT stage: utterance streams from one engine.
 
-Each call says at which byte offset of the utterance its audio starts. A replica that does not hold
-the stream at that offset (restarted, evicted, or the request was routed elsewhere) answers `resync`,
-and the caller resends the utterance from the start: affinity is an optimisation, never a correctness
-requirement.
+In process, callers open a stream and keep it (`open_stream`). Behind a Serve handle a stream object
+cannot travel, so `STTDeployment` keeps each utterance's stream here, keyed by stream id, and
+`serve_app.stage_clients.RemoteSTTStage` feeds it by id (`feed`, `finish`, `close`).
+
+Each of those calls says at which byte offset of the utterance its audio starts. A replica that does not
+hold the stream at that offset (restarted, evicted, or the request was routed elsewhere) answers
+`resync`, and the caller resends the utterance from the start: affinity is an optimisation, never a
+correctness requirement.
 """
 
 from __future__ import annotations
@@ -35,14 +39,23 @@ class _Held:
     last_used: float = field(default_factory=time.monotonic)
 
 
-class STTStreamRegistry:
+class STTStage:
+    """The STT stage around one engine (an `STTClient`), holding the utterance streams a Serve replica
+    is fed by id."""
+
     def __init__(self, engine: STTEngine, idle_timeout_s: float = 120.0) -> None:
         self.engine = engine
         self.idle_timeout_s = idle_timeout_s
         self._streams: dict[str, _Held] = {}
 
-    def __len__(self) -> int:
+    @property
+    def streams_held(self) -> int:
+        """Streams held by id (not `__len__`: a stage holding none must not be falsy)."""
         return len(self._streams)
+
+    def open_stream(self) -> STTStream:
+        """A stream for one utterance, kept by the caller (in process)."""
+        return self.engine.open_stream()
 
     async def _stream_at(self, stream_id: str, offset: int) -> _Held | None:
         """The stream whose next byte is `offset`: offset 0 starts afresh (a resend of the whole
@@ -57,6 +70,7 @@ class STTStreamRegistry:
         return held
 
     async def feed(self, stream_id: str, offset: int, pcm16: bytes) -> FeedResult:
+        """Feed `pcm16` (audio from byte `offset`) to stream `stream_id`; the new interim transcript."""
         await self._expire_idle()
         held = await self._stream_at(stream_id, offset)
         if held is None:
@@ -80,6 +94,7 @@ class STTStreamRegistry:
         return {"text": text, "resync": False}
 
     async def close(self, stream_id: str) -> None:
+        """Drop stream `stream_id` without a transcript (the utterance was abandoned)."""
         held = self._streams.pop(stream_id, None)
         if held is not None:
             with contextlib.suppress(Exception):
