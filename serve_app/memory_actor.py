@@ -13,7 +13,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Coroutine
 from dataclasses import asdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray
 from ray.exceptions import RayActorError
@@ -22,8 +22,10 @@ from actors.config import Settings, load_settings
 from actors.conversation.events import FinishedTurn
 from actors.memory.cache import MemoryCache, MemoryChanges
 from actors.memory.journal import JournalError
-from actors.memory.service import MemoryService
 from actors.retry import RetryCallState, retry_forever
+
+if TYPE_CHECKING:
+    from actors.memory.service import MemoryService
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +41,11 @@ class MemoryActor:
 
     async def __init__(self, config: dict[str, Any]) -> None:  # type: ignore[misc]  # Ray awaits it
         # Replays what the journal holds, at once (after a crash too); the journal opens off the loop.
-        self.service = await MemoryService.open(load_settings(config))
+        # Imported here: only the memory actor's process needs the Letta client (~0.45 s of imports that
+        # every router replica would otherwise pay at start).
+        from actors.memory.service import MemoryService
+
+        self.service: MemoryService = await MemoryService.open(load_settings(config))
 
     async def submit(self, turn: dict[str, Any]) -> None:
         await self.service.submit(FinishedTurn(**turn))
