@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -29,6 +29,7 @@ from bench.realtime_fuzz import (
     run_batch,
     session_updates,
 )
+from serve_app.api import protocol
 from serve_app.api.protocol import ClientEvent, ProtocolError, apply_session_update, session_created
 
 SEEDED = settings(derandomize=True, database=None, deadline=None, suppress_health_check=list(HealthCheck))
@@ -62,6 +63,42 @@ def test_any_session_update_applies_or_is_refused_plainly(session: Any) -> None:
     # Whatever was accepted makes a session.updated the SDK's models accept.
     text = json.dumps(session_created("sess_1", options, "m", updated=True))
     SERVER_EVENT.validate_python(as_sdk_types(json.loads(text), text))
+
+
+def test_payload_models_keep_the_sdks_names() -> None:
+    """Where the protocol validates with its own models (it accepts more or less than the SDK's), each
+    is a narrowing of the SDK's model: the same field names, and event types the SDK knows."""
+    from openai.types.realtime import (
+        RealtimeAudioConfig,
+        RealtimeAudioConfigInput,
+        RealtimeAudioConfigOutput,
+        RealtimeClientEvent,
+        RealtimeConversationItemUserMessage,
+        RealtimeSessionCreateRequest,
+    )
+    from openai.types.realtime.realtime_audio_formats import AudioPCM
+    from openai.types.realtime.realtime_audio_input_turn_detection import ServerVad
+    from openai.types.realtime.realtime_conversation_item_user_message import Content
+
+    ours_and_sdks = [
+        (protocol.UserMessage, RealtimeConversationItemUserMessage),
+        (protocol.TextPart, Content),
+        (protocol.SessionConfig, RealtimeSessionCreateRequest),
+        (protocol.Audio, RealtimeAudioConfig),
+        (protocol.AudioInput, RealtimeAudioConfigInput),
+        (protocol.AudioOutput, RealtimeAudioConfigOutput),
+        (protocol.InputFormat, AudioPCM),
+        (protocol.OutputFormat, AudioPCM),
+        (protocol.TurnDetection, ServerVad),
+    ]
+    for ours, sdk in ours_and_sdks:
+        assert set(ours.model_fields) <= set(sdk.model_fields), ours
+    sdk_events = {
+        arg
+        for event in get_args(get_args(RealtimeClientEvent)[0])
+        for arg in get_args(event.model_fields["type"].annotation)
+    }
+    assert protocol.CLIENT_EVENTS.issubset(sdk_events)
 
 
 @pytest.fixture(scope="module")

@@ -8,10 +8,14 @@ metadata as str → str) in `response.done.response.metadata`.
 
 from __future__ import annotations
 
-import math
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, assert_never
+from typing import Annotated, Any, ClassVar, Literal, assert_never
+
+from openai.types.realtime import InputAudioBufferAppendEvent
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic_core import ErrorDetails, PydanticCustomError
 
 from actors.audio.pcm import SUPPORTED_INPUT_RATES, AudioFormatError, decode_base64_pcm, encode_base64_pcm
 from actors.audio.vad import VadConfig
@@ -87,15 +91,9 @@ def _shown(value: Any, limit: int = 40) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)  # JSON true is not the number 1
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def parse_client_event(raw: str | bytes, limits: ProtocolLimits) -> ClientEvent:
+    """A client frame's envelope: a JSON object of a type we serve. Its payload is validated by the
+    function that reads it (`audio_of_append`, `text_of_item`, `apply_session_update`)."""
     if isinstance(raw, bytes):
         raise ProtocolError("invalid_event", "binary frames are not accepted: send JSON text events")
     if len(raw) > limits.max_event_bytes:
@@ -104,15 +102,22 @@ def parse_client_event(raw: str | bytes, limits: ProtocolLimits) -> ClientEvent:
             f"event of {len(raw)} bytes exceeds the limit of {limits.max_event_bytes} bytes",
         )
     try:
+        # Not pydantic's JSON parser: it takes NaN, lone surrogates and any nesting (see json_input).
         body = json_input.loads(raw)
     except json_input.JsonInputError as exc:
         raise ProtocolError("invalid_json", f"event {exc.reason}") from None
     if not isinstance(body, dict):
         raise ProtocolError("invalid_event", "event must be a JSON object")
-    client_id = body.get("event_id") if isinstance(body.get("event_id"), str) else None
+    client_id = body.get("event_id")
+    if not isinstance(client_id, str):
+        # The SDK types event_id as a string; any other value is ignored rather than refused, and
+        # dropped so that the SDK's models below do not refuse the event for it.
+        client_id = None
+        body.pop("event_id", None)
     kind = body.get("type")
     if not isinstance(kind, str):
         raise ProtocolError("invalid_event", "event has no string 'type' field", client_id, "type")
+    # The SDK's RealtimeClientEvent union also holds events we do not serve: this says which we do.
     if kind not in CLIENT_EVENTS:
         raise ProtocolError(
             "unknown_event_type",
@@ -123,43 +128,236 @@ def parse_client_event(raw: str | bytes, limits: ProtocolLimits) -> ClientEvent:
     return ClientEvent(kind, client_id, body)
 
 
+# ------------------------------------------------------------------------------------ payload models
+#
+# Payloads are validated with pydantic models: the SDK's own where it says exactly what we accept
+# (`InputAudioBufferAppendEvent`), ours where we accept more or less, with the SDK's field names and a
+# note on each difference. Ours are strict, unlike the SDK's: JSON true is not the number 1 and "1" is
+# not 1. They declare only the fields we act on; the others are accepted and not validated, so that a
+# value the installed SDK does not know yet (a newer client's) cannot make us refuse a field we ignore.
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(strict=True, frozen=True)
+
+
+class TextPart(_Strict):
+    """A content part of a user message (the SDK's `Content`): text only. The SDK also has input_audio
+    and input_image, which the LLM stage cannot take, and not "text", which we have always accepted."""
+
+    type: Literal["input_text", "text"]
+    text: str  # optional in the SDK
+
+
+class UserMessage(_Strict):
+    """The item of a conversation.item.create (the SDK's `RealtimeConversationItemUserMessage`; its
+    `ConversationItem` union also has system and assistant messages, function calls and MCP items)."""
+
+    type: Literal["message"] = "message"  # required by the SDK; we have always assumed a message
+    role: Literal["user"]
+    content: list[TextPart] = Field(min_length=1)  # the SDK allows an empty list
+
+
+class _PcmFormat(_Strict):
+    """An audio format (the SDK's `AudioPCM`): PCM16 only, as the stages decode nothing else (the SDK
+    also has G.711 u-law and A-law); the SDK says 24 kHz only, we also take 16 kHz."""
+
+    RATES: ClassVar[tuple[int, ...]]
+    type: Literal["audio/pcm"] = "audio/pcm"
+    rate: int = 24_000
+
+    @field_validator("rate")
+    @classmethod
+    def _supported(cls, rate: int) -> int:
+        if rate not in cls.RATES:
+            raise ValueError("unsupported sample rate")  # worded in _SESSION_REFUSALS
+        return rate
+
+
+class InputFormat(_PcmFormat):
+    RATES = SUPPORTED_INPUT_RATES
+
+
+class OutputFormat(_PcmFormat):
+    RATES = OUTPUT_RATES
+
+
+class TurnDetection(_Strict):
+    """`audio.input.turn_detection` (the SDK's `ServerVad`; its `semantic_vad` needs a turn-taking model
+    we do not have). The SDK leaves the ranges to the server: these are ours; the durations are integers
+    in the SDK, so a fraction here would make the session.updated we send invalid."""
+
+    type: Literal["server_vad"]
+    threshold: float | None = Field(default=None, gt=0, lt=1)
+    silence_duration_ms: int | None = Field(default=None, ge=0, le=10_000)
+    prefix_padding_ms: int | None = Field(default=None, ge=0, le=10_000)
+
+
+class AudioInput(_Strict):
+    format: InputFormat | None = None
+    turn_detection: TurnDetection | None = None  # null turns server VAD off (push to talk)
+
+
+class AudioOutput(_Strict):
+    format: OutputFormat | None = None
+
+
+class Audio(_Strict):
+    input: AudioInput | None = None
+    output: AudioOutput | None = None
+
+
+class SessionConfig(_Strict):
+    """The `session` of a session.update (the SDK's `RealtimeSessionCreateRequest`): a field that is
+    present changes the session, an absent one does not. Unlike the SDK we do not require `type`.
+    Validate with `context={"max_text_chars": ...}`."""
+
+    instructions: str = ""
+    max_output_tokens: Annotated[int, Field(ge=1, le=4096)] | Literal["inf"] = "inf"
+    # The SDK's list, which may not ask for both at once.
+    output_modalities: list[Literal["text", "audio"]] = Field(default=["audio"], min_length=1, max_length=1)
+    audio: Audio | None = None
+
+    @field_validator("instructions")
+    @classmethod
+    def _within_limit(cls, text: str, info: ValidationInfo) -> str:
+        limit = (info.context or {})["max_text_chars"]
+        if len(text) > limit:
+            message = "instructions have {length} characters; the limit is {limit}"
+            raise PydanticCustomError("text_too_long", message, {"length": len(text), "limit": limit})
+        return text
+
+
+@dataclass(frozen=True)
+class _Refusal:
+    """Our words for an error a payload model reports at `where` (a field path; "*" is any list index)
+    or under it, or only for errors of type `kind`. `message` may quote the value sent ({value}) or be
+    the error's own ({msg})."""
+
+    where: tuple[str, ...]
+    code: str
+    message: str
+    param: str
+    kind: str | None = None
+
+
+def _refusal(
+    exc: ValidationError, refusals: Sequence[_Refusal], event_id: str | None, by_order: bool
+) -> ProtocolError:
+    """One ProtocolError for a payload that failed validation: the first error in the order of
+    `refusals` (`by_order`), else in the order the model reported them; its most specific refusal."""
+    found: list[tuple[int, ErrorDetails]] = []
+    for error in exc.errors(include_url=False):
+        loc = tuple("*" if isinstance(part, int) else part for part in error["loc"])
+        matching = [
+            (len(r.where), r.kind is not None, i)
+            for i, r in enumerate(refusals)
+            if loc[: len(r.where)] == r.where and r.kind in (None, error["type"])
+        ]
+        found.append((max(matching)[2], error))
+    index, error = min(found, key=lambda f: f[0]) if by_order else found[0]
+    refusal = refusals[index]
+    message = refusal.message.format(value=_shown(error["input"]), msg=error["msg"])
+    return ProtocolError(refusal.code, message, event_id, refusal.param)
+
+
+_ITEM_REFUSALS = (
+    _Refusal((), "invalid_item", "conversation.item.create needs a 'message' item", "item"),
+    _Refusal(("type",), "invalid_item", "conversation.item.create needs a 'message' item", "item"),
+    _Refusal(("role",), "invalid_item", "only user messages can be added", "item.role"),
+    _Refusal(("content",), "invalid_item", "message needs 'content' parts", "item.content"),
+    _Refusal(("content", "*"), "invalid_item", "only input_text content is supported", "item.content"),
+    _Refusal(("content", "*", "text"), "invalid_item", "input_text part needs 'text'", "item.content.text"),
+)
+
+
+def _format_refusals(direction: str, rates: tuple[int, ...]) -> tuple[_Refusal, _Refusal]:
+    where = f"session.audio.{direction}.format"
+    return (
+        _Refusal(
+            ("audio", direction, "format"),
+            "unsupported_audio_format",
+            f"{where}: only audio/pcm (PCM16 little-endian mono) is supported",
+            where,
+        ),
+        _Refusal(
+            ("audio", direction, "format", "rate"),
+            "unsupported_sample_rate",
+            f"{where}: sample rate {{value}} is not supported; use one of {list(rates)}",
+            where,
+        ),
+    )
+
+
+def _object_refusal(path: tuple[str, ...]) -> _Refusal:
+    where = "session." + ".".join(path)
+    return _Refusal(path, "invalid_session", f"{where} must be an object, not {{value}}", where)
+
+
+def _vad_refusal(wire: str, wanted: str) -> _Refusal:
+    return _Refusal(
+        ("audio", "input", "turn_detection", wire),
+        "invalid_session",
+        f"turn_detection.{wire} must be {wanted}, not {{value}}",
+        f"session.audio.input.turn_detection.{wire}",
+    )
+
+
+# In the order the fields were always checked: a session.update with several faults is refused for
+# the first of them.
+_SESSION_REFUSALS = (
+    _Refusal((), "invalid_session", "session.update needs a 'session' object", "session"),
+    _Refusal(("instructions",), "invalid_session", "instructions must be a string", "session.instructions"),
+    _Refusal(("instructions",), "text_too_long", "{msg}", "session.instructions", kind="text_too_long"),
+    _Refusal(
+        ("max_output_tokens",),
+        "invalid_session",
+        "max_output_tokens must be an integer 1..4096 or 'inf', not {value}",
+        "session.max_output_tokens",
+    ),
+    _Refusal(
+        ("output_modalities",),
+        "invalid_session",
+        "output_modalities must be ['audio'] or ['text']",
+        "session.output_modalities",
+    ),
+    *(_object_refusal(path) for path in (("audio",), ("audio", "input"), ("audio", "output"))),
+    *_format_refusals("input", SUPPORTED_INPUT_RATES),
+    *_format_refusals("output", OUTPUT_RATES),
+    _Refusal(
+        ("audio", "input", "turn_detection"),
+        "unsupported_turn_detection",
+        "turn_detection must be null or {{'type': 'server_vad', ...}}",
+        "session.audio.input.turn_detection",
+    ),
+    _vad_refusal("threshold", "a number between 0 and 1"),
+    _vad_refusal("silence_duration_ms", "an integer 0..10000"),
+    _vad_refusal("prefix_padding_ms", "an integer 0..10000"),
+)
+
+
 def audio_of_append(event: ClientEvent, limits: ProtocolLimits) -> bytes:
-    audio = event.body.get("audio")
-    if not isinstance(audio, str):
+    """The PCM16 of an input_audio_buffer.append."""
+    try:
+        append = InputAudioBufferAppendEvent.model_validate(event.body)
+    except ValidationError:
         raise ProtocolError(
             "invalid_audio", "input_audio_buffer.append needs 'audio': base64 PCM16", event.event_id, "audio"
-        )
+        ) from None
     try:
-        return decode_base64_pcm(audio, limits.max_append_bytes)
+        return decode_base64_pcm(append.audio, limits.max_append_bytes)
     except AudioFormatError as exc:
         code = "audio_too_large" if "exceeds" in str(exc) else "invalid_audio"
         raise ProtocolError(code, str(exc), event.event_id, "audio") from exc
 
 
 def text_of_item(event: ClientEvent, limits: ProtocolLimits) -> str:
-    item = event.body.get("item")
-    if not isinstance(item, dict) or item.get("type", "message") != "message":
-        raise ProtocolError(
-            "invalid_item", "conversation.item.create needs a 'message' item", event.event_id, "item"
-        )
-    if item.get("role") != "user":
-        raise ProtocolError("invalid_item", "only user messages can be added", event.event_id, "item.role")
-    parts = item.get("content")
-    if not isinstance(parts, list) or not parts:
-        raise ProtocolError("invalid_item", "message needs 'content' parts", event.event_id, "item.content")
-    texts = []
-    for part in parts:
-        if not isinstance(part, dict) or part.get("type") not in ("input_text", "text"):
-            raise ProtocolError(
-                "invalid_item", "only input_text content is supported", event.event_id, "item.content"
-            )
-        text = part.get("text")
-        if not isinstance(text, str):
-            raise ProtocolError(
-                "invalid_item", "input_text part needs 'text'", event.event_id, "item.content.text"
-            )
-        texts.append(text)
-    text = " ".join(texts).strip()
+    """The text of a conversation.item.create: a user message of text parts."""
+    try:
+        item = UserMessage.model_validate(event.body.get("item"))
+    except ValidationError as exc:
+        raise _refusal(exc, _ITEM_REFUSALS, event.event_id, by_order=False) from None
+    text = " ".join(part.text for part in item.content).strip()
     if not text:
         raise ProtocolError("invalid_item", "message text is empty", event.event_id, "item.content.text")
     if len(text) > limits.max_text_chars:
@@ -170,27 +368,6 @@ def text_of_item(event: ClientEvent, limits: ProtocolLimits) -> str:
             "item.content.text",
         )
     return text
-
-
-def _rate(fmt: Any, where: str, allowed: tuple[int, ...], event: ClientEvent) -> int | None:
-    if fmt is None:
-        return None
-    if not isinstance(fmt, dict) or fmt.get("type", "audio/pcm") != "audio/pcm":
-        raise ProtocolError(
-            "unsupported_audio_format",
-            f"{where}: only audio/pcm (PCM16 little-endian mono) is supported",
-            event.event_id,
-            where,
-        )
-    rate = fmt.get("rate", 24_000)
-    if not _is_int(rate) or rate not in allowed:
-        raise ProtocolError(
-            "unsupported_sample_rate",
-            f"{where}: sample rate {_shown(rate)} is not supported; use one of {list(allowed)}",
-            event.event_id,
-            where,
-        )
-    return int(rate)
 
 
 def default_options(settings: Settings) -> SessionOptions:
@@ -228,109 +405,43 @@ def apply_session_update(
     options: SessionOptions, event: ClientEvent, limits: ProtocolLimits
 ) -> SessionOptions:
     """Validate a session.update and return the new options (all-or-nothing)."""
-    session = event.body.get("session")
-    if not isinstance(session, dict):
-        raise ProtocolError(
-            "invalid_session", "session.update needs a 'session' object", event.event_id, "session"
+    try:
+        session = SessionConfig.model_validate(
+            event.body.get("session"), context={"max_text_chars": limits.max_text_chars}
         )
+    except ValidationError as exc:
+        raise _refusal(exc, _SESSION_REFUSALS, event.event_id, by_order=True) from None
+    sent = session.model_fields_set
     changes: dict[str, Any] = {}
-    if "instructions" in session:
-        instructions = session["instructions"]
-        if not isinstance(instructions, str):
-            raise ProtocolError(
-                "invalid_session", "instructions must be a string", event.event_id, "session.instructions"
-            )
-        if len(instructions) > limits.max_text_chars:
-            raise ProtocolError(
-                "text_too_long",
-                f"instructions have {len(instructions)} characters; the limit is {limits.max_text_chars}",
-                event.event_id,
-                "session.instructions",
-            )
-        changes["instructions"] = instructions
-    if "max_output_tokens" in session:
-        tokens = session["max_output_tokens"]
-        if tokens == "inf":
-            tokens = 4096
-        if not _is_int(tokens) or not 1 <= tokens <= 4096:
-            raise ProtocolError(
-                "invalid_session",
-                f"max_output_tokens must be an integer 1..4096 or 'inf', not {_shown(tokens)}",
-                event.event_id,
-                "session.max_output_tokens",
-            )
-        changes["max_tokens"] = tokens
-    if "output_modalities" in session:
-        modalities = session["output_modalities"]
-        if modalities not in (["audio"], ["text"]):
-            raise ProtocolError(
-                "invalid_session",
-                "output_modalities must be ['audio'] or ['text']",
-                event.event_id,
-                "session.output_modalities",
-            )
-        changes["output_audio"] = modalities == ["audio"]
-    audio = _object_or_empty(session.get("audio"), "session.audio", event)
-    audio_in = _object_or_empty(audio.get("input"), "session.audio.input", event)
-    audio_out = _object_or_empty(audio.get("output"), "session.audio.output", event)
-    if (
-        rate := _rate(audio_in.get("format"), "session.audio.input.format", SUPPORTED_INPUT_RATES, event)
-    ) is not None:
-        changes["input_sample_rate"] = rate
-    if (
-        rate := _rate(audio_out.get("format"), "session.audio.output.format", OUTPUT_RATES, event)
-    ) is not None:
-        changes["output_sample_rate"] = rate
-    if "turn_detection" in audio_in:
-        changes["turn_detection"] = _turn_detection(audio_in["turn_detection"], options, event)
+    if "instructions" in sent:
+        changes["instructions"] = session.instructions
+    if "max_output_tokens" in sent:
+        tokens = session.max_output_tokens
+        changes["max_tokens"] = 4096 if tokens == "inf" else tokens
+    if "output_modalities" in sent:
+        changes["output_audio"] = session.output_modalities == ["audio"]
+    audio_in = session.audio.input if session.audio else None
+    audio_out = session.audio.output if session.audio else None
+    if audio_in is not None and audio_in.format is not None:
+        changes["input_sample_rate"] = audio_in.format.rate
+    if audio_out is not None and audio_out.format is not None:
+        changes["output_sample_rate"] = audio_out.format.rate
+    if audio_in is not None and "turn_detection" in audio_in.model_fields_set:
+        changes["turn_detection"] = _vad_config(audio_in.turn_detection, options)
     return SessionOptions(**{**options.__dict__, **changes})
 
 
-def _object_or_empty(value: Any, where: str, event: ClientEvent) -> dict[str, Any]:
-    """An optional object field: absent or null means no change; anything but an object is refused."""
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise ProtocolError(
-            "invalid_session", f"{where} must be an object, not {_shown(value)}", event.event_id, where
-        )
-    return value
-
-
-def _turn_detection(value: Any, options: SessionOptions, event: ClientEvent) -> VadConfig | None:
-    if value is None:
+def _vad_config(detection: TurnDetection | None, options: SessionOptions) -> VadConfig | None:
+    """The session's VAD after a turn_detection: off for null, else its fields over the current ones."""
+    if detection is None:
         return None
-    where = "session.audio.input.turn_detection"
-    if not isinstance(value, dict) or value.get("type") != "server_vad":
-        raise ProtocolError(
-            "unsupported_turn_detection",
-            "turn_detection must be null or {'type': 'server_vad', ...}",
-            event.event_id,
-            where,
-        )
-    base = options.turn_detection or VadConfig()
-    fields = {
-        "threshold": "threshold",
-        "silence_duration_ms": "silence_ms",
-        "prefix_padding_ms": "prefix_padding_ms",
+    sent = {
+        "threshold": detection.threshold,
+        "silence_ms": detection.silence_duration_ms,
+        "prefix_padding_ms": detection.prefix_padding_ms,
     }
-    values: dict[str, Any] = {}
-    for wire, name in fields.items():
-        if value.get(wire) is None:
-            continue
-        v = value[wire]
-        # The SDK types the durations as integers: a fraction would make session.updated invalid.
-        ok = _is_number(v) and 0 < v < 1 if wire == "threshold" else _is_int(v) and 0 <= v <= 10_000
-        if not ok:
-            wanted = "a number between 0 and 1" if wire == "threshold" else "an integer 0..10000"
-            raise ProtocolError(
-                "invalid_session",
-                f"turn_detection.{wire} must be {wanted}, not {_shown(v)}",
-                event.event_id,
-                f"{where}.{wire}",
-            )
-        values[name] = v
-    return VadConfig(**{**base.__dict__, **values})
+    base = options.turn_detection or VadConfig()
+    return VadConfig(**{**base.__dict__, **{k: v for k, v in sent.items() if v is not None}})
 
 
 def session_object(session_id: str, options: SessionOptions, model: str) -> dict[str, Any]:

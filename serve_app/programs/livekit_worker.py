@@ -6,8 +6,9 @@ OpenAI-compatible REST API with the stock `livekit-plugins-openai` plugins; Sile
 
 Settings from the environment: `VOICE_AGENT_URL` (the router, default http://127.0.0.1:8000),
 `VOICE_AGENT_API_KEY` (one of the router's `VOICE_API_KEYS`), optional `VOICE_AGENT_LLM_MODEL`,
-`VOICE_AGENT_TTS_VOICE`, `VOICE_AGENT_INSTRUCTIONS`, `VOICE_AGENT_LANGUAGE`, `VOICE_AGENT_METRICS_PORT`;
-LiveKit's own `LIVEKIT_URL`, `LIVEKIT_API_KEY`, `LIVEKIT_API_SECRET` are read by its CLI.
+`VOICE_AGENT_TTS_VOICE`, `VOICE_AGENT_INSTRUCTIONS`, `VOICE_AGENT_LANGUAGE`, `VOICE_AGENT_METRICS_PORT`,
+`VOICE_AGENT_METRICS_DIR` (all in `WorkerConfig`); LiveKit's own `LIVEKIT_URL`, `LIVEKIT_API_KEY`,
+`LIVEKIT_API_SECRET` are read by its CLI.
 
 Turn-taking (VAD, endpointing, barge-in) runs here, in LiveKit's `AgentSession`; the router only serves
 the stages. The room participant's identity becomes the chat requests' `user`: whose memory goes into the
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import tempfile
 from collections.abc import Mapping
 from typing import Any
@@ -55,7 +55,8 @@ class WorkerConfig(BaseSettings):
     """Where our router is and what to ask it for, from `VOICE_AGENT_*` environment variables; empty
     model fields are read from GET /v1/models."""
 
-    # extra="ignore": the worker's other VOICE_AGENT_* variables (metrics) are read where they are used.
+    # extra="ignore": `from_env` passes every VOICE_AGENT_* variable of its mapping; one this version does
+    # not know is ignored, as it is in the process environment.
     model_config = SettingsConfigDict(
         env_prefix="VOICE_AGENT_", frozen=True, extra="ignore", hide_input_in_errors=True
     )
@@ -68,6 +69,10 @@ class WorkerConfig(BaseSettings):
     tts_voice: str = ""
     instructions: str = ""  # empty: the router's configured system prompt applies
     language: str = "en"
+    # The worker's Prometheus metrics (gathered from its job processes) are served on metrics_port;
+    # prometheus_client's multiprocess files go to metrics_dir (default: a new temporary directory).
+    metrics_port: int | None = None
+    metrics_dir: str = ""
 
     @field_validator("base_url")
     @classmethod
@@ -80,13 +85,21 @@ class WorkerConfig(BaseSettings):
     def _some_key(cls, key: str) -> str:
         return key or OPEN_SERVER_KEY  # the SDK refuses an empty key even for an open router
 
+    @field_validator("metrics_port", mode="before")
+    @classmethod
+    def _unset_when_empty(cls, port: Any) -> Any:
+        return None if port == "" else port  # an empty variable leaves metrics off
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> WorkerConfig:
         """From `env` (default: the process environment)."""
         if env is None:
             return cls()
         prefix = "VOICE_AGENT_"
-        values = {k.removeprefix(prefix).lower(): v for k, v in env.items() if k.startswith(prefix)}
+        # Strings, converted as the environment's would be (e.g. metrics_port).
+        values: dict[str, Any] = {
+            k.removeprefix(prefix).lower(): v for k, v in env.items() if k.startswith(prefix)
+        }
         if "url" in values:
             values["base_url"] = values.pop("url")
         return cls(**values)
@@ -251,15 +264,15 @@ async def entrypoint(ctx: JobContext) -> None:
     )
 
 
-def worker_options(env: dict[str, str] | None = None) -> WorkerOptions:
-    e = os.environ if env is None else env
+def worker_options(env: Mapping[str, str] | None = None) -> WorkerOptions:
+    """LiveKit's worker options for our entrypoint, with metrics when `metrics_port` is set; settings from
+    `env` (default: the process environment)."""
+    cfg = WorkerConfig.from_env(env)
     options = WorkerOptions(entrypoint_fnc=entrypoint, prewarm_fnc=prewarm)
-    if port := e.get("VOICE_AGENT_METRICS_PORT"):
+    if cfg.metrics_port is not None:
         # Jobs run in child processes: prometheus_client's multiprocess mode gathers their histograms.
-        options.prometheus_port = int(port)
-        options.prometheus_multiproc_dir = e.get("VOICE_AGENT_METRICS_DIR") or tempfile.mkdtemp(
-            prefix="lk-metrics-"
-        )
+        options.prometheus_port = cfg.metrics_port
+        options.prometheus_multiproc_dir = cfg.metrics_dir or tempfile.mkdtemp(prefix="lk-metrics-")
     return options
 
 
