@@ -77,7 +77,7 @@ def test_payload_models_keep_the_sdks_names() -> None:
         RealtimeSessionCreateRequest,
     )
     from openai.types.realtime.realtime_audio_formats import AudioPCM
-    from openai.types.realtime.realtime_audio_input_turn_detection import ServerVad
+    from openai.types.realtime.realtime_audio_input_turn_detection import SemanticVad, ServerVad
     from openai.types.realtime.realtime_conversation_item_user_message import Content
 
     ours_and_sdks = [
@@ -89,7 +89,8 @@ def test_payload_models_keep_the_sdks_names() -> None:
         (protocol.AudioOutput, RealtimeAudioConfigOutput),
         (protocol.InputFormat, AudioPCM),
         (protocol.OutputFormat, AudioPCM),
-        (protocol.TurnDetection, ServerVad),
+        (protocol.ServerVad, ServerVad),
+        (protocol.SemanticVad, SemanticVad),
     ]
     for ours, sdk in ours_and_sdks:
         assert set(ours.model_fields) <= set(sdk.model_fields), ours

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Annotated, Any, ClassVar, Literal, assert_never
 
 from openai.types.realtime import InputAudioBufferAppendEvent
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 from pydantic_core import ErrorDetails, PydanticCustomError
 
+from actors.audio.end_of_turn import Eagerness
 from actors.audio.pcm import SUPPORTED_INPUT_RATES, AudioFormatError, decode_base64_pcm, encode_base64_pcm
 from actors.audio.vad import VadConfig
 from actors.config import Settings
@@ -182,15 +183,27 @@ class OutputFormat(_PcmFormat):
     RATES = OUTPUT_RATES
 
 
-class TurnDetection(_Strict):
-    """`audio.input.turn_detection` (the SDK's `ServerVad`; its `semantic_vad` needs a turn-taking model
-    we do not have). The SDK leaves the ranges to the server: these are ours; the durations are integers
+class ServerVad(_Strict):
+    """`audio.input.turn_detection` of type `server_vad` (the SDK's `ServerVad`): the turn ends after a
+    silence window. The SDK leaves the ranges to the server: these are ours; the durations are integers
     in the SDK, so a fraction here would make the session.updated we send invalid."""
 
     type: Literal["server_vad"]
     threshold: float | None = Field(default=None, gt=0, lt=1)
     silence_duration_ms: int | None = Field(default=None, ge=0, le=10_000)
     prefix_padding_ms: int | None = Field(default=None, ge=0, le=10_000)
+
+
+class SemanticVad(_Strict):
+    """`audio.input.turn_detection` of type `semantic_vad` (the SDK's `SemanticVad`): at each pause the
+    end-of-turn model judges whether the user has finished; `eagerness` caps how long an unfinished-
+    sounding turn is waited for (`actors.audio.end_of_turn`)."""
+
+    type: Literal["semantic_vad"]
+    eagerness: Eagerness | None = None
+
+
+TurnDetection = Annotated[ServerVad | SemanticVad, Field(discriminator="type")]
 
 
 class AudioInput(_Strict):
@@ -294,9 +307,9 @@ def _object_refusal(path: tuple[str, ...]) -> _Refusal:
     return _Refusal(path, "invalid_session", f"{where} must be an object, not {{value}}", where)
 
 
-def _vad_refusal(wire: str, wanted: str) -> _Refusal:
+def _vad_refusal(kind: str, wire: str, wanted: str) -> _Refusal:
     return _Refusal(
-        ("audio", "input", "turn_detection", wire),
+        ("audio", "input", "turn_detection", kind, wire),
         "invalid_session",
         f"turn_detection.{wire} must be {wanted}, not {{value}}",
         f"session.audio.input.turn_detection.{wire}",
@@ -327,12 +340,13 @@ _SESSION_REFUSALS = (
     _Refusal(
         ("audio", "input", "turn_detection"),
         "unsupported_turn_detection",
-        "turn_detection must be null or {{'type': 'server_vad', ...}}",
+        "turn_detection must be null, {{'type': 'server_vad', ...}} or {{'type': 'semantic_vad', ...}}",
         "session.audio.input.turn_detection",
     ),
-    _vad_refusal("threshold", "a number between 0 and 1"),
-    _vad_refusal("silence_duration_ms", "an integer 0..10000"),
-    _vad_refusal("prefix_padding_ms", "an integer 0..10000"),
+    _vad_refusal("server_vad", "threshold", "a number between 0 and 1"),
+    _vad_refusal("server_vad", "silence_duration_ms", "an integer 0..10000"),
+    _vad_refusal("server_vad", "prefix_padding_ms", "an integer 0..10000"),
+    _vad_refusal("semantic_vad", "eagerness", "'low', 'medium', 'high' or 'auto'"),
 )
 
 
@@ -432,20 +446,49 @@ def apply_session_update(
 
 
 def _vad_config(detection: TurnDetection | None, options: SessionOptions) -> VadConfig | None:
-    """The session's VAD after a turn_detection: off for null, else its fields over the current ones."""
+    """The session's turn detection after a turn_detection: off for null, semantic with its eagerness,
+    else server VAD with the fields sent over the current ones (the defaults after semantic)."""
     if detection is None:
         return None
-    sent = {
-        "threshold": detection.threshold,
-        "silence_ms": detection.silence_duration_ms,
-        "prefix_padding_ms": detection.prefix_padding_ms,
-    }
     base = options.turn_detection or VadConfig()
-    return VadConfig(**{**base.__dict__, **{k: v for k, v in sent.items() if v is not None}})
+    if isinstance(detection, SemanticVad):
+        semantic = VadConfig.semantic(detection.eagerness or "auto")
+        return replace(semantic, threshold=base.threshold, prefix_padding_ms=base.prefix_padding_ms)
+    if base.eagerness is not None:
+        base = VadConfig(threshold=base.threshold, prefix_padding_ms=base.prefix_padding_ms)
+    return replace(
+        base,
+        threshold=base.threshold if detection.threshold is None else detection.threshold,
+        silence_ms=base.silence_ms
+        if detection.silence_duration_ms is None
+        else detection.silence_duration_ms,
+        prefix_padding_ms=(
+            base.prefix_padding_ms if detection.prefix_padding_ms is None else detection.prefix_padding_ms
+        ),
+    )
+
+
+def _turn_detection_object(vad: VadConfig | None) -> dict[str, Any] | None:
+    if vad is None:
+        return None
+    if vad.eagerness is not None:
+        return {
+            "type": "semantic_vad",
+            "eagerness": vad.eagerness,
+            "create_response": True,
+            "interrupt_response": True,
+        }
+    return {
+        "type": "server_vad",
+        "threshold": vad.threshold,
+        "silence_duration_ms": vad.silence_ms,
+        "prefix_padding_ms": vad.prefix_padding_ms,
+        "create_response": True,
+        "interrupt_response": True,
+    }
 
 
 def session_object(session_id: str, options: SessionOptions, model: str) -> dict[str, Any]:
-    vad = options.turn_detection
     return {
         "type": "realtime",
         "object": "realtime.session",
@@ -457,16 +500,7 @@ def session_object(session_id: str, options: SessionOptions, model: str) -> dict
         "audio": {
             "input": {
                 "format": {"type": "audio/pcm", "rate": options.input_sample_rate},
-                "turn_detection": None
-                if vad is None
-                else {
-                    "type": "server_vad",
-                    "threshold": vad.threshold,
-                    "silence_duration_ms": vad.silence_ms,
-                    "prefix_padding_ms": vad.prefix_padding_ms,
-                    "create_response": True,
-                    "interrupt_response": True,
-                },
+                "turn_detection": _turn_detection_object(options.turn_detection),
             },
             "output": {"format": {"type": "audio/pcm", "rate": options.output_sample_rate}},
         },
