@@ -225,3 +225,42 @@ def test_a_users_memory_is_read_as_their_session_opens() -> None:
     with client.websocket_connect("/v1/realtime?user=ada") as ws:
         assert json.loads(ws.receive_text())["type"] == "session.created"
         assert reads == ["ada"]  # before any turn: the first one finds it cached
+
+
+def vad_update(ws, **turn_detection: object) -> dict:
+    session = {
+        "type": "realtime",
+        "audio": {"input": {"turn_detection": {"type": "server_vad", **turn_detection}}},
+    }
+    ws.send_text(json.dumps({"type": "session.update", "session": session}))
+    updated = json.loads(ws.receive_text())
+    SERVER_EVENT.validate_python(updated)
+    return updated["session"]["audio"]["input"]["turn_detection"]
+
+
+def test_create_response_off_waits_for_the_client_to_ask() -> None:
+    with make_app().websocket_connect("/v1/realtime") as ws:
+        ws.receive_text()
+        assert vad_update(ws, create_response=False)["create_response"] is False
+        append(ws, tone(800) + silence(700))
+        events = receive_until(ws, "conversation.item.input_audio_transcription.completed")
+        ws.send_text(json.dumps({"type": "response.create"}))
+        events += receive_until(ws, "response.done")
+        kinds = [e["type"] for e in events]
+        assert kinds.count("response.created") == 1 and "error" not in kinds
+        assert kinds.index("response.created") > kinds.index(
+            "conversation.item.input_audio_transcription.completed"
+        )
+        assert events[-1]["response"]["status"] == "completed"
+
+
+def test_interrupt_response_off_lets_the_reply_finish_over_user_speech() -> None:
+    with make_app().websocket_connect("/v1/realtime") as ws:
+        ws.receive_text()
+        assert vad_update(ws, interrupt_response=False)["interrupt_response"] is False
+        append(ws, tone(800) + silence(700))
+        receive_until(ws, "response.output_audio.delta")
+        append(ws, tone(800))  # the user talks over the reply
+        events = receive_until(ws, "response.done")
+        assert "input_audio_buffer.speech_started" in [e["type"] for e in events]
+        assert events[-1]["response"]["status"] == "completed"

@@ -87,11 +87,22 @@ class VadConfig:
     # no pause events.
     pause_ms: int | None = None
     eagerness: Eagerness | None = None  # semantic turn detection; None: server VAD (silence only)
+    create_response: bool = True  # answer a detected turn at once; False: wait for the client to ask
+    interrupt_response: bool = True  # user speech stops the reply in progress (barge-in)
 
     @classmethod
     def semantic(cls, eagerness: Eagerness = "auto") -> VadConfig:
         """Semantic turn detection: the end-of-turn model decides at each pause how long to wait."""
         return cls(silence_ms=MAX_WAIT_MS[eagerness], pause_ms=PAUSE_MS, eagerness=eagerness)
+
+    def as_server_vad(self) -> VadConfig:
+        """The same settings with server VAD's silence window (the default) instead of semantic detection."""
+        return VadConfig(
+            threshold=self.threshold,
+            prefix_padding_ms=self.prefix_padding_ms,
+            create_response=self.create_response,
+            interrupt_response=self.interrupt_response,
+        )
 
 
 @dataclass(frozen=True)

@@ -2,10 +2,11 @@
 
 LISTENING (no user speech) → USER_SPEAKING (the input holds an utterance streaming to STT) → COMMITTED
 (`commit`: the utterance becomes a conversation item and is transcribed in the background) → back to
-LISTENING. The transcript is answered at once with turn detection; without it (push-to-talk) and for
-typed text it waits as the pending `UserTurn` until the client asks for a reply. Independently a reply
-may be RESPONDING: user speech that starts meanwhile cancels it (barge-in), and so does a newly
-transcribed turn or the client's `cancel_response`.
+LISTENING. The transcript is answered at once with turn detection (unless its `create_response` is
+off); without it (push-to-talk) and for typed text it waits as the pending `UserTurn` until the client
+asks for a reply. Independently a reply may be RESPONDING: user speech that starts meanwhile cancels it
+(barge-in, unless `interrupt_response` is off), and so does a newly transcribed turn or the client's
+`cancel_response`.
 
 It sees the input only as the `Utterance` it is handed and the reply player only through `Replies`, so
 it runs (and is tested) without either.
@@ -97,7 +98,9 @@ class TurnStateMachine:
 
     async def speech_started(self) -> None:
         """The user started speaking."""
-        if self._replies.responding:  # barge-in: stop the reply the user is talking over
+        vad = self.options.turn_detection
+        interrupts = vad is None or vad.interrupt_response
+        if self._replies.responding and interrupts:  # barge-in: stop the reply the user talks over
             await self._replies.cancel("turn_detected")
 
     async def commit(self, utterance: Utterance, timeline: TurnTimeline) -> None:
@@ -168,9 +171,13 @@ class TurnStateMachine:
         if not transcript:
             return  # nothing recognisable: no response, like a cough
         turn = UserTurn(utterance.item_id, transcript)
-        if self.options.turn_detection is None:
+        vad = self.options.turn_detection
+        if vad is None or not vad.create_response:
             self._pending = turn
-            return  # manual mode: the client asks for the response
+            return  # the client asks for the response (push-to-talk, or create_response off)
         if self._replies.responding:
+            if not vad.interrupt_response:
+                self._pending = turn  # the reply in progress goes on; the client may answer this later
+                return
             await self._replies.cancel("turn_detected")
         self._replies.start(turn, timeline)

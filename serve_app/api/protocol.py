@@ -192,6 +192,8 @@ class ServerVad(_Strict):
     threshold: float | None = Field(default=None, gt=0, lt=1)
     silence_duration_ms: int | None = Field(default=None, ge=0, le=10_000)
     prefix_padding_ms: int | None = Field(default=None, ge=0, le=10_000)
+    create_response: bool | None = None
+    interrupt_response: bool | None = None
 
 
 class SemanticVad(_Strict):
@@ -201,6 +203,8 @@ class SemanticVad(_Strict):
 
     type: Literal["semantic_vad"]
     eagerness: Eagerness | None = None
+    create_response: bool | None = None
+    interrupt_response: bool | None = None
 
 
 TurnDetection = Annotated[ServerVad | SemanticVad, Field(discriminator="type")]
@@ -446,16 +450,27 @@ def apply_session_update(
 
 
 def _vad_config(detection: TurnDetection | None, options: SessionOptions) -> VadConfig | None:
-    """The session's turn detection after a turn_detection: off for null, semantic with its eagerness,
-    else server VAD with the fields sent over the current ones (the defaults after semantic)."""
+    """The session's turn detection after a turn_detection: off for null, else the fields sent over the
+    current ones; switching between server and semantic detection keeps the rest."""
     if detection is None:
         return None
     base = options.turn_detection or VadConfig()
+    create = base.create_response if detection.create_response is None else detection.create_response
+    interrupt = (
+        base.interrupt_response if detection.interrupt_response is None else detection.interrupt_response
+    )
     if isinstance(detection, SemanticVad):
-        semantic = VadConfig.semantic(detection.eagerness or "auto")
-        return replace(semantic, threshold=base.threshold, prefix_padding_ms=base.prefix_padding_ms)
+        eagerness = detection.eagerness or base.eagerness or "auto"
+        semantic = VadConfig.semantic(eagerness)
+        return replace(
+            semantic,
+            threshold=base.threshold,
+            prefix_padding_ms=base.prefix_padding_ms,
+            create_response=create,
+            interrupt_response=interrupt,
+        )
     if base.eagerness is not None:
-        base = VadConfig(threshold=base.threshold, prefix_padding_ms=base.prefix_padding_ms)
+        base = base.as_server_vad()
     return replace(
         base,
         threshold=base.threshold if detection.threshold is None else detection.threshold,
@@ -465,6 +480,8 @@ def _vad_config(detection: TurnDetection | None, options: SessionOptions) -> Vad
         prefix_padding_ms=(
             base.prefix_padding_ms if detection.prefix_padding_ms is None else detection.prefix_padding_ms
         ),
+        create_response=create,
+        interrupt_response=interrupt,
     )
 
 
@@ -475,16 +492,16 @@ def _turn_detection_object(vad: VadConfig | None) -> dict[str, Any] | None:
         return {
             "type": "semantic_vad",
             "eagerness": vad.eagerness,
-            "create_response": True,
-            "interrupt_response": True,
+            "create_response": vad.create_response,
+            "interrupt_response": vad.interrupt_response,
         }
     return {
         "type": "server_vad",
         "threshold": vad.threshold,
         "silence_duration_ms": vad.silence_ms,
         "prefix_padding_ms": vad.prefix_padding_ms,
-        "create_response": True,
-        "interrupt_response": True,
+        "create_response": vad.create_response,
+        "interrupt_response": vad.interrupt_response,
     }
 
 
