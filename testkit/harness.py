@@ -4,6 +4,7 @@ deterministic VAD, and what a client must never be shown."""
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -76,6 +77,19 @@ class Harness:
 
 
 SERVER_EVENT = TypeAdapter(RealtimeServerEvent)
+
+
+def receive_until(ws: Any, kind: str, limit: int = 2000) -> list[dict[str, Any]]:
+    """Server events from a TestClient WebSocket up to the first of type `kind`, each checked against
+    the SDK's own server-event models."""
+    events = []
+    for _ in range(limit):
+        event = json.loads(ws.receive_text())
+        SERVER_EVENT.validate_python(event)
+        events.append(event)
+        if event["type"] == kind:
+            return events
+    raise AssertionError(f"no {kind} in {[e['type'] for e in events]}")
 
 
 def make_app(memory_context=None, **overrides: object) -> TestClient:

@@ -9,18 +9,7 @@ import pytest
 
 from actors.conversation.session import VoiceSession
 from testkit.fakes import silence, tone, user_text_event
-from testkit.harness import SERVER_EVENT, make_app
-
-
-def receive_until(ws, kind: str, limit: int = 2000) -> list[dict]:
-    events = []
-    for _ in range(limit):
-        event = json.loads(ws.receive_text())
-        SERVER_EVENT.validate_python(event)  # every event we send matches the SDK's own models
-        events.append(event)
-        if event["type"] == kind:
-            return events
-    raise AssertionError(f"no {kind} in {[e['type'] for e in events]}")
+from testkit.harness import SERVER_EVENT, make_app, receive_until
 
 
 def append(ws, pcm: bytes) -> None:

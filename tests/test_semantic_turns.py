@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from testkit.harness import SERVER_EVENT, make_app
+from testkit.harness import SERVER_EVENT, make_app, receive_until
 from testkit.recordings import librivox
 from testkit.speech import silence, with_noise_floor
 
@@ -20,17 +20,6 @@ RATE = 24_000
 # the clause is plainly unfinished after "been" (3.35 s).
 SENTENCE = "0920"
 OPEN_CUT_S = 3.35
-
-
-def receive_until(ws, kind: str, limit: int = 2000) -> list[dict]:
-    events = []
-    for _ in range(limit):
-        event = json.loads(ws.receive_text())
-        SERVER_EVENT.validate_python(event)  # every event we send matches the SDK's own models
-        events.append(event)
-        if event["type"] == kind:
-            return events
-    raise AssertionError(f"no {kind} in {[e['type'] for e in events]}")
 
 
 def update(ws, turn_detection: dict | None) -> dict:

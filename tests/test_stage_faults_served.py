@@ -39,6 +39,12 @@ print(time.time())
 """
 
 
+async def kill_replica(served: ServeRun, deployment: str) -> float:
+    """SIGKILL the one replica of `deployment`; when it was killed (epoch seconds)."""
+    printed = await asyncio.to_thread(served.run_driver, KILL_REPLICA.replace("{deployment}", deployment))
+    return float(printed.strip().splitlines()[-1])
+
+
 @pytest.fixture(scope="module")
 def upstream() -> Iterator[tuple[SimOpenAIServer, FaultProxy]]:
     sim = start_sim_openai_server(SimOpenAIConfig(reply=REPLY, ttft_ms=300, tokens_per_s=10))
@@ -118,12 +124,10 @@ async def test_llm_replica_killed_mid_reply(served: ServeRun) -> None:
         await until(ws, "session.created", seen)
         await ask(ws, "Tell me something long.")
         await until(ws, "response.output_audio.delta", seen)  # the reply is being spoken
-        killing = asyncio.create_task(
-            asyncio.to_thread(served.run_driver, KILL_REPLICA.replace("{deployment}", "LLMDeployment"))
-        )
+        killing = asyncio.create_task(kill_replica(served, "LLMDeployment"))
         done_event = await until(ws, "response.done", seen)
         done_at = time.time()
-        killed_at = float((await killing).strip().splitlines()[-1])
+        killed_at = await killing
         done = done_event["response"]
 
         assert done["status"] == "failed", done
@@ -168,15 +172,7 @@ async def test_stt_replica_killed_mid_utterance(served: ServeRun) -> None:
         await until(ws, "session.created", seen)
         speaking = asyncio.create_task(stream_speech(ws, long_speech + silence(1500)))
         await until(ws, "input_audio_buffer.speech_started", seen)
-        killed_at = float(
-            (
-                await asyncio.to_thread(
-                    served.run_driver, KILL_REPLICA.replace("{deployment}", "STTDeployment")
-                )
-            )
-            .strip()
-            .splitlines()[-1]
-        )
+        killed_at = await kill_replica(served, "STTDeployment")
         assert not speaking.done(), "the utterance ended before the replica was killed"
         error = await until(ws, "error", seen)
         # Reported while the user is still speaking: the session's stage timeout at most, not after
@@ -211,15 +207,7 @@ async def test_tts_replica_killed_mid_reply(served: ServeRun) -> None:
         await until(ws, "session.created", seen)
         await ask(ws, "Tell me something long.")
         await until(ws, "response.output_audio.delta", seen)  # the reply is being spoken
-        killed_at = float(
-            (
-                await asyncio.to_thread(
-                    served.run_driver, KILL_REPLICA.replace("{deployment}", "TTSDeployment")
-                )
-            )
-            .strip()
-            .splitlines()[-1]
-        )
+        killed_at = await kill_replica(served, "TTSDeployment")
         audio_at: list[float] = []  # when each audio chunk after the kill arrived
         while (event := await next_event(ws))["type"] != "response.done":
             seen.append(event)
