@@ -253,3 +253,28 @@ def test_interrupt_response_off_lets_the_reply_finish_over_user_speech() -> None
         events = receive_until(ws, "response.done")
         assert "input_audio_buffer.speech_started" in [e["type"] for e in events]
         assert events[-1]["response"]["status"] == "completed"
+
+
+def test_idle_timeout_prompts_a_silent_user_with_openais_events() -> None:
+    with make_app().websocket_connect("/v1/realtime") as ws:
+        ws.receive_text()
+        assert vad_update(ws, idle_timeout_ms=5000)["idle_timeout_ms"] == 5000
+        text_turn(ws, "hello")
+        append(ws, silence(200))  # a microphone that hears nothing
+        events = receive_until(ws, "response.done")  # about 5 s after the reply was heard
+        kinds = [e["type"] for e in events]
+        assert kinds[:3] == [
+            "input_audio_buffer.timeout_triggered",
+            "input_audio_buffer.committed",
+            "response.created",
+        ]
+        timed_out = events[0]
+        assert events[1]["item_id"] == timed_out["item_id"]
+        assert timed_out["audio_end_ms"] - timed_out["audio_start_ms"] <= 5000
+        assert events[-1]["response"]["status"] == "completed"
+
+        session = {"audio": {"input": {"turn_detection": {"type": "server_vad", "idle_timeout_ms": 100}}}}
+        ws.send_text(json.dumps({"type": "session.update", "session": session}))
+        error = json.loads(ws.receive_text())
+        assert error["type"] == "error"
+        assert error["error"]["param"] == "session.audio.input.turn_detection.idle_timeout_ms"

@@ -8,9 +8,15 @@ import asyncio
 import pytest
 
 from actors.audio.vad import VadConfig
-from actors.conversation.events import AudioCommitted, SessionError, TranscriptCompleted, UserItemAdded
+from actors.conversation.events import (
+    AudioCommitted,
+    InputTimedOut,
+    SessionError,
+    TranscriptCompleted,
+    UserItemAdded,
+)
 from actors.conversation.input import Utterance
-from actors.conversation.metrics import TurnTimeline
+from actors.conversation.metrics import TurnTimeline, clock
 from actors.conversation.options import SessionLimits, SessionOptions
 from actors.conversation.turns import CancelReason, Conversation, TurnStateMachine, UserTurn
 from actors.stt.simulated import SimulatedSTTEngine
@@ -39,7 +45,9 @@ class ScriptedReplies:
 
 
 class Turns:
-    def __init__(self, *, vad: bool = True, transcript: str = QUESTION) -> None:
+    def __init__(
+        self, *, vad: bool = True, transcript: str = QUESTION, idle_timeout_ms: int | None = None
+    ) -> None:
         self.events: list[object] = []
         self.replies = ScriptedReplies()
         self.conversation = Conversation()
@@ -47,8 +55,12 @@ class Turns:
         self.turns = TurnStateMachine(
             replies=self.replies,
             emit=self._emit,
-            options=SessionOptions(instructions="", turn_detection=VadConfig() if vad else None),
+            options=SessionOptions(
+                instructions="",
+                turn_detection=VadConfig(idle_timeout_ms=idle_timeout_ms) if vad else None,
+            ),
             conversation=self.conversation,
+            input_ms=lambda: 42_000,
         )
 
     async def _emit(self, event: object) -> None:
@@ -139,3 +151,38 @@ async def test_typed_items_chain_and_cancel_needs_a_reply_in_progress() -> None:
     assert t.replies.started[0][0] == UserTurn(second, "are you there?")  # the latest message
     await t.turns.cancel_response()
     assert t.replies.cancelled == ["client_cancelled"]
+
+
+async def test_a_user_silent_for_the_idle_timeout_after_a_reply_is_prompted() -> None:
+    t = Turns(idle_timeout_ms=5000)
+    t.turns.reply_finished("completed", played_until=clock() + 2.0)  # 2 s of reply still to be heard
+    await asyncio.sleep(6.9)
+    assert t.of(InputTimedOut) == []  # 5 s after the reply was heard, not after it was sent
+    await asyncio.sleep(0.2)
+    [timed_out] = t.of(InputTimedOut)
+    assert (timed_out.audio_start_ms, timed_out.audio_end_ms) == (37_000, 42_000)
+    [committed] = t.of(AudioCommitted)
+    assert committed.item_id == timed_out.item_id
+    assert t.replies.started == [(None, t.replies.started[0][1])]  # the agent speaks again
+
+
+async def test_speech_or_text_before_the_idle_timeout_disarms_it() -> None:
+    for act in ("speech", "text"):
+        t = Turns(idle_timeout_ms=5000)
+        t.turns.reply_finished("completed", played_until=clock())
+        await asyncio.sleep(3)
+        if act == "speech":
+            await t.turns.speech_started()
+        else:
+            await t.turns.add_user_text("hold on")
+        await asyncio.sleep(10)
+        assert t.of(InputTimedOut) == [] and t.replies.started == [], act
+
+
+async def test_no_idle_timeout_after_a_cancelled_reply_or_without_the_setting() -> None:
+    t = Turns(idle_timeout_ms=5000)
+    t.turns.reply_finished("cancelled", played_until=clock())
+    u = Turns()
+    u.turns.reply_finished("completed", played_until=clock())
+    await asyncio.sleep(20)
+    assert t.of(InputTimedOut) == [] and u.of(InputTimedOut) == []

@@ -89,6 +89,8 @@ class VadConfig:
     eagerness: Eagerness | None = None  # semantic turn detection; None: server VAD (silence only)
     create_response: bool = True  # answer a detected turn at once; False: wait for the client to ask
     interrupt_response: bool = True  # user speech stops the reply in progress (barge-in)
+    # Prompt a user who stays silent this long after a reply has been heard; None: wait for them.
+    idle_timeout_ms: int | None = None
 
     @classmethod
     def semantic(cls, eagerness: Eagerness = "auto") -> VadConfig:
@@ -102,6 +104,7 @@ class VadConfig:
             prefix_padding_ms=self.prefix_padding_ms,
             create_response=self.create_response,
             interrupt_response=self.interrupt_response,
+            idle_timeout_ms=self.idle_timeout_ms,
         )
 
 

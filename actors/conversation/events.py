@@ -43,6 +43,16 @@ class InputCleared:
 
 
 @dataclass(frozen=True)
+class InputTimedOut:
+    """Nobody spoke for `idle_timeout_ms` after the last reply was heard: the (silent) audio since is
+    committed as `item_id` and the agent prompts the user."""
+
+    item_id: str
+    audio_start_ms: int
+    audio_end_ms: int
+
+
+@dataclass(frozen=True)
 class UserItemAdded:
     item_id: str
     previous_item_id: str | None
@@ -106,6 +116,7 @@ SessionEvent = (
     | SpeechStopped
     | AudioCommitted
     | InputCleared
+    | InputTimedOut
     | UserItemAdded
     | TranscriptDelta
     | TranscriptCompleted

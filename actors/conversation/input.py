@@ -264,6 +264,11 @@ class AudioInput:
             if event is not None:
                 await self._on_vad_event(event, clock())
 
+    @property
+    def received_ms(self) -> int:
+        """How much input audio has arrived, in milliseconds."""
+        return _ms(self._samples_in)
+
     async def settled(self) -> None:
         """Wait for the end-of-turn verdicts still being worked out: for callers that feed recorded audio
         faster than real time and want each verdict applied where a live speaker's would be."""

@@ -56,8 +56,12 @@ class ReplyPlayer:
         user_id: str,
         memory_sink: MemorySink | None = None,
         memory_context: Callable[[str], Awaitable[str | None]] | None = None,
+        on_finished: Callable[[ResponseStatus, float], None] | None = None,
     ) -> None:
         self.options = options
+        # Told each reply's status and when the client will have played all of its audio (clock time).
+        self._on_finished = on_finished
+        self._played_until = 0.0
         self._limits = limits
         self._llm = llm
         self._tts = tts
@@ -81,6 +85,7 @@ class ReplyPlayer:
         response_id = new_id("resp")
         self._cancel_reason = None
         self._began = False
+        self._played_until = clock()
         self._task = asyncio.create_task(self._respond(response_id, user, timeline))
 
     async def cancel(self, reason: CancelReason) -> None:
@@ -156,6 +161,8 @@ class ReplyPlayer:
             )
         )
         self._conversation.last_item_id = item_id
+        if self._on_finished is not None:
+            self._on_finished(status, max(self._played_until, clock()))
         if self._sink is not None and (user_text or text):
             self._sink.submit(
                 FinishedTurn(
@@ -326,6 +333,7 @@ class ReplyPlayer:
                     if timeline.first_audio_sent is None:
                         timeline.first_audio_sent = clock()
                     audio_sent_s += duration_ms(chunk, rate) / 1000
+                    self._played_until = timeline.first_audio_sent + audio_sent_s
                 slots.release()
             await asyncio.gather(*synth_tasks)
         finally:

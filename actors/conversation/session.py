@@ -68,9 +68,14 @@ class VoiceSession:
             user_id=user_id,
             memory_sink=memory_sink,
             memory_context=memory_context,
+            on_finished=lambda status, heard_at: self._turns.reply_finished(status, heard_at),
         )
         self._turns = TurnStateMachine(
-            replies=self._reply, emit=emit, options=options, conversation=conversation
+            replies=self._reply,
+            emit=emit,
+            options=options,
+            conversation=conversation,
+            input_ms=lambda: self._input.received_ms,
         )
         self._input = AudioInput(
             stt=stt,

@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from actors.conversation.events import (
     AudioCommitted,
     Emit,
+    InputTimedOut,
     SessionError,
     TranscriptCompleted,
     UserItemAdded,
@@ -82,14 +84,49 @@ class TurnStateMachine:
     """
 
     def __init__(
-        self, *, replies: Replies, emit: Emit, options: SessionOptions, conversation: Conversation
+        self,
+        *,
+        replies: Replies,
+        emit: Emit,
+        options: SessionOptions,
+        conversation: Conversation,
+        input_ms: Callable[[], int] = lambda: 0,
     ) -> None:
         self.options = options
         self.conversation = conversation
         self._replies = replies
         self._emit = emit
+        self._input_ms = input_ms  # how much input audio has arrived (for `InputTimedOut`)
         self._pending: UserTurn | None = None  # awaiting `create_response`
         self._tasks: set[asyncio.Task[None]] = set()  # transcriptions in progress
+        self._idle: asyncio.Task[None] | None = None  # the idle timeout, armed after a reply is heard
+
+    def reply_finished(self, status: str, played_until: float) -> None:
+        """A reply ended; the client will have heard it all at `played_until` (clock time). With an
+        idle timeout, a user still silent that long after prompts the agent to speak again."""
+        vad = self.options.turn_detection
+        self._disarm_idle()
+        if vad is None or vad.idle_timeout_ms is None or status != "completed":
+            return
+        self._idle = asyncio.create_task(self._idle_timeout(played_until + vad.idle_timeout_ms / 1000))
+
+    def _disarm_idle(self) -> None:
+        if self._idle is not None and self._idle is not asyncio.current_task():
+            self._idle.cancel()
+        self._idle = None
+
+    async def _idle_timeout(self, deadline: float) -> None:
+        await asyncio.sleep(max(deadline - clock(), 0.0))
+        vad = self.options.turn_detection
+        if vad is None or vad.idle_timeout_ms is None or self._replies.responding:
+            return
+        self._idle = None
+        end_ms = self._input_ms()
+        item_id = new_id("item")
+        await self._emit(InputTimedOut(item_id, max(end_ms - vad.idle_timeout_ms, 0), end_ms))
+        await self._emit(AudioCommitted(item_id, self.conversation.last_item_id))
+        self.conversation.last_item_id = item_id
+        self._replies.start(None, TurnTimeline())
 
     @property
     def pending(self) -> UserTurn | None:
@@ -98,6 +135,7 @@ class TurnStateMachine:
 
     async def speech_started(self) -> None:
         """The user started speaking."""
+        self._disarm_idle()
         vad = self.options.turn_detection
         interrupts = vad is None or vad.interrupt_response
         if self._replies.responding and interrupts:  # barge-in: stop the reply the user talks over
@@ -128,6 +166,7 @@ class TurnStateMachine:
 
     async def add_user_text(self, text: str) -> str:
         """A typed user message; the next `create_response` answers it. Returns the item id."""
+        self._disarm_idle()
         item_id = new_id("item")
         self._pending = UserTurn(item_id, text)
         await self._emit(UserItemAdded(item_id, self.conversation.last_item_id, text))
@@ -144,6 +183,7 @@ class TurnStateMachine:
                 )
             )
             return
+        self._disarm_idle()
         user, self._pending = self._pending, None
         self._replies.start(user, TurnTimeline())
 
@@ -155,8 +195,9 @@ class TurnStateMachine:
         await self._replies.cancel("client_cancelled")
 
     async def close(self) -> None:
-        """Cancel the transcriptions still running."""
-        await cancel_and_wait(self._tasks)
+        """Cancel the transcriptions still running, and the idle timeout."""
+        idle, self._idle = self._idle, None
+        await cancel_and_wait([*self._tasks, *([idle] if idle is not None else [])])
 
     async def _transcribe_and_respond(self, utterance: Utterance, timeline: TurnTimeline) -> None:
         try:

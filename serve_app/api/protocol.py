@@ -24,6 +24,7 @@ from actors.config import Settings
 from actors.conversation.events import (
     AudioCommitted,
     InputCleared,
+    InputTimedOut,
     ResponseAudioDelta,
     ResponseFinished,
     ResponseStarted,
@@ -194,6 +195,7 @@ class ServerVad(_Strict):
     prefix_padding_ms: int | None = Field(default=None, ge=0, le=10_000)
     create_response: bool | None = None
     interrupt_response: bool | None = None
+    idle_timeout_ms: int | None = Field(default=None, ge=5_000, le=30_000)  # null: off
 
 
 class SemanticVad(_Strict):
@@ -350,6 +352,7 @@ _SESSION_REFUSALS = (
     _vad_refusal("server_vad", "threshold", "a number between 0 and 1"),
     _vad_refusal("server_vad", "silence_duration_ms", "an integer 0..10000"),
     _vad_refusal("server_vad", "prefix_padding_ms", "an integer 0..10000"),
+    _vad_refusal("server_vad", "idle_timeout_ms", "an integer 5000..30000 or null"),
     _vad_refusal("semantic_vad", "eagerness", "'low', 'medium', 'high' or 'auto'"),
 )
 
@@ -482,6 +485,11 @@ def _vad_config(detection: TurnDetection | None, options: SessionOptions) -> Vad
         ),
         create_response=create,
         interrupt_response=interrupt,
+        idle_timeout_ms=(
+            detection.idle_timeout_ms
+            if "idle_timeout_ms" in detection.model_fields_set
+            else base.idle_timeout_ms
+        ),
     )
 
 
@@ -502,6 +510,7 @@ def _turn_detection_object(vad: VadConfig | None) -> dict[str, Any] | None:
         "prefix_padding_ms": vad.prefix_padding_ms,
         "create_response": vad.create_response,
         "interrupt_response": vad.interrupt_response,
+        "idle_timeout_ms": vad.idle_timeout_ms,
     }
 
 
@@ -572,6 +581,9 @@ def server_events(event: SessionEvent, *, audio_output: bool) -> list[dict[str, 
             ]
         case InputCleared():
             return [{**base, "type": "input_audio_buffer.cleared"}]
+        case InputTimedOut(item_id=item_id, audio_start_ms=start_ms, audio_end_ms=end_ms):
+            timed_out = {"item_id": item_id, "audio_start_ms": start_ms, "audio_end_ms": end_ms}
+            return [{**base, "type": "input_audio_buffer.timeout_triggered", **timed_out}]
         case UserItemAdded(item_id=item_id, previous_item_id=prev, text=text):
             item = {
                 "id": item_id,
