@@ -359,6 +359,8 @@ _SESSION_REFUSALS = (
 
 def audio_of_append(event: ClientEvent, limits: ProtocolLimits) -> bytes:
     """The PCM16 of an input_audio_buffer.append."""
+    # 50 of these a second per session. The SDK's model costs ~1.2 µs of the ~11 µs a 20 ms frame takes
+    # to parse (timeit: 9.6 µs with an isinstance check instead), so it stays.
     try:
         append = InputAudioBufferAppendEvent.model_validate(event.body)
     except ValidationError:

@@ -1,4 +1,5 @@
-"""OpenAI-compatible REST endpoints on the router: chat completions, transcriptions, speech, models.
+"""OpenAI-compatible REST endpoints on the router: chat completions, transcriptions, speech, models,
+Realtime client secrets; a FastAPI app that also serves their OpenAPI document at `/openapi.json`.
 
 Each handler validates its request (a 4xx in OpenAI's error shape that says what is wrong), runs the
 stage clients the WebSocket path uses (in-process stages or Serve handles), and measures the same
@@ -12,17 +13,19 @@ import base64
 import contextlib
 import logging
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import AsyncGenerator, Callable, Coroutine, Mapping, Sequence
+from typing import Annotated, Any, TypeVar
 
+from fastapi import Depends, FastAPI, Request, Security
+from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute, APIRouter
+from fastapi.security import HTTPBearer
 from pydantic import BaseModel, ValidationError
-from starlette.applications import Starlette
-from starlette.datastructures import UploadFile
+from pydantic.json_schema import models_json_schema
+from starlette.datastructures import FormData, Headers, UploadFile
 from starlette.exceptions import HTTPException
-from starlette.formparsers import MultiPartException, MultiPartParser
-from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
-from starlette.routing import BaseRoute, Mount, Route
+from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from actors.audio.files import decode_upload, streaming_wav_header
@@ -44,9 +47,9 @@ from serve_app.api.credentials import (
     acting_user,
 )
 from serve_app.api.deps import RouterDeps
-from serve_app.api.openapi import openapi_document
 from serve_app.api.protocol import ProtocolError, initial_options, session_object
 from serve_app.api.rest_models import (
+    TRANSCRIPTION_FORM_SCHEMA,
     TRANSCRIPTION_FORMATS,
     AssistantMessage,
     ChatCompletion,
@@ -75,13 +78,14 @@ from serve_app.api.rest_models import (
 
 log = logging.getLogger(__name__)
 
-M = TypeVar("M", bound=BaseModel)
 T = TypeVar("T")
 MAX_FORM_FIELD_BYTES = 64 * 1024  # a non-file form field (model, language, prompt, ...)
+Handler = Callable[[Request], Coroutine[Any, Any, Response]]
 
 
-class ApiError(Exception):
-    """A request we answer with OpenAI's error JSON."""
+class ApiError(HTTPException):
+    """A request we answer with OpenAI's error JSON. An HTTPException, so that FastAPI lets one raised
+    while it reads a body (size, time, JSON) through to the app's handler."""
 
     def __init__(
         self,
@@ -92,25 +96,35 @@ class ApiError(Exception):
         code: str | None = None,
         type: str = "invalid_request_error",
     ) -> None:
-        super().__init__(message)
+        super().__init__(status, message)
         self.status, self.message, self.param, self.code, self.type = status, message, param, code, type
 
     def response(self) -> JSONResponse:
+        """This error as the response a client gets."""
         body = ErrorResponse(
             error=ErrorDetail(message=self.message, type=self.type, param=self.param, code=self.code)
         )
         return JSONResponse(body.model_dump(), status_code=self.status)
 
 
-def _validation_error(exc: ValidationError) -> ApiError:
+def _invalid_request(errors: Sequence[Mapping[str, Any]]) -> ApiError:
+    """A 400 for a body its model refused, naming every field (`errors` as pydantic reports them)."""
     problems = []
-    for err in exc.errors(include_url=False):
+    for err in errors:
         where = ".".join(str(part) for part in err["loc"]) or "body"
         problems.append(f"{where}: {err['msg'].removeprefix('Value error, ')}")
-    first = exc.errors(include_url=False)[0]
+    first = errors[0]
     param = ".".join(str(part) for part in first["loc"]) or None
     code = "missing_required_parameter" if first["type"] == "missing" else "invalid_value"
     return ApiError(400, "invalid request: " + "; ".join(problems), param=param, code=code)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _sse(model: BaseModel) -> str:
@@ -131,31 +145,6 @@ def _stage_failed(exc: Exception, stage: str) -> ApiError:
     return ApiError(502, public.message, type="server_error", code=public.code)
 
 
-Endpoint = Callable[[Request], Awaitable[Response]]
-
-
-def _guarded(endpoint: Endpoint, answered: tuple[type[Exception], ...]) -> Endpoint:
-    """Any unexpected failure of a handler is a JSON 500 in OpenAI's shape, never a plain-text page;
-    the `answered` exceptions go on to the app's exception handlers."""
-
-    async def guarded(request: Request) -> Response:
-        try:
-            return await endpoint(request)
-        except answered:
-            raise
-        except Exception:
-            # The details (exception, paths) go to the log only.
-            log.exception("%s %s failed unexpectedly", request.method, request.url.path)
-            return ApiError(
-                500,
-                "the server failed to handle this request; the failure has been logged",
-                type="server_error",
-                code="internal_error",
-            ).response()
-
-    return guarded
-
-
 async def _first(items: AsyncGenerator[T, None], stage: str) -> T | None:
     """Start a stream before answering, so a failing stage is a clean 502, not a broken body."""
     try:
@@ -169,6 +158,158 @@ async def _first(items: AsyncGenerator[T, None], stage: str) -> T | None:
         raise _stage_failed(exc, stage) from exc
 
 
+class Admitted:
+    """ASGI middleware: each request holds a place on this replica until its response (a stream too)
+    has been sent; a request over the limits is answered at once (429 or 503, with Retry-After)."""
+
+    def __init__(self, app: ASGIApp, admission: Admission) -> None:
+        self.app, self.admission = app, admission
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            with self.admission.request_slot():
+                await self.app(scope, receive, send)
+        except Refused as exc:
+            await refused_response(exc)(scope, receive, send)
+
+
+# ------------------------------------------------------------------------------------ request bodies
+
+
+class BoundedRequest(Request):
+    """A request whose body is refused with 413 as soon as it is larger than `limit` bytes, and with
+    408 if it has not all arrived within `timeout_s`: a client trickling its body holds a request, so
+    it gets a deadline, not the replica. (Starlette's own body limit answers in plain text.)"""
+
+    def __init__(self, scope: Scope, receive: Receive, limit: int, timeout_s: float) -> None:
+        super().__init__(scope, receive)
+        self.limit, self.timeout_s = limit, timeout_s
+
+    async def stream(self) -> AsyncGenerator[bytes, None]:
+        declared = self.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > self.limit:
+            raise ApiError(413, f"request body of {declared} bytes exceeds the limit of {self.limit} bytes")
+        received = 0
+        deadline = asyncio.get_running_loop().time() + self.timeout_s
+        stream = super().stream()
+        while True:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    chunk = await anext(stream)
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                message = f"the request body did not arrive within {self.timeout_s:.0f} s"
+                raise ApiError(408, message, code="request_timeout") from None
+            received += len(chunk)
+            if received > self.limit:
+                raise ApiError(413, f"request body exceeds the limit of {self.limit} bytes")
+            yield chunk
+
+
+class JsonBodyRequest(BoundedRequest):
+    """A request to an operation with a JSON body, as FastAPI reads it: within the limits, never empty,
+    parsed by `json_input` (FastAPI's `json.loads` takes NaN and recurses on deep nesting), an object.
+    Its Content-Type reads as JSON whatever the client sent: this API has always read these bodies as
+    JSON (`curl -d` declares a form), and FastAPI parses a body only when it is declared JSON."""
+
+    @property
+    def headers(self) -> Headers:
+        sent = [(name, value) for name, value in self.scope["headers"] if name != b"content-type"]
+        return Headers(raw=[*sent, (b"content-type", b"application/json")])
+
+    async def body(self) -> bytes:
+        body = await super().body()
+        if not body.strip():
+            raise ApiError(400, "the request body is empty: send a JSON object")
+        return body
+
+    async def json(self) -> Any:
+        try:
+            data = json_input.loads(await self.body())
+        except json_input.JsonInputError as exc:
+            raise ApiError(400, f"the request body {exc.reason}", code="invalid_json") from None
+        if not isinstance(data, dict):
+            raise ApiError(400, f"the request body must be a JSON object, not {type(data).__name__}")
+        return data
+
+
+async def _caller(request: Request) -> Principal:
+    """Who is asking: authenticated by the route before any of the body was read."""
+    principal: Principal = request.state.principal
+    return principal
+
+
+Caller = Annotated[Principal, Depends(_caller)]
+# For the document's security scheme: the routes authenticate before FastAPI resolves dependencies.
+BEARER = HTTPBearer(scheme_name="bearerAuth", auto_error=False)
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"model": ErrorResponse, "description": description}
+
+
+# Every error has OpenAI's shape. "4XX" also keeps FastAPI from documenting a 422 we never send.
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: _error("Bad request: malformed JSON, a wrong type or value, an unsupported option"),
+    401: _error("Missing, wrong, expired or revoked API key or client secret"),
+    403: _error("The credential may not do this: act as another user, mint secrets, read metrics"),
+    413: _error("Request body larger than the configured limit"),
+    "4XX": _error(
+        "Another client error: no such path or method (404, 405), a body too slow (408), "
+        "too many requests (429)"
+    ),
+    500: _error("An unexpected server failure; the details are logged, not returned"),
+    502: _error("A stage (STT, LLM or TTS engine) failed"),
+}
+
+
+REF = "#/components/schemas/{model}"
+# The JSON in server-sent events: no route field names these models, so `Api.openapi` adds them.
+STREAM_EVENTS: tuple[type[BaseModel], ...] = (ChatCompletionChunk, SpeechAudioDelta, SpeechAudioDone)
+
+
+def _sse_events(description: str, *events: type[BaseModel], last: str | None = None) -> dict[str, Any]:
+    """A text/event-stream body: one schema per server-sent event, as SSE tooling reads it; `data` is
+    JSON of one of `events` (or, after a stage failed mid-stream, an ErrorResponse), or `last`."""
+    models: list[type[BaseModel]] = [*events, ErrorResponse]
+    data: dict[str, Any] = {
+        "type": "string",
+        "contentMediaType": "application/json",
+        "contentSchema": {"anyOf": [{"$ref": REF.format(model=m.__name__)} for m in models]},
+    }
+    if last is not None:
+        data = {"anyOf": [data, {"const": last}]}
+    return {
+        "schema": {
+            "type": "object",
+            "required": ["data"],
+            "properties": {"event": {"type": "string"}, "data": {**data, "description": description}},
+        }
+    }
+
+
+class Api(FastAPI):
+    """FastAPI, with the models of the server-sent events in its document's components."""
+
+    def openapi(self) -> dict[str, Any]:
+        cached = self.openapi_schema is not None
+        document = super().openapi()  # built at the first call, then cached
+        if not cached:
+            _, defs = models_json_schema([(m, "serialization") for m in STREAM_EVENTS], ref_template=REF)
+            for name, schema in defs["$defs"].items():
+                document["components"]["schemas"].setdefault(name, schema)
+        return document
+
+
+def _ok(content: dict[str, Any]) -> dict[int | str, dict[str, Any]]:
+    """More media types for a 200 than its response model's JSON."""
+    return {200: {"content": content}}
+
+
+BINARY = {"schema": {"type": "string", "format": "binary"}}
+
+
 class RestApi:
     """The OpenAI-compatible REST endpoints under `/v1` and `GET /openapi.json` (see the module docstring)."""
 
@@ -178,52 +319,187 @@ class RestApi:
         self.credentials = credentials
         self.admission = admission
         self.created = int(time.time())
-        self.document = openapi_document()
 
     # ------------------------------------------------------------------ plumbing
-    def routes(self) -> list[BaseRoute]:
-        handlers: dict[Any, Any] = {
-            ApiError: self._api_error,
-            HTTPException: self._http_error,
-            CredentialError: self._credential_error,
-            Refused: self._refused,
-        }
-
-        def guard(endpoint: Endpoint) -> Endpoint:
-            return _guarded(endpoint, tuple(handlers))
-
-        v1 = Starlette(
-            routes=[
-                Route("/chat/completions", guard(self.chat_completions), methods=["POST"]),
-                Route("/audio/transcriptions", guard(self.transcriptions), methods=["POST"]),
-                Route("/audio/speech", guard(self.speech), methods=["POST"]),
-                Route("/models", guard(self.list_models), methods=["GET"]),
-                Route("/realtime/client_secrets", guard(self.mint_client_secret), methods=["POST"]),
-                Route("/realtime/client_secrets/revoke", guard(self.revoke_client_secret), methods=["POST"]),
-                Route("/models/{model:path}", guard(self.retrieve_model), methods=["GET"]),
-            ],
-            exception_handlers=handlers,
+    def app(self) -> FastAPI:
+        """The FastAPI app: `/openapi.json` and the operations under `/v1`."""
+        s = self.settings
+        json_route = self._route_class(
+            lambda r: JsonBodyRequest(r.scope, r.receive, s.rest_max_body_bytes, s.rest_body_timeout_s)
         )
-        return [
-            Route("/openapi.json", guard(self.openapi), methods=["GET"]),
-            Mount("/v1", app=self._admitted(v1)),
-        ]
+        upload_route = self._route_class(
+            lambda r: BoundedRequest(r.scope, r.receive, s.rest_max_upload_bytes, s.rest_body_timeout_s)
+        )
+        v1 = APIRouter(
+            prefix="/v1",
+            route_class=json_route,
+            dependencies=[Security(BEARER)],
+            responses=ERRORS,
+        )
+        v1.add_api_route(
+            "/chat/completions",
+            self.chat_completions,
+            methods=["POST"],
+            operation_id="createChatCompletion",
+            summary="Chat completion, streamed (SSE) or not; the `user`'s memory is in the prompt",
+            response_model=ChatCompletion,
+            responses=_ok(
+                {
+                    "text/event-stream": _sse_events(
+                        "A ChatCompletionChunk as JSON (or an ErrorResponse if a stage fails mid-stream), "
+                        "then [DONE]",
+                        ChatCompletionChunk,
+                        last="[DONE]",
+                    )
+                }
+            ),
+        )
+        v1.add_api_route(
+            "/audio/transcriptions",
+            self.transcriptions,
+            methods=["POST"],
+            operation_id="createTranscription",
+            summary="Transcribe an uploaded recording with the STT stage",
+            response_model=Transcription | TranscriptionVerbose,
+            responses=_ok({"text/plain": {"schema": {"type": "string"}}}),
+            # The handler parses the form itself: FastAPI's form validation would answer in its own words.
+            openapi_extra={
+                "requestBody": {
+                    "required": True,
+                    "content": {"multipart/form-data": {"schema": TRANSCRIPTION_FORM_SCHEMA}},
+                }
+            },
+            route_class_override=upload_route,
+        )
+        v1.add_api_route(
+            "/audio/speech",
+            self.speech,
+            methods=["POST"],
+            operation_id="createSpeech",
+            summary="Speech from text, streamed while it is synthesised (24 kHz mono PCM16)",
+            response_class=StreamingResponse,
+            responses=_ok(
+                {
+                    "audio/wav": BINARY,
+                    "audio/pcm": BINARY,
+                    "text/event-stream": _sse_events(
+                        "With stream_format sse: SpeechAudioDelta events as JSON, then one SpeechAudioDone "
+                        "(or an ErrorResponse if the stage fails mid-stream)",
+                        SpeechAudioDelta,
+                        SpeechAudioDone,
+                    ),
+                }
+            ),
+        )
+        v1.add_api_route(
+            "/realtime/client_secrets",
+            self.mint_client_secret,
+            methods=["POST"],
+            operation_id="createRealtimeClientSecret",
+            summary="A short-lived secret bound to one user, for browsers and phones (server key)",
+            response_model=ClientSecret,
+        )
+        v1.add_api_route(
+            "/realtime/client_secrets/revoke",
+            self.revoke_client_secret,
+            methods=["POST"],
+            operation_id="revokeRealtimeClientSecret",
+            summary="Revoke a client secret: no new use, and its open sessions are closed",
+            response_model=ClientSecretRevoked,
+        )
+        v1.add_api_route(
+            "/models",
+            self.list_models,
+            methods=["GET"],
+            operation_id="listModels",
+            summary="The models the LLM, STT and TTS stages serve",
+            response_model=ModelList,
+        )
+        v1.add_api_route(
+            "/models/{model:path}",
+            self.retrieve_model,
+            methods=["GET"],
+            operation_id="retrieveModel",
+            summary="One model",
+            response_model=ModelCard,
+            responses={404: _error("No such model")},
+        )
+        # Starlette's routes answered HEAD as GET; FastAPI's answer the methods they name.
+        v1.add_api_route("/models", self.list_models, methods=["HEAD"], include_in_schema=False)
+        v1.add_api_route(
+            "/models/{model:path}", self.retrieve_model, methods=["HEAD"], include_in_schema=False
+        )
+        api = Api(
+            title="Voice agent: OpenAI-compatible REST API",
+            version="1.0.0",
+            description="A subset of OpenAI's REST API on the voice agent's stages. Errors use OpenAI's "
+            "shape. Unknown request fields are ignored; unsupported ones get a 400 that says so.",
+            docs_url=None,
+            redoc_url=None,
+            exception_handlers={
+                ApiError: self._api_error,
+                RequestValidationError: self._invalid,
+                HTTPException: self._http_error,
+                CredentialError: self._credential_error,
+                Refused: self._refused,
+            },
+        )
+        api.include_router(v1)
+        return api
 
-    def _admitted(self, app: ASGIApp) -> ASGIApp:
-        """Each request holds a place on this replica until its response (a stream too) has been sent."""
+    def _route_class(self, read: Callable[[Request], Request]) -> type[APIRoute]:
+        """Routes whose requests FastAPI reads through `read` (a `BoundedRequest`), once the caller is
+        authenticated and charged: nothing of a body is read for a request that will be refused."""
+        rest = self
+        # Raised by a handler for the app's exception handlers to answer; anything else is a JSON 500.
+        answered = (HTTPException, RequestValidationError, CredentialError, Refused)
 
-        async def admitted(scope: Scope, receive: Receive, send: Send) -> None:
-            try:
-                with self.admission.request_slot():
-                    await app(scope, receive, send)
-            except Refused as exc:
-                await refused_response(exc)(scope, receive, send)
+        class OpenAIRoute(APIRoute):
+            def get_route_handler(self) -> Handler:
+                handle = super().get_route_handler()
 
-        return admitted
+                async def route(request: Request) -> Response:
+                    try:
+                        request.state.principal = await rest._authorize(request)
+                        return await handle(read(request))
+                    except answered:
+                        raise
+                    except Exception:
+                        # The details (exception, paths) go to the log only.
+                        log.exception("%s %s failed unexpectedly", request.method, request.url.path)
+                        return ApiError(
+                            500,
+                            "the server failed to handle this request; the failure has been logged",
+                            type="server_error",
+                            code="internal_error",
+                        ).response()
+
+                return route
+
+        return OpenAIRoute
 
     async def _api_error(self, request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ApiError)
         return exc.response()
+
+    async def _invalid(self, request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        route = request.scope.get("route")
+        model = (
+            route.body_field.field_info.annotation
+            if isinstance(route, APIRoute) and route.body_field
+            else None
+        )
+        if isinstance(model, type) and issubclass(model, BaseModel):
+            # FastAPI validates with from_attributes=True, which words a non-object where an object
+            # belongs as "...object to extract fields from"; the model itself names the object it wants.
+            try:
+                model.model_validate(exc.body)
+            except ValidationError as refused:
+                return _invalid_request(refused.errors(include_url=False)).response()
+        # FastAPI puts the body's fields under "body"; our messages name the fields themselves.
+        errors = [{**err, "loc": tuple(err["loc"])[1:]} for err in exc.errors()]
+        return _invalid_request(errors).response()
 
     async def _credential_error(self, request: Request, exc: Exception) -> Response:
         assert isinstance(exc, CredentialError)
@@ -244,49 +520,7 @@ class RestApi:
         self.admission.charge(principal)
         return principal
 
-    async def _body(self, request: Request, limit: int) -> AsyncGenerator[bytes, None]:
-        """The request body, refused with 413 as soon as it is larger than `limit` bytes."""
-        declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > limit:
-            raise ApiError(413, f"request body of {declared} bytes exceeds the limit of {limit} bytes")
-        received = 0
-        timeout = self.settings.rest_body_timeout_s
-        deadline = asyncio.get_running_loop().time() + timeout
-        stream = request.stream()
-        while True:
-            try:
-                # A client trickling its body holds a request: it gets a deadline, not the replica.
-                async with asyncio.timeout_at(deadline):
-                    chunk = await anext(stream)
-            except StopAsyncIteration:
-                return
-            except TimeoutError:
-                message = f"the request body did not arrive within {timeout:.0f} s"
-                raise ApiError(408, message, code="request_timeout") from None
-            received += len(chunk)
-            if received > limit:
-                raise ApiError(413, f"request body exceeds the limit of {limit} bytes")
-            yield chunk
-
-    async def _json(self, request: Request, model: type[M]) -> M:
-        body = b"".join([chunk async for chunk in self._body(request, self.settings.rest_max_body_bytes)])
-        if not body.strip():
-            raise ApiError(400, "the request body is empty: send a JSON object")
-        try:
-            data = json_input.loads(body)
-        except json_input.JsonInputError as exc:
-            raise ApiError(400, f"the request body {exc.reason}", code="invalid_json") from None
-        if not isinstance(data, dict):
-            raise ApiError(400, f"the request body must be a JSON object, not {type(data).__name__}")
-        try:
-            return model.model_validate(data)
-        except ValidationError as exc:
-            raise _validation_error(exc) from exc
-
     # ------------------------------------------------------------------ endpoints
-    async def openapi(self, request: Request) -> Response:
-        return JSONResponse(self.document)
-
     def _models(self) -> list[ModelCard]:
         s = self.settings
         return [
@@ -295,23 +529,16 @@ class RestApi:
             ModelCard(id=s.tts_model, created=self.created, owned_by=f"tts:{s.tts_engine}:{s.tts_voice}"),
         ]
 
-    async def list_models(self, request: Request) -> Response:
-        await self._authorize(request)
+    async def list_models(self) -> Response:
         return JSONResponse(ModelList(data=self._models()).model_dump())
 
-    async def retrieve_model(self, request: Request) -> Response:
-        await self._authorize(request)
-        wanted = request.path_params["model"]
+    async def retrieve_model(self, model: str) -> Response:
         for card in self._models():
-            if card.id == wanted:
+            if card.id == model:
                 return JSONResponse(card.model_dump())
-        raise ApiError(
-            404, f"the model {wanted!r} does not exist here", param="model", code="model_not_found"
-        )
+        raise ApiError(404, f"the model {model!r} does not exist here", param="model", code="model_not_found")
 
-    async def mint_client_secret(self, request: Request) -> Response:
-        principal = await self._authorize(request)
-        body = await self._json(request, ClientSecretRequest)
+    async def mint_client_secret(self, principal: Caller, body: ClientSecretRequest) -> Response:
         try:
             options = initial_options(self.settings, body.session)
         except ProtocolError as exc:
@@ -333,9 +560,7 @@ class RestApi:
             ClientSecret(value=secret.value, expires_at=secret.expires_at, session=session).model_dump()
         )
 
-    async def revoke_client_secret(self, request: Request) -> Response:
-        principal = await self._authorize(request)
-        body = await self._json(request, ClientSecretRevokeRequest)
+    async def revoke_client_secret(self, principal: Caller, body: ClientSecretRevokeRequest) -> Response:
         try:
             await self.credentials.revoke(principal, body.value)
         except CredentialError:
@@ -347,9 +572,7 @@ class RestApi:
             ) from exc
         return JSONResponse(ClientSecretRevoked().model_dump())
 
-    async def chat_completions(self, request: Request) -> Response:
-        principal = await self._authorize(request)
-        body = await self._json(request, ChatCompletionRequest)
+    async def chat_completions(self, principal: Caller, body: ChatCompletionRequest) -> Response:
         user_id = acting_user(principal, body.user, self.settings)
         memory = self.deps.memory_for(user_id)
         s = self.settings
@@ -448,9 +671,7 @@ class RestApi:
             )
         yield "data: [DONE]\n\n"
 
-    async def speech(self, request: Request) -> Response:
-        await self._authorize(request)
-        body = await self._json(request, SpeechRequest)
+    async def speech(self, body: SpeechRequest) -> Response:
         s = self.settings
         text = body.input.strip()
         if not text:
@@ -509,26 +730,20 @@ class RestApi:
         yield _sse(SpeechAudioDone(usage=SpeechUsage(input_tokens=0, output_tokens=0, total_tokens=0)))
 
     async def transcriptions(self, request: Request) -> Response:
-        await self._authorize(request)
         if not request.headers.get("content-type", "").startswith("multipart/form-data"):
             raise ApiError(400, "send the recording as multipart/form-data with a `file` field", param="file")
-        parser = MultiPartParser(
-            request.headers,
-            self._body(request, self.settings.rest_max_upload_bytes),
-            max_files=1,
-            max_fields=32,
-            max_part_size=MAX_FORM_FIELD_BYTES,
-        )
         try:
-            form = await parser.parse()
-        except MultiPartException as exc:
-            raise ApiError(400, f"malformed multipart form: {exc.message}") from exc
+            form = await request.form(max_files=1, max_fields=32, max_part_size=MAX_FORM_FIELD_BYTES)
+        except ApiError:
+            raise
+        except HTTPException as exc:  # Starlette's words for a malformed form
+            raise ApiError(400, f"malformed multipart form: {exc.detail}") from exc
         try:
             return await self._transcribe(form)
         finally:
             await form.close()
 
-    async def _transcribe(self, form: Any) -> Response:
+    async def _transcribe(self, form: FormData) -> Response:
         upload, model = form.get("file"), form.get("model")
         if not isinstance(upload, UploadFile):
             raise ApiError(400, "the form has no `file` upload: attach the recording as `file`", param="file")
@@ -547,11 +762,8 @@ class RestApi:
         if str(form.get("stream", "false")).lower() not in ("false", "0"):
             raise ApiError(400, "streamed transcription is not supported: omit `stream`", param="stream")
         temperature = form.get("temperature")
-        if temperature is not None:
-            try:
-                float(temperature)
-            except (TypeError, ValueError) as exc:
-                raise ApiError(400, "temperature must be a number", param="temperature") from exc
+        if temperature is not None and not (isinstance(temperature, str) and _is_number(temperature)):
+            raise ApiError(400, "temperature must be a number", param="temperature")
         language = form.get("language")
         if language is not None and not isinstance(language, str):
             raise ApiError(400, "language must be a string", param="language")
@@ -583,5 +795,7 @@ class RestApi:
 
 
 def rest_routes(deps: RouterDeps, credentials: Credentials, admission: Admission) -> list[BaseRoute]:
-    """`GET /openapi.json` and everything under `/v1` except the WebSocket (mount after it)."""
-    return RestApi(deps, credentials, admission).routes()
+    """`GET /openapi.json` and everything under `/v1` except the WebSocket (mount after it). The paths
+    reach the FastAPI app whole: its routes and document name them with `/v1`."""
+    api = RestApi(deps, credentials, admission).app()
+    return [Route("/openapi.json", api, methods=["GET"]), Route("/v1/{path:path}", Admitted(api, admission))]

@@ -1,10 +1,10 @@
 """Request and response bodies of the OpenAI-compatible REST API, as pydantic models.
 
 Requests are validated with them (a failure becomes a 400 that names the field), responses are built
-from them, and `serve_app.api.openapi` publishes their JSON Schemas: the document cannot drift from the
-code. Field names and shapes follow OpenAI's API so the official SDK's own models parse our responses.
-Unknown request fields are accepted and ignored, as OpenAI-compatible servers usually do; fields that
-would change the answer in a way we cannot honour are rejected with a message saying so.
+from them, and FastAPI generates the OpenAPI document from them (`serve_app.api.rest`): it cannot drift
+from the code. Field names and shapes follow OpenAI's API so the official SDK's own models parse our
+responses. Unknown request fields are accepted and ignored, as OpenAI-compatible servers usually do;
+fields that would change the answer in a way we cannot honour are rejected with a message saying so.
 """
 
 from __future__ import annotations
@@ -264,7 +264,7 @@ class TranscriptionVerbose(BaseModel):
 
 TRANSCRIPTION_FORMATS = ("json", "text", "verbose_json")
 
-# The multipart form of POST /v1/audio/transcriptions, written out: Starlette parses forms itself.
+# The multipart form of POST /v1/audio/transcriptions, written out: its handler parses the form itself.
 TRANSCRIPTION_FORM_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["file", "model"],

@@ -1,5 +1,5 @@
 """The router's Starlette app: `WS /v1/realtime`, `GET /healthz`, `GET /readyz`, `GET /metrics`, and the
-OpenAI-compatible REST endpoints of `serve_app.api.rest`.
+OpenAI-compatible REST endpoints of `serve_app.api.rest` (a FastAPI app behind them).
 
 Plain ASGI with no Ray imports, so it runs under Serve (see `serve_app.deployments.Router`), under
 uvicorn, or in Starlette's TestClient with in-process stages.
