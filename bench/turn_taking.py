@@ -247,7 +247,6 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 
 async def main_async(args: argparse.Namespace) -> None:
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - once, before anything is measured
     complete, paused = test_set()
     rows = []
     with tqdm(total=len(MODES) * (len(complete) + len(paused)), desc="utterances", unit="utt") as bar:
@@ -271,7 +270,9 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
-    asyncio.run(main_async(parser.parse_args()))
+    args = parser.parse_args()
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    asyncio.run(main_async(args))
 
 
 if __name__ == "__main__":
