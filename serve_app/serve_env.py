@@ -11,7 +11,7 @@ exports them, the test cluster sets them, and k8s/rayservice.yaml sets them on e
   per request on the latency-critical path (99–129 ms instead of 166 ms p50 at ten sessions when measured).
   These are environment variables rather than the application's `runtime_env` in serve_config.yaml,
   because an application runtime_env makes every replica need a worker process of its own kind, so none
-  can start in a worker Ray has already started: ~2.7 s more to `/readyz` on 2 cores.
+  can start in a worker Ray has already started: ~4.7 s more to `/readyz` on 2 cores.
 - gRPC between deployments: the stage calls (STT chunks, LLM phrases, TTS audio) go to the replicas
   over gRPC instead of as Ray actor tasks, which cost less per call (README "Performance" has the numbers).
 
