@@ -193,8 +193,8 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(9, 1.2 + 0.6 * len(rows)))
     for i, r in enumerate(rows):
         left = 0.0
-        for key, label in segments:
-            ax.barh(i, r[key] - left, left=left, label=label if i == 0 else None)
+        for j, (key, label) in enumerate(segments):
+            ax.barh(i, r[key] - left, left=left, color=f"C{j}", label=label if i == 0 else None)
             left = r[key]
         ax.text(left + 0.3, i, f"{left:.1f} s", va="center")
     ax.axvline(15, color="red", ls="--", lw=1, label="target 15 s")
