@@ -113,6 +113,26 @@ async def test_a_users_session_end_delivers_their_partial_batch_at_once(tmp_path
     await writer.close()
 
 
+async def test_a_session_end_right_after_its_last_turn_delivers_that_turn_too(tmp_path: Path) -> None:
+    class SlowJournal(TurnJournal):
+        def append(self, turn: FinishedTurn) -> bool:
+            time.sleep(0.2)  # a slow disk: the fsync'd write is still under way when the session ends
+            return super().append(turn)
+
+    backend = FakeBackend()
+    writer = MemoryWriter(
+        SlowJournal(tmp_path / "j.db"), backend, WriterConfig(batch_size=50, flush_interval_s=60)
+    )
+    # As the memory actor runs them: the last turn's submit starts first, the session's end right after.
+    submitting = asyncio.create_task(writer.submit(turn(1, user="ann")))
+    await asyncio.sleep(0)
+    await writer.flush_user("ann")
+    await submitting
+    await wait_until(lambda: "ann" in backend.stored, limit_s=5)
+    assert backend.stored["ann"] == ["resp_ann_1"]
+    await writer.close()
+
+
 async def test_flush_delivers_a_partial_batch_at_once(tmp_path: Path) -> None:
     backend = FakeBackend()
     writer = MemoryWriter(

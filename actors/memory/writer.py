@@ -98,6 +98,9 @@ class MemoryWriter:
         self._failing = False
         self._flushing = False  # deliver partial batches at once (shutdown)
         self._flush_users: set[str] = set()  # deliver these users' partial batches at once
+        # Journal writes under way, per user: a session's end must see the turns submitted before it
+        # (the actor starts calls in the order they were sent, but runs them concurrently).
+        self._journaling: dict[str, set[asyncio.Future[bool]]] = {}
 
     async def start(self) -> None:
         """Resume delivery of whatever the journal holds (a replay after a restart or crash)."""
@@ -107,7 +110,15 @@ class MemoryWriter:
 
     async def submit(self, turn: FinishedTurn) -> None:
         """Journal `turn` durably (raises JournalError for an invalid turn) and schedule its delivery."""
-        await asyncio.to_thread(self.journal.append, turn)
+        writing = asyncio.ensure_future(asyncio.to_thread(self.journal.append, turn))
+        journaling = self._journaling.setdefault(turn.user_id, set())
+        journaling.add(writing)
+        try:
+            await writing
+        finally:
+            journaling.discard(writing)
+            if not journaling:
+                del self._journaling[turn.user_id]
         self._ensure_task(turn.user_id)
         waiting = await asyncio.to_thread(self.journal.pending, turn.user_id, self.config.batch_size)
         if len(waiting) >= self.config.batch_size:
@@ -115,7 +126,9 @@ class MemoryWriter:
         await asyncio.to_thread(self._update_gauges)
 
     async def flush_user(self, user_id: str) -> None:
-        """Deliver the user's waiting turns now, without waiting for the batch to fill (session end)."""
+        """Deliver the user's waiting turns now, without waiting for the batch to fill (session end):
+        those journaled and those still being journaled by a `submit` that started before this call."""
+        await asyncio.gather(*self._journaling.get(user_id, ()), return_exceptions=True)
         if await asyncio.to_thread(self.journal.pending, user_id, 1):
             self._flush_users.add(user_id)
             self._ensure_task(user_id)
