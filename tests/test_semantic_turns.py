@@ -59,6 +59,12 @@ def test_semantic_vad_is_configured_and_reported_as_openai_names_it() -> None:
         detection = back["session"]["audio"]["input"]["turn_detection"]
         assert detection["type"] == "server_vad" and detection["silence_duration_ms"] == 500
 
+        # Fields not sent keep their values through a switch to semantic detection and back.
+        update(ws, {"type": "server_vad", "silence_duration_ms": 800, "threshold": 0.6})
+        update(ws, {"type": "semantic_vad"})
+        detection = update(ws, {"type": "server_vad"})["session"]["audio"]["input"]["turn_detection"]
+        assert (detection["silence_duration_ms"], detection["threshold"]) == (800, 0.6)
+
 
 def test_a_finished_sentence_ends_the_turn_without_the_silence_window() -> None:
     speech, _ = librivox(SENTENCE, RATE)

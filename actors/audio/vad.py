@@ -79,12 +79,12 @@ class SileroSpeechDetector:
 @dataclass(frozen=True)
 class VadConfig:
     threshold: float = 0.5
-    silence_ms: int = 500
+    silence_ms: int = 500  # server VAD's silence window (kept while semantic detection is on)
     prefix_padding_ms: int = 300
     min_speech_ms: int = 96
-    # Report a pause once speech has been silent this long, and its end if speech resumes before
-    # `silence_ms` (for semantic turn detection, which asks the end-of-turn model at each pause); None:
-    # no pause events.
+    # Report a pause once speech has been silent this long, and its end if speech resumes within the
+    # window (for semantic turn detection, which asks the end-of-turn model at each pause); None: no
+    # pause events.
     pause_ms: int | None = None
     eagerness: Eagerness | None = None  # semantic turn detection; None: server VAD (silence only)
     create_response: bool = True  # answer a detected turn at once; False: wait for the client to ask
@@ -95,17 +95,13 @@ class VadConfig:
     @classmethod
     def semantic(cls, eagerness: Eagerness = "auto") -> VadConfig:
         """Semantic turn detection: the end-of-turn model decides at each pause how long to wait."""
-        return cls(silence_ms=MAX_WAIT_MS[eagerness], pause_ms=PAUSE_MS, eagerness=eagerness)
+        return cls(pause_ms=PAUSE_MS, eagerness=eagerness)
 
-    def as_server_vad(self) -> VadConfig:
-        """The same settings with server VAD's silence window (the default) instead of semantic detection."""
-        return VadConfig(
-            threshold=self.threshold,
-            prefix_padding_ms=self.prefix_padding_ms,
-            create_response=self.create_response,
-            interrupt_response=self.interrupt_response,
-            idle_timeout_ms=self.idle_timeout_ms,
-        )
+    @property
+    def window_ms(self) -> int:
+        """The longest silence that still belongs to the turn: server VAD's window, or with semantic
+        detection the eagerness cap (the model's verdict at a pause usually ends it sooner)."""
+        return self.silence_ms if self.eagerness is None else MAX_WAIT_MS[self.eagerness]
 
 
 @dataclass(frozen=True)
@@ -116,7 +112,7 @@ class VadEvent:
 
 class Endpointer:
     """Frame-by-frame hysteresis: speech starts after `min_speech_ms` above threshold and stops after
-    `silence_ms` below (threshold - 0.15), like Silero's reference iterator."""
+    `window_ms` below (threshold - 0.15), like Silero's reference iterator."""
 
     def __init__(self, detector: SpeechDetector, config: VadConfig) -> None:
         self.detector = detector
@@ -158,7 +154,7 @@ class Endpointer:
                 if self._silence_start is None:
                     self._silence_start = start
                 silent = self._offset - self._silence_start
-                window_ms = self._stop_after_ms or self.config.silence_ms
+                window_ms = self.config.window_ms if self._stop_after_ms is None else self._stop_after_ms
                 if silent >= self._frames_for(window_ms) * n:
                     events.append(self._stop())
                 elif (

@@ -11,13 +11,13 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Annotated, Any, ClassVar, Literal, assert_never
+from typing import Annotated, Any, ClassVar, Literal, TypeVar, assert_never
 
 from openai.types.realtime import InputAudioBufferAppendEvent
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 from pydantic_core import ErrorDetails, PydanticCustomError
 
-from actors.audio.end_of_turn import Eagerness
+from actors.audio.end_of_turn import PAUSE_MS, Eagerness
 from actors.audio.pcm import SUPPORTED_INPUT_RATES, AudioFormatError, decode_base64_pcm, encode_base64_pcm
 from actors.audio.vad import VadConfig
 from actors.config import Settings
@@ -454,45 +454,46 @@ def apply_session_update(
     return SessionOptions(**{**options.__dict__, **changes})
 
 
+_T = TypeVar("_T")
+
+
 def _vad_config(detection: TurnDetection | None, options: SessionOptions) -> VadConfig | None:
     """The session's turn detection after a turn_detection: off for null, else the fields sent over the
     current ones; switching between server and semantic detection keeps the rest."""
     if detection is None:
         return None
     base = options.turn_detection or VadConfig()
-    create = base.create_response if detection.create_response is None else detection.create_response
-    interrupt = (
-        base.interrupt_response if detection.interrupt_response is None else detection.interrupt_response
-    )
+    create = _sent_or(detection.create_response, base.create_response)
+    interrupt = _sent_or(detection.interrupt_response, base.interrupt_response)
     if isinstance(detection, SemanticVad):
-        eagerness = detection.eagerness or base.eagerness or "auto"
-        semantic = VadConfig.semantic(eagerness)
         return replace(
-            semantic,
-            threshold=base.threshold,
-            prefix_padding_ms=base.prefix_padding_ms,
+            base,
+            eagerness=detection.eagerness or base.eagerness or "auto",
+            pause_ms=PAUSE_MS,
+            idle_timeout_ms=None,  # server VAD's only, as in OpenAI's API
             create_response=create,
             interrupt_response=interrupt,
         )
-    if base.eagerness is not None:
-        base = base.as_server_vad()
     return replace(
         base,
-        threshold=base.threshold if detection.threshold is None else detection.threshold,
-        silence_ms=base.silence_ms
-        if detection.silence_duration_ms is None
-        else detection.silence_duration_ms,
-        prefix_padding_ms=(
-            base.prefix_padding_ms if detection.prefix_padding_ms is None else detection.prefix_padding_ms
-        ),
+        eagerness=None,
+        pause_ms=None,
+        threshold=_sent_or(detection.threshold, base.threshold),
+        silence_ms=_sent_or(detection.silence_duration_ms, base.silence_ms),
+        prefix_padding_ms=_sent_or(detection.prefix_padding_ms, base.prefix_padding_ms),
         create_response=create,
         interrupt_response=interrupt,
+        # Unlike the other fields, an explicit null turns it off.
         idle_timeout_ms=(
             detection.idle_timeout_ms
             if "idle_timeout_ms" in detection.model_fields_set
             else base.idle_timeout_ms
         ),
     )
+
+
+def _sent_or(sent: _T | None, current: _T) -> _T:
+    return current if sent is None else sent
 
 
 def _turn_detection_object(vad: VadConfig | None) -> dict[str, Any] | None:
