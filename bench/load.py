@@ -293,18 +293,28 @@ def _is_number(value: Any) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------- processes
+def process_cpu_seconds(pid: int, with_children: bool = False) -> float | None:
+    """CPU seconds (user + system) process `pid` has used so far, and with `with_children` those of its
+    children it has waited for; None when it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()  # after the command: state ppid ... utime stime ...
+    ticks = [int(f) for f in fields[11 : 15 if with_children else 13]]
+    return sum(ticks) / os.sysconf("SC_CLK_TCK")
+
+
 def cpu_by_process(pids: set[int]) -> dict[str, float]:
     """CPU seconds (user + system) so far of each process, keyed by a readable name and PID."""
-    ticks = os.sysconf("SC_CLK_TCK")
     seconds = {}
     for pid in pids:
         try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
             command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        seconds[f"{process_label(command)}-{pid}"] = (int(fields[11]) + int(fields[12])) / ticks
+        if (used := process_cpu_seconds(pid)) is not None:
+            seconds[f"{process_label(command)}-{pid}"] = used
     return seconds
 
 

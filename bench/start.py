@@ -37,6 +37,7 @@ import httpx
 import yaml
 from tqdm import tqdm
 
+from bench.load import process_cpu_seconds
 from serve_app.serve_env import SERVE_ENV
 from testkit.serve_cluster import ROOT, free_port, serve_env, session_members
 
@@ -69,14 +70,7 @@ def write_config(workdir: Path, variant: str, port: int) -> Path:
 
 def cpu_seconds(pids: set[int]) -> float:
     """User + system CPU of the live processes and of their finished children."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    total = 0.0
-    for pid in pids:
-        with contextlib.suppress(OSError):
-            stat = Path(f"/proc/{pid}/stat").read_text()
-            fields = stat[stat.rindex(")") + 2 :].split()
-            total += sum(int(f) for f in fields[11:15]) / ticks  # utime stime cutime cstime
-    return total
+    return sum(process_cpu_seconds(pid, with_children=True) or 0.0 for pid in pids)
 
 
 def start_once(variant: str) -> dict[str, Any]:

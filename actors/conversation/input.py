@@ -234,7 +234,7 @@ class AudioInput:
                 await self._speech_stopped(event.sample, at, now)
             case "speech_paused":
                 self._pauses += 1
-                audio = b"".join(self._preroll)[-WINDOW_SAMPLES * PCM_SAMPLE_WIDTH :]
+                audio = self._preroll_from(self._samples_in - WINDOW_SAMPLES)
                 task = asyncio.create_task(self._judge_pause(self._pauses, audio))
                 self._judging.add(task)
                 task.add_done_callback(self._judging.discard)

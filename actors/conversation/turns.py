@@ -24,6 +24,7 @@ from actors.conversation.events import (
     AudioCommitted,
     Emit,
     InputTimedOut,
+    ResponseStatus,
     SessionError,
     TranscriptCompleted,
     UserItemAdded,
@@ -101,7 +102,7 @@ class TurnStateMachine:
         self._tasks: set[asyncio.Task[None]] = set()  # transcriptions in progress
         self._idle: asyncio.Task[None] | None = None  # the idle timeout, armed after a reply is heard
 
-    def reply_finished(self, status: str, played_until: float) -> None:
+    def reply_finished(self, status: ResponseStatus, played_until: float) -> None:
         """A reply ended; the client will have heard it all at `played_until` (clock time). With an
         idle timeout, a user still silent that long after prompts the agent to speak again."""
         vad = self.options.turn_detection
@@ -111,7 +112,7 @@ class TurnStateMachine:
         self._idle = asyncio.create_task(self._idle_timeout(played_until + vad.idle_timeout_ms / 1000))
 
     def _disarm_idle(self) -> None:
-        if self._idle is not None and self._idle is not asyncio.current_task():
+        if self._idle is not None:
             self._idle.cancel()
         self._idle = None
 
