@@ -89,12 +89,13 @@ def to_frames(pcm: bytes) -> list[str]:
     return [append_event(pcm[i : i + FRAME_BYTES]) for i in range(0, len(pcm), FRAME_BYTES)]
 
 
-def room_noise(seconds: float, level_dbfs: float = -55.0, seed: int = 7) -> bytes:
-    """Pink-ish room noise (integrated white noise, high-passed) at `level_dbfs` RMS."""
+def room_noise(seconds: float, level_dbfs: float = -55.0, seed: int = 7, rate: int = RATE) -> bytes:
+    """Pink-ish room noise (integrated white noise, high-passed) at `level_dbfs` RMS, PCM16 at `rate`."""
     rng = np.random.default_rng(seed)
-    white = rng.standard_normal(int(RATE * seconds))
+    white = rng.standard_normal(int(rate * seconds))
     brown = np.cumsum(white)
-    brown -= np.convolve(brown, np.ones(480) / 480, mode="same")  # drop the DC drift below ~50 Hz
+    window = rate // 50
+    brown -= np.convolve(brown, np.ones(window) / window, mode="same")  # drop the DC drift below ~50 Hz
     noise = 0.5 * brown / (np.std(brown) + 1e-9) + 0.5 * white
     noise *= 10 ** (level_dbfs / 20) / np.sqrt(np.mean(noise**2))
     return (np.clip(noise, -1, 1) * 32767).astype("<i2").tobytes()

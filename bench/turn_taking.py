@@ -5,8 +5,9 @@ against semantic turn detection (the end-of-turn model at each pause) per eagern
 
 The test set is built from Debian's recordings of human speakers (LibriVox sentences, and the short
 commands of pocketsphinx's test data), over room noise (−55 dBFS):
-- **complete**: each recording whole, then 5 s of room noise. Measured: the end-of-turn delay, from the
-  acoustic end of the speech to the moment the agent ends the turn.
+- **complete**: each recording whole, then 9 s of room noise (more than the longest wait). Measured:
+  the end-of-turn delay, from the acoustic end of the speech (its last 10 ms above −40 dBFS) to the
+  moment the agent ends the turn.
 - **paused**: each LibriVox sentence with a pause of 300, 600, 1000 or 1500 ms of room noise inserted
   after a word in its middle where the clause cannot end (after "a", "to", "and", "been", ... : word
   times from pocketsphinx's alignment), then the rest of the sentence. A **false cut-off** is a turn
@@ -29,11 +30,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
-from actors.audio.end_of_turn import SmartTurnModel
+from actors.audio.end_of_turn import MAX_WAIT_MS, SmartTurnModel
 from actors.audio.pcm import STT_SAMPLE_RATE
 from actors.audio.vad import SileroSpeechDetector, VadConfig
 from actors.conversation.events import SessionEvent, SpeechStopped
@@ -41,12 +41,15 @@ from actors.conversation.input import AudioInput, Utterance
 from actors.conversation.metrics import TurnTimeline
 from actors.conversation.options import SessionLimits, SessionOptions
 from actors.stt.simulated import SimulatedSTTEngine
-from bench.load import room_noise
+from bench.load import mix_noise, percentile, room_noise
 from testkit.recordings import LIBRIVOX
 from testkit.serve_cluster import ROOT
+from testkit.speech import speech_end_byte
 
 RATE = STT_SAMPLE_RATE
 PAUSES_MS = (300, 600, 1000, 1500)
+# Room noise after each utterance: longer than the longest wait (low eagerness), so every turn can end.
+TAIL_S = max(MAX_WAIT_MS.values()) / 1000 + 1.0
 # Words after which an English clause cannot end: a pause there is the speaker thinking, not finishing.
 OPEN_WORDS = {"a", "an", "the", "to", "of", "and", "in", "his", "her", "be", "been", "have", "had", "might"}
 OPEN_WORDS |= {"would", "was", "is", "how", "more", "rather", "there", "much", "made", "he", "must", "still"}
@@ -73,12 +76,6 @@ def read16k(path: Path) -> bytes:
     return bytes(audio.tobytes())
 
 
-def acoustic_end_s(pcm: bytes) -> float:
-    samples = np.abs(np.frombuffer(pcm, dtype="<i2").astype(np.int32))
-    loud = np.nonzero(samples > 32768 * 10 ** (-35 / 20))[0]
-    return float(loud[-1] + 1) / RATE
-
-
 def word_ends(pcm: bytes) -> list[tuple[str, float]]:
     """(word, end in seconds) from pocketsphinx's alignment of its own recognition."""
     from pocketsphinx import Decoder
@@ -91,17 +88,19 @@ def word_ends(pcm: bytes) -> list[tuple[str, float]]:
 
 
 def with_room(pcm: bytes, seed: int) -> bytes:
-    speech = np.frombuffer(pcm, dtype="<i2").astype(np.int32)
-    noise = np.frombuffer(room_noise(len(speech) / RATE * 1.5 + 0.1, seed=seed), dtype="<i2")[: len(speech)]
-    return np.clip(speech + noise[: len(speech)], -32768, 32767).astype("<i2").tobytes()
+    return mix_noise(pcm, room_noise(len(pcm) / 2 / RATE + 0.1, seed=seed, rate=RATE), 0)
+
+
+def speech_end_s(pcm: bytes) -> float:
+    return speech_end_byte(pcm, RATE) / 2 / RATE
 
 
 def test_set() -> tuple[list[Utterance16k], list[Utterance16k]]:
-    tail = room_noise(5.0, seed=3)
+    tail = room_noise(TAIL_S, seed=3, rate=RATE)
     complete: list[Utterance16k] = []
     for path in sorted(LIBRIVOX.glob("*.wav")) + sorted(COMMANDS.glob("*.wav")):
         pcm = with_room(read16k(path), seed=len(complete))
-        complete.append(Utterance16k(path.stem[-4:], pcm + tail, acoustic_end_s(pcm)))
+        complete.append(Utterance16k(path.stem[-4:], pcm + tail, speech_end_s(pcm)))
     paused: list[Utterance16k] = []
     for path in sorted(LIBRIVOX.glob("*.wav")):
         pcm = read16k(path)
@@ -111,21 +110,17 @@ def test_set() -> tuple[list[Utterance16k], list[Utterance16k]]:
         for word, cut_s in cuts:
             cut = int(cut_s * RATE) * 2
             for pause_ms in PAUSES_MS:
-                gap = room_noise(pause_ms / 1000, seed=pause_ms)
+                gap = room_noise(pause_ms / 1000, seed=pause_ms, rate=RATE)
                 joined = with_room(pcm[:cut], seed=1) + gap + with_room(pcm[cut:], seed=2)
                 paused.append(
                     Utterance16k(
                         f"{path.stem[-4:]} after '{word}' +{pause_ms} ms",
                         joined + tail,
-                        acoustic_end_s(joined),
+                        speech_end_s(joined),
                         (cut_s, cut_s + pause_ms / 1000),
                     )
                 )
     return complete, paused
-
-
-def percentile(values: list[float], q: float) -> float:
-    return float(np.percentile(values, q)) if values else float("nan")
 
 
 async def run_mode(
@@ -196,7 +191,7 @@ async def decision_times(pcm: bytes, vad: VadConfig) -> list[float]:
 
 def model_cost_ms(calls: int = 20) -> tuple[float, float]:
     model = SmartTurnModel()
-    audio = room_noise(8.0)
+    audio = room_noise(8.0, rate=RATE)
     model.probability_complete(audio)
     times = []
     for _ in range(calls):
