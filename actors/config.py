@@ -82,6 +82,8 @@ class Settings(BaseSettings):
     vad_silence_ms: int = Field(default=500, ge=100, le=5000)
     vad_prefix_padding_ms: int = Field(default=300, ge=0, le=2000)
     vad_min_speech_ms: int = Field(default=96, ge=32, le=2000)
+    # Start the LLM at a pause in the user's speech, before the turn is confirmed (README "Turn-taking").
+    preemptive_generation: bool = True
 
     # --- long-term memory (Letta); off while letta_base_url is unset ---------------------------------
     letta_base_url: str | None = Field(

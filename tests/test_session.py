@@ -52,6 +52,9 @@ class Harness:
         audio_lead_ms: int = 500,
         memory=None,
         user_id: str = "anonymous",
+        silence_ms: int = 500,
+        preemptive: bool = False,  # the latency accounting below is for a reply started at the commit
+        create_response: bool = True,
     ) -> None:
         self.events: list[object] = []
         self.llm = FakeLLMEngine(reply, ttft_ms=ttft_ms, tokens_per_s=50)
@@ -62,9 +65,12 @@ class Harness:
             tts=TTSStage(SimulatedTTSEngine(ttfb_ms=tts_ttfb_ms, realtime_factor=1000)),
             emit=self._emit,
             options=SessionOptions(
-                instructions="Be brief.", turn_detection=VadConfig(silence_ms=500) if vad else None
+                instructions="Be brief.",
+                turn_detection=VadConfig(silence_ms=silence_ms, create_response=create_response)
+                if vad
+                else None,
             ),
-            limits=SessionLimits(audio_lead_ms=audio_lead_ms),
+            limits=SessionLimits(audio_lead_ms=audio_lead_ms, preemptive_generation=preemptive),
             speech_detector=EnergySpeechDetector,
             memory_sink=self.sink,
             memory_context=memory,

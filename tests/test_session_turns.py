@@ -4,10 +4,12 @@ with a scripted reply player and simulated STT on virtual time."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncGenerator
 
 import pytest
 
 from actors.audio.vad import VadConfig
+from actors.conversation.early_reply import EarlyReply
 from actors.conversation.events import (
     AudioCommitted,
     InputTimedOut,
@@ -19,6 +21,7 @@ from actors.conversation.input import Utterance
 from actors.conversation.metrics import TurnTimeline, clock
 from actors.conversation.options import SessionLimits, SessionOptions
 from actors.conversation.turns import CancelReason, Conversation, TurnStateMachine, UserTurn
+from actors.llm.base import LLMEvent
 from actors.stt.simulated import SimulatedSTTEngine
 from testkit.fakes import tone
 
@@ -34,10 +37,26 @@ class ScriptedReplies:
         self.responding = False
         self.started: list[tuple[UserTurn | None, TurnTimeline]] = []
         self.cancelled: list[CancelReason] = []
+        self.prepared: list[EarlyReply] = []
+        self.took_over: list[EarlyReply | None] = []
 
-    def start(self, user: UserTurn | None, timeline: TurnTimeline) -> None:
+    def start(self, user: UserTurn | None, timeline: TurnTimeline, early: EarlyReply | None = None) -> None:
         self.started.append((user, timeline))
+        self.took_over.append(early)
+        if early is not None:
+            early.take()
         self.responding = True
+
+    def prepare(self, user_text: str) -> EarlyReply:
+        async def no_reply() -> AsyncGenerator[LLMEvent, None]:
+            return
+            yield
+
+        async def open_stream() -> AsyncGenerator[LLMEvent, None]:
+            return no_reply()
+
+        self.prepared.append(EarlyReply(user_text, open_stream))
+        return self.prepared[-1]
 
     async def cancel(self, reason: CancelReason) -> None:
         self.cancelled.append(reason)
@@ -73,7 +92,7 @@ class Turns:
         async def ignore(*_: object) -> None:
             pass
 
-        spoken = Utterance(self.stt.open_stream(), 3200, ignore, ignore, SessionLimits())
+        spoken = Utterance(self.stt, 3200, ignore, ignore, SessionLimits())
         spoken.push(tone(ms, 16_000))
         return spoken
 
@@ -104,6 +123,42 @@ async def test_a_committed_turn_is_transcribed_and_answered_at_once() -> None:
     assert user == UserTurn(utterance.item_id, QUESTION)
     assert timeline.transcript == pytest.approx(committed_at + 0.15)  # the reply's metrics include STT
     assert t.conversation.last_item_id == utterance.item_id
+
+
+async def test_a_pause_prepares_the_reply_and_the_confirmed_turn_takes_it_over() -> None:
+    t = Turns()
+    utterance = await t.utterance()
+    await t.turns.speech_paused(utterance)
+    await t.settle()
+    [early] = t.replies.prepared
+    assert early.text == QUESTION and not t.replies.started  # prepared, not started
+    await t.turns.commit(utterance, TurnTimeline())
+    await t.settle()
+    [(user, _)] = t.replies.started
+    assert user == UserTurn(utterance.item_id, QUESTION) and t.replies.took_over == [early]
+
+
+async def test_speech_after_the_pause_discards_what_was_prepared() -> None:
+    t = Turns()
+    utterance = await t.utterance()
+    await t.turns.speech_paused(utterance)
+    await t.settle()
+    await t.turns.speech_resumed()
+    utterance.resume(0)
+    utterance.push(tone(600, 16_000))
+    await t.turns.commit(utterance, TurnTimeline())
+    await t.settle()
+    [(user, _)] = t.replies.started
+    assert user is not None and user.text == f"{QUESTION} {QUESTION}"  # both parts, each transcribed
+    assert t.replies.took_over == [None]
+
+
+async def test_no_reply_is_prepared_over_one_still_playing() -> None:
+    t = Turns()
+    t.replies.start(None, TurnTimeline())  # interrupt_response off would keep it playing
+    await t.turns.speech_paused(await t.utterance())
+    await t.settle()
+    assert t.replies.prepared == []
 
 
 async def test_a_new_turn_replaces_the_reply_still_playing() -> None:

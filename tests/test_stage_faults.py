@@ -36,7 +36,6 @@ POLICY = LLMCallPolicy(
 )
 
 
-
 class ReplicaDied(Exception):
     """Looks like what a Serve handle raises when the replica's process is gone."""
 

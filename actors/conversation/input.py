@@ -15,12 +15,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import assert_never
 
-from actors.audio.end_of_turn import WINDOW_SAMPLES, EndOfTurnModel, SmartTurnModel, wait_after_pause_ms
+from actors.audio.end_of_turn import (
+    PAUSE_MS,
+    WINDOW_SAMPLES,
+    EndOfTurnModel,
+    SmartTurnModel,
+    wait_after_pause_ms,
+)
 from actors.audio.pcm import PCM_SAMPLE_WIDTH, STT_SAMPLE_RATE, StreamResampler, duration_ms
 from actors.audio.vad import Endpointer, SpeechDetector, VadEvent
 from actors.conversation.events import (
@@ -36,7 +43,7 @@ from actors.conversation.faults import public_error
 from actors.conversation.metrics import TurnTimeline, clock
 from actors.conversation.options import SessionLimits, SessionOptions
 from actors.conversation.stages import TranscriberClient
-from actors.stt.base import STTStream
+from actors.stt.base import STTClient, STTStream
 from actors.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
@@ -46,8 +53,8 @@ log = logging.getLogger(__name__)
 VAD_INLINE_MAX_MS = 200
 
 
-class Utterance:
-    """Streams one utterance's audio to STT in chunks of at least `chunk_bytes`, one call at a time.
+class _Segment:
+    """One STT stream of an utterance, fed in chunks of at least `chunk_bytes`, one call at a time.
 
     Audio never waits for STT: it is appended here and a feeder task sends whatever accumulated
     since the previous call finished (so a slow STT gets bigger, fewer calls, never a backlog of hops).
@@ -58,30 +65,21 @@ class Utterance:
         stream: STTStream,
         chunk_bytes: int,
         on_interim: Callable[[str], Awaitable[None]],
-        on_failure: Callable[[Utterance, Exception], Awaitable[None]],
+        on_failure: Callable[[Exception], Awaitable[None]],
         limits: SessionLimits,
     ):
-        self.item_id = new_id("item")
         self._stream = stream
         self._chunk_bytes = chunk_bytes
         self._on_interim = on_interim
         self._on_failure = on_failure
         self._limits = limits
         self._pending = bytearray()
-        self.audio_bytes = 0
-        self.failure: Exception | None = None  # a feed call failed: the utterance cannot be transcribed
+        self.failure: Exception | None = None  # a feed call failed: the segment cannot be transcribed
         self._wake = asyncio.Event()
         self._closing = False
         self._task = asyncio.create_task(self._feed_loop())
 
-    @property
-    def audio_seconds(self) -> float:
-        """How much audio the utterance holds."""
-        return self.audio_bytes / (PCM_SAMPLE_WIDTH * STT_SAMPLE_RATE)
-
     def push(self, pcm16k: bytes) -> None:
-        """Add 16 kHz audio; the feeder sends it once a chunk's worth has accumulated."""
-        self.audio_bytes += len(pcm16k)
         self._pending += pcm16k
         if len(self._pending) >= self._chunk_bytes:
             self._wake.set()
@@ -102,7 +100,7 @@ class Utterance:
         except Exception as exc:
             self.failure = exc
             if not self._closing:  # still being spoken: say so now, not when the user stops talking
-                await self._on_failure(self, exc)
+                await self._on_failure(exc)
 
     async def finish(self) -> str:
         """Wait for the call in flight, then send the rest of the audio with the finish (one call)."""
@@ -117,14 +115,131 @@ class Utterance:
             return await self._stream.finish_with(tail)
 
     async def abort(self) -> None:
-        """Drop the utterance: stop feeding and close the STT stream without a transcript."""
         await cancel_and_wait([self._task])
         await self.close_stream()
 
     async def close_stream(self) -> None:
-        """Close the STT stream, whatever state it is in."""
         with contextlib.suppress(Exception):
             await self._stream.aclose()
+
+
+class Utterance:
+    """One user turn's audio on its way to STT, as one or more segments (STT streams).
+
+    Normally one segment. At a pause the session may `checkpoint` it: the segment is finished (its
+    transcript is what the user said so far, for a reply prepared before the turn is confirmed) and
+    the audio after it is held back; if the user goes on (`resume`), a new segment starts with the
+    held audio, and the turn's transcript is the segments' transcripts joined.
+    """
+
+    def __init__(
+        self,
+        stt: STTClient,
+        chunk_bytes: int,
+        on_interim: Callable[[str], Awaitable[None]],
+        on_failure: Callable[[Utterance, Exception], Awaitable[None]],
+        limits: SessionLimits,
+    ):
+        self.item_id = new_id("item")
+        self._stt = stt
+        self._chunk_bytes = chunk_bytes
+        self._on_interim = on_interim
+        self._on_failure = on_failure
+        self._limits = limits
+        self.audio_bytes = 0
+        self._closed: list[_Segment] = []  # segments finished at pauses (or at the end)
+        self._finished: list[asyncio.Task[str]] = []  # their transcripts
+        self._texts: list[str] = []  # the latest text of each segment, to prefix the next one's interims
+        self._held: bytearray | None = None  # audio after a checkpoint, until the user goes on
+        self._segment: _Segment | None = self._open_segment()
+
+    @property
+    def audio_seconds(self) -> float:
+        """How much audio the utterance holds."""
+        return self.audio_bytes / (PCM_SAMPLE_WIDTH * STT_SAMPLE_RATE)
+
+    @property
+    def checkpointed(self) -> bool:
+        """The utterance was checkpointed at a pause and the user has not gone on since."""
+        return self._held is not None
+
+    def push(self, pcm16k: bytes) -> None:
+        """Add 16 kHz audio; it goes to STT once a chunk's worth has accumulated (held after a checkpoint)."""
+        self.audio_bytes += len(pcm16k)
+        if self._segment is not None:
+            self._segment.push(pcm16k)
+        elif self._held is not None:
+            self._held += pcm16k
+
+    def checkpoint(self) -> None:
+        """The user paused: finish the current segment in the background, hold the audio that follows."""
+        if self._segment is None:
+            return
+        self._held = bytearray()
+        self._finish_segment()
+
+    def resume(self, keep_bytes: int) -> None:
+        """The user went on after a checkpoint: a new segment starts with the last `keep_bytes` held."""
+        if self._held is None:
+            return
+        held, self._held = self._held, None
+        self._segment = self._open_segment()
+        self._segment.push(bytes(held[-keep_bytes:]) if keep_bytes else b"")
+
+    async def heard_so_far(self) -> str:
+        """The transcript of the segments finished at checkpoints (the current one's audio excluded)."""
+        # Shielded: a caller giving up must not cancel the transcription the turn itself needs.
+        texts = await asyncio.shield(asyncio.gather(*self._finished))
+        return _join(texts)
+
+    async def finish(self) -> str:
+        """The turn is over: finish the current segment (audio held after a checkpoint is only the
+        silence that ended the turn, and is dropped) and join every segment's transcript."""
+        self._held = None
+        self._finish_segment()
+        try:
+            return _join(await asyncio.gather(*self._finished))
+        finally:
+            await cancel_and_wait(self._finished)  # one failed: the others' results are not needed
+
+    async def abort(self) -> None:
+        """Drop the utterance: stop feeding and close the STT streams without a transcript."""
+        self._held = None
+        await cancel_and_wait(self._finished)
+        for segment in self._closed:
+            await segment.close_stream()
+        if self._segment is not None:
+            await self._segment.abort()
+            self._segment = None
+
+    async def close_stream(self) -> None:
+        """Close the current STT stream, whatever state it is in."""
+        if self._segment is not None:
+            await self._segment.close_stream()
+
+    def _finish_segment(self) -> None:
+        if self._segment is None:
+            return
+        segment, self._segment = self._segment, None
+        self._closed.append(segment)
+        self._finished.append(asyncio.create_task(segment.finish()))
+
+    def _open_segment(self) -> _Segment:
+        index = len(self._finished)
+        self._texts.append("")
+
+        async def on_interim(text: str) -> None:
+            self._texts[index] = text
+            await self._on_interim(_join(self._texts))
+
+        async def on_failure(exc: Exception) -> None:
+            await self._on_failure(self, exc)
+
+        return _Segment(self._stt.open_stream(), self._chunk_bytes, on_interim, on_failure, self._limits)
+
+
+def _join(texts: list[str]) -> str:
+    return " ".join(text.strip() for text in texts if text.strip())
 
 
 class AudioInput:
@@ -145,6 +260,8 @@ class AudioInput:
         speech_detector: Callable[[], SpeechDetector] | None,
         on_speech_started: Callable[[], Awaitable[None]],
         on_speech_stopped: Callable[[Utterance, TurnTimeline], Awaitable[None]],
+        on_speech_paused: Callable[[Utterance], Awaitable[None]] | None = None,
+        on_speech_resumed: Callable[[], Awaitable[None]] | None = None,
         end_of_turn: Callable[[], EndOfTurnModel] = SmartTurnModel,
     ) -> None:
         self.options = options
@@ -154,6 +271,10 @@ class AudioInput:
         self._make_detector = speech_detector
         self._on_speech_started = on_speech_started  # after `SpeechStarted` is sent
         self._on_speech_stopped = on_speech_stopped  # after `SpeechStopped`: the utterance, to commit
+        # At a pause in speech and at its end (for preemptive generation); with them, server VAD reports
+        # pauses too (`PAUSE_MS` of silence).
+        self._on_speech_paused = on_speech_paused
+        self._on_speech_resumed = on_speech_resumed
         self._resampler = StreamResampler(options.input_sample_rate, STT_SAMPLE_RATE)
         self._endpointer: Endpointer | None = None
         self._configure_vad()
@@ -170,6 +291,8 @@ class AudioInput:
 
     def _configure_vad(self) -> None:
         vad = self.options.turn_detection
+        if vad is not None and vad.pause_ms is None and self._on_speech_paused is not None:
+            vad = dataclasses.replace(vad, pause_ms=PAUSE_MS)
         if vad is None or self._make_detector is None:
             self._endpointer = None
         elif self._endpointer is None:
@@ -234,19 +357,30 @@ class AudioInput:
                 await self._speech_stopped(event.sample, at, now)
             case "speech_paused":
                 self._pauses += 1
-                audio = self._preroll_from(self._samples_in - WINDOW_SAMPLES)
-                task = asyncio.create_task(self._judge_pause(self._pauses, audio))
-                self._judging.add(task)
-                task.add_done_callback(self._judging.discard)
+                vad = self.options.turn_detection
+                if vad is not None and vad.eagerness is not None:
+                    audio = self._preroll_from(self._samples_in - WINDOW_SAMPLES)
+                    task = asyncio.create_task(self._judge_pause(self._pauses, audio))
+                    self._judging.add(task)
+                    task.add_done_callback(self._judging.discard)
+                if self._on_speech_paused is not None and self._utterance is not None:
+                    await self._on_speech_paused(self._utterance)
             case "speech_resumed":
-                pass  # a verdict on the pause that ended is dropped when it arrives
+                # A verdict on the pause that ended is dropped when it arrives.
+                if self._utterance is not None and self._utterance.checkpointed:
+                    vad = self.options.turn_detection
+                    padding_ms = vad.prefix_padding_ms if vad is not None else 0
+                    keep = (self._samples_in - event.sample) + padding_ms * STT_SAMPLE_RATE // 1000
+                    self._utterance.resume(keep * PCM_SAMPLE_WIDTH)
+                if self._on_speech_resumed is not None:
+                    await self._on_speech_resumed()
             case _:
                 assert_never(event.kind)
 
     async def _judge_pause(self, pause: int, audio: bytes) -> None:
         """Ask the end-of-turn model about this pause, then set how long it may last."""
         vad = self.options.turn_detection
-        if vad is None or vad.eagerness is None or vad.pause_ms is None:
+        if vad is None or vad.eagerness is None:
             return
         try:
             if self._end_of_turn is None:
@@ -260,7 +394,8 @@ class AudioInput:
             endpointer = self._endpointer
             if endpointer is None or pause != self._pauses or not endpointer.paused:
                 return  # the user spoke again, or the turn ended, meanwhile
-            event = endpointer.stop_after(vad.pause_ms + wait_after_pause_ms(probability, vad.eagerness))
+            pause_ms = vad.pause_ms or PAUSE_MS
+            event = endpointer.stop_after(pause_ms + wait_after_pause_ms(probability, vad.eagerness))
             if event is not None:
                 await self._on_vad_event(event, clock())
 
@@ -323,9 +458,7 @@ class AudioInput:
             if delta:
                 await self._emit(TranscriptDelta(utterance.item_id, delta))
 
-        utterance = Utterance(
-            self._stt.open_stream(), chunk_bytes, on_interim, self._on_utterance_failed, self._limits
-        )
+        utterance = Utterance(self._stt, chunk_bytes, on_interim, self._on_utterance_failed, self._limits)
         return utterance
 
     async def _on_utterance_failed(self, utterance: Utterance, exc: Exception) -> None:

@@ -72,7 +72,8 @@ class TurnTimeline:
     transcript: float | None = None  # final transcript available
     llm_start: float | None = None  # LLM request sent
     first_token: float | None = None
-    first_phrase: float | None = None  # first phrase handed to TTS
+    first_phrase: float | None = None  # first phrase from the LLM
+    tts_start: float | None = None  # first phrase handed to TTS (later, for a reply started early)
     first_audio_out: float | None = None  # first TTS byte received
     first_audio_sent: float | None = None  # first audio byte sent to the client
 
@@ -86,7 +87,7 @@ class TurnTimeline:
             "transcription_delay": span(self.speech_end, self.transcript),
             "llm_ttft": span(self.llm_start, self.first_token),
             "llm_ttfs": span(self.llm_start, self.first_phrase),
-            "tts_ttfb": span(self.first_phrase, self.first_audio_out),
+            "tts_ttfb": span(self.tts_start or self.first_phrase, self.first_audio_out),
             "e2e_latency": span(origin, self.first_audio_sent),
         }
         return {k: v for k, v in values.items() if v is not None}

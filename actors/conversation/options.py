@@ -36,3 +36,6 @@ class SessionLimits:
     stt_timeout_s: float = 10.0
     tts_timeout_s: float = 5.0
     apology: str = "Sorry, I'm having trouble answering right now."  # spoken when a reply fails
+    # Start the LLM at each pause in the user's speech, before the turn is confirmed, and keep the
+    # reply unheard until it is (a pause the user talks on from costs one wasted LLM call).
+    preemptive_generation: bool = True

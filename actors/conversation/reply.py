@@ -13,9 +13,10 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 
 from actors.audio.pcm import duration_ms
+from actors.conversation.early_reply import EarlyReply
 from actors.conversation.events import (
     Emit,
     FinishedTurn,
@@ -31,7 +32,7 @@ from actors.conversation.faults import PublicError, StageError, public_error
 from actors.conversation.metrics import TurnTimeline, clock, observe_turn
 from actors.conversation.options import SessionLimits, SessionOptions
 from actors.conversation.prompt import with_memory
-from actors.conversation.stages import LLMRequest, PhraseLLMClient, SynthesizerClient
+from actors.conversation.stages import LLMEvent, LLMRequest, PhraseLLMClient, SynthesizerClient
 from actors.conversation.turns import CancelReason, Conversation, UserTurn
 from actors.llm.base import ChatMessage
 from actors.memory.sink import MemorySink
@@ -80,13 +81,25 @@ class ReplyPlayer:
         """A reply is being generated or played."""
         return self._task is not None and not self._task.done()
 
-    def start(self, user: UserTurn | None, timeline: TurnTimeline) -> None:
-        """Start answering `user` (None: continue the conversation) in a task of its own."""
+    def start(self, user: UserTurn | None, timeline: TurnTimeline, early: EarlyReply | None = None) -> None:
+        """Start answering `user` (None: continue the conversation) in a task of its own; `early`: the
+        LLM call already started for this same text at a pause (preemptive generation)."""
         response_id = new_id("resp")
         self._cancel_reason = None
         self._began = False
         self._played_until = clock()
-        self._task = asyncio.create_task(self._respond(response_id, user, timeline))
+        # Taken over now, not when the task first runs: the caller may discard what it did not hand over.
+        early_events = early.take() if early is not None else None
+        self._task = asyncio.create_task(self._respond(response_id, user, timeline, early, early_events))
+
+    def prepare(self, user_text: str) -> EarlyReply:
+        """Start the LLM on `user_text` now, for a turn not yet confirmed; unheard until `start` takes
+        it over, cancelled by its `discard`."""
+
+        async def open_stream() -> AsyncGenerator[LLMEvent, None]:
+            return self._llm.stream_phrases(await self._request(user_text))
+
+        return EarlyReply(user_text, open_stream)
 
     async def cancel(self, reason: CancelReason) -> None:
         """Stop the reply in progress, if any, and wait until it has sent its `ResponseFinished`."""
@@ -104,6 +117,15 @@ class ReplyPlayer:
         with contextlib.suppress(asyncio.CancelledError):
             await task
 
+    async def _request(self, user_text: str | None) -> LLMRequest:
+        memory = await self._memory_context(self._user_id) if self._memory_context else None
+        return {
+            "messages": self._messages(user_text, memory),
+            "max_tokens": self.options.max_tokens,
+            "temperature": self.options.temperature,
+            "user_id": self._user_id,
+        }
+
     def _messages(self, user_text: str | None, memory: str | None = None) -> list[ChatMessage]:
         system = with_memory(self.options.instructions, memory)
         messages: list[ChatMessage] = [{"role": "system", "content": system}]
@@ -113,7 +135,14 @@ class ReplyPlayer:
             messages.append({"role": "user", "content": user_text})
         return messages
 
-    async def _respond(self, response_id: str, user: UserTurn | None, timeline: TurnTimeline) -> None:
+    async def _respond(
+        self,
+        response_id: str,
+        user: UserTurn | None,
+        timeline: TurnTimeline,
+        early: EarlyReply | None,
+        early_events: AsyncGenerator[tuple[LLMEvent, float], None] | None,
+    ) -> None:
         item_id = new_id("item")
         user_item, user_text = (user.item_id, user.text) if user else (None, None)
         started_wall = time.time()
@@ -126,7 +155,9 @@ class ReplyPlayer:
         try:
             await self._emit(ResponseStarted(response_id, item_id))
             try:
-                await self._run_pipeline(response_id, item_id, user_text, timeline, spoken)
+                await self._run_pipeline(
+                    response_id, item_id, user_text, timeline, spoken, early, early_events
+                )
             except Exception as exc:
                 failure = public_error(exc)
                 # The details (a traceback, a replica's pid and address) are for the log only.
@@ -141,6 +172,8 @@ class ReplyPlayer:
             task = asyncio.current_task()
             if task is not None:
                 task.uncancel()
+        if early is not None:  # however the reply ended, its early LLM call ends with it
+            await early.close()
         text = " ".join(spoken)
         metrics = timeline.metrics_ms()
         history = self._conversation.history
@@ -220,26 +253,26 @@ class ReplyPlayer:
         user_text: str | None,
         timeline: TurnTimeline,
         spoken: list[str],
+        early: EarlyReply | None,
+        early_events: AsyncGenerator[tuple[LLMEvent, float], None] | None,
     ) -> None:
-        memory = await self._memory_context(self._user_id) if self._memory_context else None
-        request: LLMRequest = {
-            "messages": self._messages(user_text, memory),
-            "max_tokens": self.options.max_tokens,
-            "temperature": self.options.temperature,
-            "user_id": self._user_id,
-        }
+        if early is None or early_events is None:
+            request = await self._request(user_text)
+            timeline.llm_start = clock()
+            events = _arrivals(self._llm.stream_phrases(request))
+        else:
+            timeline.llm_start = early.llm_start
+            events = early_events
         phrases: asyncio.Queue[str | None] = asyncio.Queue()
-        timeline.llm_start = clock()
-        events = self._llm.stream_phrases(request)
 
         async def produce(speaking: bool) -> None:
             try:
-                async for event in events:
+                async for event, arrived in events:
                     if event["type"] == "first_token":
-                        timeline.first_token = clock()
+                        timeline.first_token = arrived
                         continue
                     if timeline.first_phrase is None:
-                        timeline.first_phrase = clock()
+                        timeline.first_phrase = arrived
                     if not speaking:  # text-only session: the phrase is the output
                         spoken.append(event["text"])
                         delta = event["text"] if len(spoken) == 1 else " " + event["text"]
@@ -296,6 +329,8 @@ class ReplyPlayer:
         async def schedule() -> None:
             while (text := await phrases.get()) is not None:
                 await slots.acquire()
+                if timeline.tts_start is None:
+                    timeline.tts_start = clock()
                 out: asyncio.Queue[bytes | Exception | None] = asyncio.Queue()
                 synth_tasks.append(asyncio.create_task(synthesize(text, out)))
                 ordered.put_nowait((text, out))
@@ -338,3 +373,12 @@ class ReplyPlayer:
             await asyncio.gather(*synth_tasks)
         finally:
             await cancel_and_wait([scheduler, *synth_tasks])
+
+
+async def _arrivals(events: AsyncGenerator[LLMEvent, None]) -> AsyncGenerator[tuple[LLMEvent, float], None]:
+    """The LLM's events with the clock time each arrived."""
+    try:
+        async for event in events:
+            yield event, clock()
+    finally:
+        await close_quietly(events)

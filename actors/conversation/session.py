@@ -86,6 +86,8 @@ class VoiceSession:
             end_of_turn=end_of_turn,
             on_speech_started=self._turns.speech_started,
             on_speech_stopped=self._turns.commit,
+            on_speech_paused=self._turns.speech_paused if self.limits.preemptive_generation else None,
+            on_speech_resumed=self._turns.speech_resumed if self.limits.preemptive_generation else None,
         )
 
     def update_options(self, options: SessionOptions) -> None:
@@ -109,7 +111,9 @@ class VoiceSession:
         await self._turns.commit_buffer(self._input.take_utterance())
 
     async def clear_audio(self) -> None:
-        """Drop the audio not yet committed (and the utterance being transcribed)."""
+        """Drop the audio not yet committed (and the utterance being transcribed, and any reply
+        prepared for it)."""
+        await self._turns.discard_early()
         await self._input.clear()
 
     async def add_user_text(self, text: str) -> str:

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
+from actors.conversation.early_reply import EarlyReply
 from actors.conversation.events import (
     AudioCommitted,
     Emit,
@@ -68,8 +69,13 @@ class Replies(Protocol):
         """A reply is being generated or played."""
         ...
 
-    def start(self, user: UserTurn | None, timeline: TurnTimeline) -> None:
-        """Start answering `user` (None: continue the conversation)."""
+    def start(self, user: UserTurn | None, timeline: TurnTimeline, early: EarlyReply | None = None) -> None:
+        """Start answering `user` (None: continue the conversation), with the LLM call `early` started
+        for the same text if there is one."""
+        ...
+
+    def prepare(self, user_text: str) -> EarlyReply:
+        """Start the LLM on a turn not yet confirmed (preemptive generation)."""
         ...
 
     async def cancel(self, reason: CancelReason) -> None:
@@ -101,6 +107,8 @@ class TurnStateMachine:
         self._pending: UserTurn | None = None  # awaiting `create_response`
         self._tasks: set[asyncio.Task[None]] = set()  # transcriptions in progress
         self._idle: asyncio.Task[None] | None = None  # the idle timeout, armed after a reply is heard
+        # Preemptive generation: the reply being prepared at the user's current pause, if any.
+        self._early: asyncio.Task[EarlyReply | None] | None = None
 
     def reply_finished(self, status: ResponseStatus, played_until: float) -> None:
         """A reply ended; the client will have heard it all at `played_until` (clock time). With an
@@ -134,9 +142,48 @@ class TurnStateMachine:
         """The user turn the next `create_response` answers, if any."""
         return self._pending
 
+    async def speech_paused(self, utterance: Utterance) -> None:
+        """The user paused mid-utterance: transcribe what they said so far and start the reply to it,
+        unheard until the turn is confirmed with the same transcript (preemptive generation)."""
+        vad = self.options.turn_detection
+        await self.discard_early()
+        if vad is None or not vad.create_response or self._replies.responding:
+            return  # no reply would start at the end of this turn anyway
+        utterance.checkpoint()
+        self._early = asyncio.create_task(self._prepare(utterance))
+
+    async def _prepare(self, utterance: Utterance) -> EarlyReply | None:
+        try:
+            text = (await utterance.heard_so_far()).strip()
+        except Exception:
+            return None  # the turn's own transcription reports the failure
+        return self._replies.prepare(text) if text else None
+
+    async def speech_resumed(self) -> None:
+        """The user went on after a pause: the reply prepared for part of the turn is wasted."""
+        await self.discard_early()
+
+    async def discard_early(self) -> None:
+        """Drop the reply prepared at a pause, if any (its LLM call is cancelled and counted wasted)."""
+        early = await self._take_early(wait=False)
+        if early is not None:
+            await early.discard()
+
+    async def _take_early(self, wait: bool) -> EarlyReply | None:
+        task, self._early = self._early, None
+        if task is None:
+            return None
+        if not wait and not task.done():
+            await cancel_and_wait([task])
+        try:
+            return await task
+        except asyncio.CancelledError:
+            return None
+
     async def speech_started(self) -> None:
         """The user started speaking."""
         self._disarm_idle()
+        await self.discard_early()
         vad = self.options.turn_detection
         interrupts = vad is None or vad.interrupt_response
         if self._replies.responding and interrupts:  # barge-in: stop the reply the user talks over
@@ -199,8 +246,19 @@ class TurnStateMachine:
         """Cancel the transcriptions still running, and the idle timeout."""
         idle, self._idle = self._idle, None
         await cancel_and_wait([*self._tasks, *([idle] if idle is not None else [])])
+        await self.discard_early()
 
     async def _transcribe_and_respond(self, utterance: Utterance, timeline: TurnTimeline) -> None:
+        early = await self._take_early(wait=True)
+        try:
+            await self._respond_to(utterance, timeline, early)
+        finally:
+            if early is not None:  # not taken over by the reply (a no-op if it was)
+                await early.discard()
+
+    async def _respond_to(
+        self, utterance: Utterance, timeline: TurnTimeline, early: EarlyReply | None
+    ) -> None:
         try:
             transcript = (await utterance.finish()).strip()
         except Exception as exc:
@@ -222,4 +280,5 @@ class TurnStateMachine:
                 self._pending = turn  # the reply in progress goes on; the client may answer this later
                 return
             await self._replies.cancel("turn_detected")
-        self._replies.start(turn, timeline)
+        # The reply prepared at the last pause answers this turn if the user said nothing since.
+        self._replies.start(turn, timeline, early if early is not None and early.text == transcript else None)

@@ -62,6 +62,7 @@ def build_router_app(deps: RouterDeps) -> Starlette:
         stt_timeout_s=settings.stt_timeout_s,
         tts_timeout_s=settings.tts_timeout_s,
         apology=settings.failure_apology,
+        preemptive_generation=settings.preemptive_generation,
     )
     connection_limits = ConnectionLimits.from_settings(settings)
     credentials = Credentials.from_settings(settings, deps.revocations)

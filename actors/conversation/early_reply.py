@@ -1,0 +1,82 @@
+"""Preemptive generation: a reply's LLM call started at a pause, before the turn is confirmed.
+
+When the user pauses, the session transcribes what they said so far and starts the LLM on it at once;
+the phrases wait here, unheard. If the turn then ends with that same transcript, the reply player
+takes them over (`ReplyPlayer.start(..., early=...)`) and the LLM's latency has already been paid
+during the silence window. If the user goes on, or the transcript differs, the call is cancelled and
+counted as wasted (`voice_preemptive_replies_total{outcome="wasted"}`): nothing of it reaches the
+client or the conversation history.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator, Awaitable, Callable
+
+from prometheus_client import Counter
+
+from actors.conversation.metrics import clock
+from actors.llm.base import LLMEvent
+from actors.tasks import cancel_and_wait, close_quietly
+
+PREEMPTIVE_REPLIES = Counter(
+    "voice_preemptive_replies",
+    "LLM calls started at a pause, before the turn was confirmed: used for the reply, or wasted",
+    ["outcome"],
+)
+
+
+class EarlyReply:
+    """The LLM events of a reply started early, buffered with the clock time each arrived."""
+
+    def __init__(
+        self, text: str, open_stream: Callable[[], Awaitable[AsyncGenerator[LLMEvent, None]]]
+    ) -> None:
+        self.text = text  # the transcript it answers
+        self.llm_start = clock()
+        self._buffer: asyncio.Queue[tuple[LLMEvent, float] | Exception | None] = asyncio.Queue()
+        self._open = open_stream
+        self._task = asyncio.create_task(self._pump())
+        self._taken = False  # by a reply (used) or by `discard` (wasted)
+
+    async def _pump(self) -> None:
+        stream: AsyncGenerator[LLMEvent, None] | None = None
+        try:
+            stream = await self._open()
+            self.llm_start = clock()  # after the prompt was put together, as for any reply
+            async for event in stream:
+                self._buffer.put_nowait((event, clock()))
+            self._buffer.put_nowait(None)
+        except Exception as exc:  # handed to the reply that takes it over, which fails as it would have
+            self._buffer.put_nowait(exc)
+        finally:
+            if stream is not None:
+                await close_quietly(stream)
+
+    def take(self) -> AsyncGenerator[tuple[LLMEvent, float], None]:
+        """Hand the reply its LLM events with their arrival times (those buffered so far, then the rest
+        as they come); the early call counts as used. Once only; `close` ends the call."""
+        if self._taken:
+            raise RuntimeError("an early reply is taken over once")
+        self._taken = True
+        PREEMPTIVE_REPLIES.labels(outcome="used").inc()
+        return self._events()
+
+    async def _events(self) -> AsyncGenerator[tuple[LLMEvent, float], None]:
+        while (item := await self._buffer.get()) is not None:
+            if isinstance(item, Exception):
+                raise item
+            yield item
+
+    async def discard(self) -> None:
+        """Not taken over (the turn went on or changed): cancel the LLM call; it counts as wasted. A
+        no-op once a reply has taken it over."""
+        if self._taken:
+            return
+        self._taken = True
+        PREEMPTIVE_REPLIES.labels(outcome="wasted").inc()
+        await self.close()
+
+    async def close(self) -> None:
+        """End the LLM call, wherever it is."""
+        await cancel_and_wait([self._task])
