@@ -213,9 +213,11 @@ async def run_client(
     out: RunResult,
     progress: tqdm | None,
     until: float | None = None,
+    turn_detection: dict[str, Any] | None = None,
 ) -> None:
     """One session: `turns` questions, or (with `until`, a `time.monotonic()` deadline) question after
-    question until then; a turn that started before the deadline is still awaited."""
+    question until then; a turn that started before the deadline is still awaited. `turn_detection`:
+    set with `session.update` first (our targets only)."""
     rng = random.Random(index)
     await asyncio.sleep(index * 0.29)  # staggered starts, as real callers arrive
     try:
@@ -223,6 +225,14 @@ async def run_client(
             created = json.loads(await ws.recv())
             if created.get("type") != "session.created":
                 raise RuntimeError(f"expected session.created, got {created.get('type')}")
+            if turn_detection is not None:
+                audio = {"input": {"turn_detection": turn_detection}}
+                await ws.send(
+                    json.dumps({"type": "session.update", "session": {"type": "realtime", "audio": audio}})
+                )
+                updated = json.loads(await ws.recv())
+                if updated.get("type") != "session.updated":
+                    raise RuntimeError(f"expected session.updated, got {updated}")
             mic = Microphone(ws, noise)
             state: dict[str, Any] = {}
 
@@ -473,6 +483,7 @@ async def measure(
     material: list[Utterance],
     noise: list[str],
     profile_dir: Path | None = None,
+    turn_detection: dict[str, Any] | None = None,
 ) -> RunResult:
     result = RunResult(target.name, sessions)
     await asyncio.sleep(1.0)  # let the previous run's sessions close
@@ -492,7 +503,12 @@ async def measure(
     recorders = py_spy(target, profile_dir, PROFILE_S) if profile_dir else []
     with tqdm(total=sessions * turns, desc=f"{target.name} ×{sessions}", unit="turn", leave=False) as bar:
         await asyncio.gather(
-            *(run_client(target.ws_url, i, turns, material, noise, result, bar) for i in range(sessions))
+            *(
+                run_client(
+                    target.ws_url, i, turns, material, noise, result, bar, turn_detection=turn_detection
+                )
+                for i in range(sessions)
+            )
         )
     sampler.cancel()
     for _, recorder in recorders:
@@ -635,6 +651,9 @@ async def main_async(args: argparse.Namespace) -> None:
     print(f"{len(material)} questions: {', '.join(u.name for u in material)}; work dir {workdir}")
     rows: list[dict[str, Any]] = []
     startups: dict[str, float] = {}
+    turn_detection = (
+        {"type": "semantic_vad", "eagerness": "auto"} if args.turn_detection == "semantic_vad" else None
+    )
     sim_llm, llm_base = start_sim_llm(workdir)
     try:
         for name in args.targets:
@@ -646,7 +665,7 @@ async def main_async(args: argparse.Namespace) -> None:
                 await measure(target, 1, 1, material, noise)
                 for n in args.sessions:
                     profile = Path(args.py_spy) if args.py_spy and n == args.py_spy_sessions else None
-                    result = await measure(target, n, args.turns, material, noise, profile)
+                    result = await measure(target, n, args.turns, material, noise, profile, turn_detection)
                     row = summarize(result)
                     rows.append(row)
                     print(table([row]).splitlines()[-1], flush=True)
@@ -689,9 +708,20 @@ def main() -> None:
     parser.add_argument(
         "--serve-env", nargs="*", default=[], metavar="KEY=VALUE", help="environment of the Ray cluster"
     )
+    parser.add_argument(
+        "--turn-detection",
+        choices=["server_vad", "semantic_vad"],
+        default="server_vad",
+        help="semantic_vad (eagerness auto): each session asks for it with session.update; our targets only",
+    )
     parser.add_argument("--name", default="load", help="result file stem")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
-    asyncio.run(main_async(parser.parse_args()))
+    args = parser.parse_args()
+    if args.turn_detection != "server_vad" and set(args.targets) - set(OURS):
+        parser.error(
+            "--turn-detection semantic_vad drives our targets only: pass --targets from " + ", ".join(OURS)
+        )
+    asyncio.run(main_async(args))
 
 
 if __name__ == "__main__":
