@@ -1,11 +1,12 @@
 """Preemptive generation: a reply's LLM call started at a pause, before the turn is confirmed.
 
 When the user pauses, the session transcribes what they said so far and starts the LLM on it at once;
-the phrases wait here, unheard. If the turn then ends with that same transcript, the reply player
-takes them over (`ReplyPlayer.start(..., early=...)`) and the LLM's latency has already been paid
-during the silence window. If the user goes on, or the transcript differs, the call is cancelled and
-counted as wasted (`voice_preemptive_replies_total{outcome="wasted"}`): nothing of it reaches the
-client or the conversation history.
+the phrases wait here, unheard, and the first one is synthesised ahead. If the turn then ends with that
+same transcript, the reply player takes them over (`ReplyPlayer.start(..., early=...)`): the LLM's and
+the first phrase's TTS latency were paid during the silence window. If the user goes on, or the
+transcript differs, the calls are cancelled and counted as wasted
+(`voice_preemptive_replies_total{outcome="wasted"}`): nothing of them reaches the client or the
+conversation history.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from prometheus_client import Counter
 from actors.conversation.metrics import clock
 from actors.llm.base import LLMEvent
 from actors.tasks import cancel_and_wait, close_quietly
+from actors.tts.base import TTSClient
 
 PREEMPTIVE_REPLIES = Counter(
     "voice_preemptive_replies",
@@ -27,15 +29,26 @@ PREEMPTIVE_REPLIES = Counter(
 
 
 class EarlyReply:
-    """The LLM events of a reply started early, buffered with the clock time each arrived."""
+    """The LLM events of a reply started early, buffered with the clock time each arrived, and (given a
+    TTS) the audio of its first phrase, synthesised ahead so the reply can start the moment it is heard."""
 
     def __init__(
-        self, text: str, open_stream: Callable[[], Awaitable[AsyncGenerator[LLMEvent, None]]]
+        self,
+        text: str,
+        open_stream: Callable[[], Awaitable[AsyncGenerator[LLMEvent, None]]],
+        tts: TTSClient | None = None,
+        sample_rate: int = 24_000,
     ) -> None:
         self.text = text  # the transcript it answers
         self.llm_start = clock()
         self._buffer: asyncio.Queue[tuple[LLMEvent, float] | Exception | None] = asyncio.Queue()
         self._open = open_stream
+        self._tts = tts
+        self.sample_rate = sample_rate  # of the audio synthesised ahead
+        self._first_phrase: str | None = None
+        self._first_audio: asyncio.Queue[bytes | Exception | None] = asyncio.Queue()
+        self._synthesis: asyncio.Task[None] | None = None
+        self._audio_taken = False
         self._task = asyncio.create_task(self._pump())
         self._taken = False  # by a reply (used) or by `discard` (wasted)
 
@@ -46,12 +59,42 @@ class EarlyReply:
             self.llm_start = clock()  # after the prompt was put together, as for any reply
             async for event in stream:
                 self._buffer.put_nowait((event, clock()))
+                if event["type"] == "phrase" and self._tts is not None and self._synthesis is None:
+                    self._first_phrase = event["text"]
+                    self._synthesis = asyncio.create_task(self._synthesize(self._tts, event["text"]))
             self._buffer.put_nowait(None)
         except Exception as exc:  # handed to the reply that takes it over, which fails as it would have
             self._buffer.put_nowait(exc)
         finally:
             if stream is not None:
                 await close_quietly(stream)
+
+    async def _synthesize(self, tts: TTSClient, text: str) -> None:
+        chunks = tts.synthesize(text, self.sample_rate)
+        try:
+            async for chunk in chunks:
+                self._first_audio.put_nowait(chunk)
+            self._first_audio.put_nowait(None)
+        except Exception as exc:  # the reply that plays it fails as it would have
+            self._first_audio.put_nowait(exc)
+        finally:
+            await close_quietly(chunks)
+
+    def first_audio(self, text: str, sample_rate: int) -> AsyncGenerator[bytes, None] | None:
+        """The audio of the first phrase synthesised ahead, if `text` at `sample_rate` is what it was
+        made for (once); else None and the caller synthesises it."""
+        if self._synthesis is None or self._audio_taken:
+            return None
+        if (text, sample_rate) != (self._first_phrase, self.sample_rate):
+            return None
+        self._audio_taken = True
+        return self._replay_first_audio()
+
+    async def _replay_first_audio(self) -> AsyncGenerator[bytes, None]:
+        while (item := await self._first_audio.get()) is not None:
+            if isinstance(item, Exception):
+                raise item
+            yield item
 
     def take(self) -> AsyncGenerator[tuple[LLMEvent, float], None]:
         """Hand the reply its LLM events with their arrival times (those buffered so far, then the rest
@@ -78,5 +121,5 @@ class EarlyReply:
         await self.close()
 
     async def close(self) -> None:
-        """End the LLM call, wherever it is."""
-        await cancel_and_wait([self._task])
+        """End the LLM call and the synthesis ahead, wherever they are."""
+        await cancel_and_wait([self._task, *([self._synthesis] if self._synthesis is not None else [])])

@@ -99,7 +99,10 @@ class ReplyPlayer:
         async def open_stream() -> AsyncGenerator[LLMEvent, None]:
             return self._llm.stream_phrases(await self._request(user_text))
 
-        return EarlyReply(user_text, open_stream)
+        speaking = self.options.output_audio
+        return EarlyReply(
+            user_text, open_stream, self._tts if speaking else None, self.options.output_sample_rate
+        )
 
     async def cancel(self, reason: CancelReason) -> None:
         """Stop the reply in progress, if any, and wait until it has sent its `ResponseFinished`."""
@@ -287,7 +290,8 @@ class ReplyPlayer:
         # (a dead TTS must not wait for the whole LLM reply, nor a dead LLM for the audio queued).
         tasks = [asyncio.create_task(produce(self.options.output_audio))]
         if self.options.output_audio:
-            tasks.append(asyncio.create_task(self._speak(response_id, item_id, phrases, timeline, spoken)))
+            speak = self._speak(response_id, item_id, phrases, timeline, spoken, early)
+            tasks.append(asyncio.create_task(speak))
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
             for task in tasks:
@@ -304,6 +308,7 @@ class ReplyPlayer:
         phrases: asyncio.Queue[str | None],
         timeline: TurnTimeline,
         spoken: list[str],
+        early: EarlyReply | None = None,
     ) -> None:
         """Synthesise phrases in order, one phrase ahead of the one playing, and send the audio paced
         to real time plus `audio_lead_ms`, so a barge-in can still stop what has not been heard."""
@@ -316,7 +321,9 @@ class ReplyPlayer:
         synth_tasks: list[asyncio.Task[None]] = []
 
         async def synthesize(text: str, out: asyncio.Queue[bytes | Exception | None]) -> None:
-            chunks = self._tts.synthesize(text, rate)
+            # The first phrase of a reply prepared at a pause was synthesised then.
+            ahead = early.first_audio(text, rate) if early is not None else None
+            chunks = ahead if ahead is not None else self._tts.synthesize(text, rate)
             try:
                 async for chunk in chunks:
                     out.put_nowait(chunk)
