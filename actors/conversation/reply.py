@@ -33,7 +33,7 @@ from actors.conversation.options import SessionLimits, SessionOptions
 from actors.conversation.prompt import with_memory
 from actors.conversation.stages import LLMRequest, PhraseLLMClient, SynthesizerClient
 from actors.conversation.turns import CancelReason, Conversation, UserTurn
-from actors.llm.base import ChatMessage
+from actors.llm.base import ChatMessage, FinishReason
 from actors.memory.sink import MemorySink
 from actors.tasks import cancel_and_wait, close_quietly
 
@@ -126,7 +126,10 @@ class ReplyPlayer:
         try:
             await self._emit(ResponseStarted(response_id, item_id))
             try:
-                await self._run_pipeline(response_id, item_id, user_text, timeline, spoken)
+                finish = await self._run_pipeline(response_id, item_id, user_text, timeline, spoken)
+                if finish != "stop":  # the LLM was cut short: OpenAI calls that reply incomplete
+                    status = "incomplete"
+                    reason = "max_output_tokens" if finish == "length" else finish
             except Exception as exc:
                 failure = public_error(exc)
                 # The details (a traceback, a replica's pid and address) are for the log only.
@@ -174,7 +177,7 @@ class ReplyPlayer:
                     assistant_text=text,
                     started_at=started_wall,
                     ended_at=time.time(),
-                    interrupted=status != "completed",
+                    interrupted=status in ("cancelled", "failed"),
                     metrics=metrics,
                 )
             )
@@ -220,7 +223,8 @@ class ReplyPlayer:
         user_text: str | None,
         timeline: TurnTimeline,
         spoken: list[str],
-    ) -> None:
+    ) -> FinishReason:
+        """Play the reply; returns why the LLM stopped."""
         memory = await self._memory_context(self._user_id) if self._memory_context else None
         request: LLMRequest = {
             "messages": self._messages(user_text, memory),
@@ -231,12 +235,17 @@ class ReplyPlayer:
         phrases: asyncio.Queue[str | None] = asyncio.Queue()
         timeline.llm_start = clock()
         events = self._llm.stream_phrases(request)
+        finish: FinishReason = "stop"
 
         async def produce(speaking: bool) -> None:
+            nonlocal finish
             try:
                 async for event in events:
                     if event["type"] == "first_token":
                         timeline.first_token = clock()
+                        continue
+                    if event["type"] == "finish":
+                        finish = event["finish_reason"]
                         continue
                     if timeline.first_phrase is None:
                         timeline.first_phrase = clock()
@@ -263,6 +272,7 @@ class ReplyPlayer:
         finally:
             await cancel_and_wait(tasks)
             await close_quietly(events)
+        return finish
 
     async def _speak(
         self,

@@ -12,7 +12,7 @@ import asyncio
 import logging
 from collections.abc import AsyncGenerator
 
-from actors.llm.base import LLMRequest
+from actors.llm.base import LLMFinish, LLMRequest
 from actors.llm.openai_engine import OpenAILLMEngine
 from actors.memory.letta import LettaMemory
 
@@ -27,7 +27,7 @@ class LettaAgentLLMEngine(OpenAILLMEngine):
         super().__init__(api_key=letta.config.api_key, base_url=base_url, model="letta-agent")
         self.letta = letta
 
-    async def stream(self, request: LLMRequest) -> AsyncGenerator[str, None]:
+    async def stream(self, request: LLMRequest) -> AsyncGenerator[str | LLMFinish, None]:
         # request["model"] is ignored: the user's agent is the model.
         newest = [m for m in request["messages"] if m["role"] == "user"][-1:]
         if not newest:
