@@ -17,13 +17,13 @@ from actors.config import Settings
 from actors.llm.call_policy import LLMCallPolicy
 from actors.llm.openai_engine import OpenAILLMEngine
 from actors.llm.stage import LLMStage
+from actors.probe import problems
 from actors.stt.base import STTEngine, STTStream
 from actors.stt.simulated import SimulatedSTTEngine
 from actors.tts.simulated import SimulatedTTSEngine
 from actors.tts.stage import TTSStage
 from serve_app.api.deps import RouterDeps
 from serve_app.api.router_app import build_router_app
-from serve_app.programs.local import upstream_problems
 from testkit.fakes import EnergySpeechDetector, silence, tone, user_text_event
 from testkit.fault_proxy import Fault, FaultProxy, start_fault_proxy
 from testkit.harness import APOLOGY, INTERNALS
@@ -34,7 +34,6 @@ REPLY = "Hello there. How are you today? I am fine, thank you for asking."
 POLICY = LLMCallPolicy(
     connect_timeout_s=0.5, first_token_timeout_s=1.0, chunk_timeout_s=1.0, max_retries=2, retry_budget_s=3.0
 )
-
 
 
 class ReplicaDied(Exception):
@@ -120,7 +119,7 @@ def make_client(
         llm=LLMStage(engine),
         tts=tts or TTSStage(SimulatedTTSEngine(ttfb_ms=5, realtime_factor=1000)),
         speech_detector=EnergySpeechDetector,
-        upstreams=lambda: upstream_problems(engine),
+        upstreams=lambda: problems({"llm": engine.probe}),
     )
     return TestClient(build_router_app(deps))
 

@@ -14,7 +14,7 @@ from openai import AsyncOpenAI
 from actors.conversation.faults import LLMStalled, LLMTimeout, LLMUnavailable
 from actors.llm.base import ChatMessage, FinishReason, LLMEngine, LLMFinish, LLMRequest, llm_finish
 from actors.llm.call_policy import LLMCallPolicy, first_with_retries
-from actors.probe import CachedProbe
+from actors.probe import CachedProbe, openai_server_problem
 
 log = logging.getLogger(__name__)
 
@@ -63,18 +63,7 @@ class OpenAILLMEngine(LLMEngine):
         return await self._probe.check()
 
     async def _check_upstream(self) -> str | None:
-        """Any HTTP answer but a 5xx means the server is there (some compatible servers have no
-        `/models`); a refused or silent connection, or a 5xx, means it is not."""
-        try:
-            async with asyncio.timeout(self.policy.connect_timeout_s):
-                await self._client.models.list()
-        except openai.APIStatusError as exc:
-            if exc.status_code >= 500:
-                return f"the LLM server answers HTTP {exc.status_code}"
-        except (openai.APIConnectionError, TimeoutError) as exc:
-            log.warning("LLM upstream %s unreachable: %r", self._client.base_url, exc)
-            return "the LLM server is unreachable"
-        return None
+        return await openai_server_problem(self._client, "LLM", self.policy.connect_timeout_s)
 
     async def stream(self, request: LLMRequest) -> AsyncGenerator[str | LLMFinish, None]:
         async for delta in self.stream_completion(
