@@ -34,8 +34,9 @@ from actors.probe import CachedProbe
 
 log = logging.getLogger(__name__)
 
-# Well inside the router's 5 s guard on `/readyz`'s checks.
-LETTA_PROBE_TIMEOUT_S = 3.0
+# Inside the 3 s the router gives the memory actor to answer `/readyz`'s check (and its 5 s guard), so a
+# silent Letta is reported as such, not as a silent actor.
+LETTA_PROBE_TIMEOUT_S = 2.0
 
 
 class MemoryService:
