@@ -156,6 +156,10 @@ class Settings(BaseSettings):
     rest_max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)  # JSON request bodies
     rest_max_upload_bytes: int = Field(default=25 * 1024 * 1024, ge=1024)  # audio files (OpenAI's limit)
     rest_max_audio_s: float = Field(default=600.0, gt=0, le=7200)  # decoded length of an upload
+    # Longer uploads are transcribed in chunks of at most this (cut at pauses), taking turns: at most
+    # rest_transcription_slots chunks of long uploads decode at once per router replica.
+    rest_transcription_chunk_s: float = Field(default=15.0, ge=5, le=600)
+    rest_transcription_slots: int = Field(default=1, ge=1, le=64)
     rest_max_speech_chars: int = Field(default=4096, ge=1)  # /v1/audio/speech input (OpenAI's limit)
     rest_max_completion_tokens: int = Field(default=4096, ge=1)  # largest max_tokens a request may ask
 

@@ -29,6 +29,7 @@ def create_stt_engine(settings: Settings) -> STTEngine:
             model=settings.stt_model,
             connect_timeout_s=settings.speech_connect_timeout_s,
             timeout_s=settings.stt_timeout_s,
+            probe_ttl_s=settings.readyz_probe_ttl_s,
         )
     if engine == "simulated":
         from actors.stt.simulated import SimulatedSTTEngine
@@ -54,6 +55,7 @@ def create_tts_engine(settings: Settings) -> TTSEngine:
             voice=settings.tts_voice,
             connect_timeout_s=settings.speech_connect_timeout_s,
             timeout_s=settings.tts_timeout_s,
+            probe_ttl_s=settings.readyz_probe_ttl_s,
         )
     if engine == "simulated":
         from actors.tts.simulated import SimulatedTTSEngine

@@ -1,9 +1,15 @@
-"""A cached, single-flight health check of an upstream service, cheap enough for every `/readyz`."""
+"""Health checks of upstream services, cheap enough for every `/readyz`: a cached, single-flight probe,
+the check of an OpenAI-compatible server the OpenAI engines share, and several checks run at once."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+
+import openai
+
+log = logging.getLogger(__name__)
 
 
 class CachedProbe:
@@ -33,3 +39,35 @@ class CachedProbe:
         self._checked_at = asyncio.get_running_loop().time()
         self._inflight = None
         return self._result
+
+
+async def openai_server_problem(client: openai.AsyncOpenAI, what: str, timeout_s: float) -> str | None:
+    """None when the OpenAI-compatible server behind `client` answers, else what is wrong with the
+    `what` server. Any HTTP answer but a 5xx means the server is there (some compatible servers have no
+    `/models`, and a refused key is no outage); a refused or silent connection, or a 5xx, means it is
+    not. One attempt, whatever the client's own retries: a probe must answer within `timeout_s`."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            await client.with_options(max_retries=0).models.list()
+    except openai.APIStatusError as exc:
+        if exc.status_code >= 500:
+            return f"the {what} server answers HTTP {exc.status_code}"
+    except (openai.APIConnectionError, TimeoutError) as exc:
+        log.warning("%s server %s unreachable: %r", what, client.base_url, exc)
+        return f"the {what} server is unreachable"
+    return None
+
+
+async def problems(checks: Mapping[str, Callable[[], Awaitable[str | None]]]) -> dict[str, str]:
+    """Run the named checks at once; the name and problem of each that reports one. A check that
+    raises (say, a stage replica that did not answer) is a problem too; its details go to the log."""
+
+    async def run(name: str, check: Callable[[], Awaitable[str | None]]) -> str | None:
+        try:
+            return await check()
+        except Exception as exc:
+            log.warning("%s upstream check failed: %r", name, exc)
+            return f"the {name} stage did not answer its upstream check"
+
+    found = await asyncio.gather(*(run(name, check) for name, check in checks.items()))
+    return {name: problem for name, problem in zip(checks, found, strict=True) if problem}

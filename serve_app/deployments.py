@@ -15,15 +15,16 @@ from starlette.types import ASGIApp
 
 from actors.config import load_settings
 from actors.engines import create_llm_engine, create_stt_engine, create_tts_engine
-from actors.llm.base import LLMEvent, LLMRequest
+from actors.llm.base import LLMEvent, LLMFinish, LLMRequest
 from actors.llm.stage import LLMStage
 from actors.memory.sink import RecentTurnsSink
+from actors.probe import problems
 from actors.stt.stage import FeedResult, FinishResult, STTStage
 from actors.tts.stage import TTSStage
 from serve_app.api.deps import RouterDeps
 from serve_app.api.router_app import build_router_app
 from serve_app.cluster_state import SharedRouterState
-from serve_app.memory_actor import ActorMemorySink, actor_memory_context, memory_actor
+from serve_app.memory_actor import ActorMemorySink, actor_memory_context, memory_actor, memory_problem
 from serve_app.stage_clients import RemoteLLMStage, RemoteSTTStage, RemoteTTSStage
 
 log = logging.getLogger("ray.serve")
@@ -60,6 +61,10 @@ class STTDeployment:
     async def close(self, stream_id: str) -> None:
         await self.stage.close(stream_id)
 
+    async def upstream(self) -> str | None:
+        """None when the engine's provider answers, else what is wrong (cached in the engine)."""
+        return await self.stage.engine.probe()
+
 
 @serve.deployment
 class LLMDeployment:
@@ -81,7 +86,7 @@ class LLMDeployment:
         async for event in self.stage.stream_phrases(request):
             yield event
 
-    async def stream_tokens(self, request: LLMRequest) -> AsyncGenerator[str, None]:
+    async def stream_tokens(self, request: LLMRequest) -> AsyncGenerator[str | LLMFinish, None]:
         async for delta in self.stage.stream_tokens(request):
             yield delta
 
@@ -97,6 +102,10 @@ class TTSDeployment:
 
     async def ping(self) -> str:
         return f"{self.stage.engine.name}:{self.stage.engine.model}"
+
+    async def upstream(self) -> str | None:
+        """None when the engine's provider answers, else what is wrong (cached in the engine)."""
+        return await self.stage.engine.probe()
 
     async def synthesize(self, text: str, sample_rate: int) -> AsyncGenerator[bytes, None]:
         async for chunk in self.stage.synthesize(text, sample_rate):
@@ -115,6 +124,7 @@ class Router:
         memory_sink: Any = RecentTurnsSink()
         memory_context = None
         extra_metrics = None
+        degradations = None
         # Full-Letta mode: the user's agent answers and keeps the conversation itself; nothing to write.
         if settings.letta_base_url and settings.use_hybrid_streaming:
             sink = ActorMemorySink(lambda: memory_actor(config))
@@ -123,6 +133,10 @@ class Router:
 
             async def extra_metrics() -> bytes:
                 return await sink.actor.metrics_text.remote()
+
+            async def degradations() -> dict[str, str]:
+                problem = await memory_problem(sink)
+                return {"memory": problem} if problem else {}
 
             log.info("long-term memory: Letta at %s", settings.letta_base_url)
 
@@ -134,8 +148,10 @@ class Router:
             return dict(zip(("stt", "llm", "tts"), names, strict=True))
 
         async def upstreams() -> dict[str, str]:
-            problem = await llm.upstream.remote()
-            return {"llm": problem} if problem else {}
+            # Each stage checks its own provider (the OpenAI engines, Letta in full-Letta mode),
+            # cached there; offline engines have none and answer at once.
+            stages = {"stt": stt, "llm": llm, "tts": tts}
+            return await problems({name: handle.upstream.remote for name, handle in stages.items()})
 
         self._app = build_router_app(
             RouterDeps(
@@ -147,6 +163,7 @@ class Router:
                 memory_context=memory_context,
                 readiness=readiness,
                 upstreams=upstreams,
+                degradations=degradations,
                 extra_metrics=extra_metrics,
                 revocations=router_state,
                 metrics_hub=router_state,

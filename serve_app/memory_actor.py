@@ -59,6 +59,9 @@ class MemoryActor:
     async def memory_changes(self, log_id: str | None, seq: int) -> MemoryChanges:
         return await self.service.memory_changes(log_id, seq)
 
+    async def health(self) -> str | None:
+        return await self.service.health()
+
     async def pending(self) -> int:
         return await asyncio.to_thread(self.service.pending)
 
@@ -153,6 +156,21 @@ class ActorMemorySink:
             log.error("memory actor rejected turn %s of user %s: %s", turn.turn_id, turn.user_id, exc)
         if retrying.statistics.get("attempt_number", 1) > 1:
             log.info("memory actor reachable again: turn %s delivered", turn.turn_id)
+
+
+async def memory_problem(sink: ActorMemorySink, timeout_s: float = 3.0) -> str | None:
+    """What `/readyz` says about long-term memory: None while the memory actor reaches Letta, else its
+    own account of what is down, or that the actor itself is not answering (Ray restarts it; the
+    router holds the turns meanwhile). `timeout_s` stays inside the router's 5 s guard."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            problem: str | None = await sink.actor.health.remote()
+            return problem
+    except Exception as exc:
+        log.warning("memory actor health check failed: %r", exc)
+        if isinstance(exc, RayActorError):
+            sink.reconnect()  # gone for good, not restarting: look it up (or create it) again
+        return "the memory actor is not answering; finished turns wait in the router until it does"
 
 
 def actor_memory_context(sink: ActorMemorySink, settings: Settings) -> MemoryCache:

@@ -18,7 +18,7 @@ from typing import Any
 from ray.serve.handle import DeploymentHandle, DeploymentResponse, DeploymentResponseGenerator
 
 from actors.conversation.session import new_id
-from actors.llm.base import LLMEvent, LLMRequest
+from actors.llm.base import LLMEvent, LLMFinish, LLMRequest
 from actors.stt.base import STTStream
 
 
@@ -74,7 +74,7 @@ class RemoteLLMStage:
         """`LLMStage.stream_phrases` on a replica; closing the stream cancels it there."""
         return _cancelled_on_close(self._handle.stream_phrases.remote(request))
 
-    def stream_tokens(self, request: LLMRequest) -> AsyncGenerator[str, None]:
+    def stream_tokens(self, request: LLMRequest) -> AsyncGenerator[str | LLMFinish, None]:
         """`LLMStage.stream_tokens` on a replica; closing the stream cancels it there."""
         return _cancelled_on_close(self._handle.stream_tokens.remote(request))
 

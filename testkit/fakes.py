@@ -14,7 +14,7 @@ import uvicorn
 
 from actors.audio.pcm import rms_dbfs
 from actors.conversation.events import FinishedTurn
-from actors.llm.base import ChatMessage, LLMEngine, LLMRequest
+from actors.llm.base import ChatMessage, LLMEngine, LLMFinish, LLMRequest, llm_finish
 from testkit.serve_cluster import free_port
 
 
@@ -46,7 +46,8 @@ class FakeLLMEngine(LLMEngine):
         words = self.reply.split(" ")
         return [w if i == 0 else " " + w for i, w in enumerate(words)]
 
-    async def stream(self, request: LLMRequest) -> AsyncIterator[str]:
+    async def stream(self, request: LLMRequest) -> AsyncIterator[str | LLMFinish]:
+        """The scripted reply word by word, cut at `max_tokens` words ("length") as a real model is."""
         self.requests.append(request["messages"])
         self.calls.append(
             {
@@ -58,10 +59,12 @@ class FakeLLMEngine(LLMEngine):
         )
         try:
             await asyncio.sleep(self.ttft_ms / 1000)
-            for i, token in enumerate(self.tokens()):
+            tokens = self.tokens()
+            for i, token in enumerate(tokens[: request["max_tokens"]]):
                 if i:
                     await asyncio.sleep(1 / self.tokens_per_s)
                 yield token
+            yield llm_finish("length" if len(tokens) > request["max_tokens"] else "stop")
         except (asyncio.CancelledError, GeneratorExit):
             self.cancelled += 1
             raise

@@ -25,10 +25,20 @@ from serve_app.serve_env import SERVE_ENV
 ROOT = Path(__file__).resolve().parent.parent
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port nothing listens on, never the same one twice in this process: the OS may offer a port it
+    just gave out again before anything binds it, and Ray refuses to start with two components on one
+    port (seen: the GCS and the client server both given the same port)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def serve_env(private_dir: Path) -> dict[str, str]:

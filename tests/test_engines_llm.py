@@ -57,13 +57,21 @@ async def test_openai_llm_streams_deltas(fake_openai: SimOpenAIServer) -> None:
         {"role": "user", "content": "What is the capital of France?"},
     ]
     request: LLMRequest = {"messages": messages, "max_tokens": 50, "temperature": 0.3, "user_id": "anonymous"}
-    deltas = [d async for d in engine.stream(request)]
+    *deltas, finish = [d async for d in engine.stream(request)]
     assert len(deltas) > 5
-    assert "".join(deltas) == fake_openai.config.reply
+    assert "".join(str(d) for d in deltas) == fake_openai.config.reply
+    assert finish == {"type": "finish", "finish_reason": "stop"}  # the server's own finish reason
     body = fake_openai.requests[-1]["body"]
     assert body["model"] == "gpt-4.1-mini" and body["stream"] is True
     assert body["messages"] == messages
     assert (body["max_tokens"], body["temperature"]) == (50, 0.3)
+
+
+async def test_openai_llm_reports_a_reply_cut_by_max_tokens(fake_openai: SimOpenAIServer) -> None:
+    engine = OpenAILLMEngine(api_key="sk-test", base_url=fake_openai.base_url)
+    *deltas, finish = [d async for d in engine.stream(request_for("Hi", max_tokens=3, temperature=0))]
+    assert len(deltas) == 3 and all(isinstance(d, str) for d in deltas)
+    assert finish == {"type": "finish", "finish_reason": "length"}
 
 
 async def test_openai_llm_close_early_closes_http_stream(fake_openai: SimOpenAIServer) -> None:
@@ -150,6 +158,7 @@ async def _llama_checks() -> dict[str, Any]:
         ]
         started = time.perf_counter()
         first_at, deltas = 0.0, []
+        finishes = []
         request: LLMRequest = {
             "messages": messages,
             "max_tokens": max_tokens,
@@ -157,12 +166,18 @@ async def _llama_checks() -> dict[str, Any]:
             "user_id": "anonymous",
         }
         async for delta in llama.stream(request):
+            if not isinstance(delta, str):
+                finishes.append(delta["finish_reason"])
+                continue
             first_at = first_at or time.perf_counter() - started
             deltas.append(delta)
+        results.setdefault("finishes", []).append(finishes)
         return first_at, time.perf_counter() - started, deltas
 
     first_at, _, deltas = await timed("How many legs does a spider have?", 40, 0.0)
     results.update(ttft_s=first_at, deltas=deltas)
+    # Two tokens cannot hold a reply and its newline: max_tokens ends it.
+    await timed("Tell me about your favourite city and why you like it.", 2, 0.0)
 
     # Decode speed over a longer reply (tokens counted with the model's own tokenizer).
     first_at, total, deltas = await timed("Tell me about your favourite city and why you like it.", 60, 0.8)
@@ -214,6 +229,13 @@ def test_llamacpp_streams_reply(llama_results: dict[str, Any]) -> None:
     assert len(deltas) >= 3
     assert reply == reply.lstrip() and "User:" not in reply and "\n" not in reply.strip()
     # Speed (TTFT, tok/s) is printed above and measured by the benchmarks, not asserted here.
+
+
+@pytest.mark.slow
+@pytest.mark.slow
+def test_llamacpp_says_why_it_stopped(llama_results: dict[str, Any]) -> None:
+    # One finish reason per reply that ran to its end: the newline (stop), then max_tokens (length).
+    assert llama_results["finishes"][:2] == [["stop"], ["length"]]
 
 
 @pytest.mark.slow

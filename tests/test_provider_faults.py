@@ -45,7 +45,8 @@ async def reply_of(engine: OpenAILLMEngine, into: list[str] | None = None) -> st
     async for delta in engine.stream(
         {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 100, "temperature": 0, "user_id": "u"}
     ):
-        out.append(delta)
+        if isinstance(delta, str):  # the text, not the finish reason that ends it
+            out.append(delta)
     return "".join(out)
 
 

@@ -98,7 +98,9 @@ def test_max_tokens_cuts_the_reply(api: Harness) -> None:
     )
     assert api.llm.calls[-1]["max_tokens"] == 2
     assert api.llm.calls[-1]["user_id"] == "anonymous"
-    assert reply.choices[0].finish_reason in ("stop", "length")
+    # The LLM's own finish reason, as OpenAI gives it: the reply was cut short.
+    assert (reply.choices[0].finish_reason, reply.choices[0].message.content) == ("length", "Hello there.")
+    assert reply.usage is not None and reply.usage.completion_tokens == 2
 
 
 def test_offline_engine_answers_with_its_own_model() -> None:

@@ -10,6 +10,7 @@ import statistics
 import time
 from collections.abc import AsyncIterator, Iterator
 
+import httpx
 import pytest
 import websockets
 
@@ -201,6 +202,78 @@ async def test_memory_actor_killed_mid_batch_replays_each_turn_once(
         f"print(ray.get(ray.get_actor({ACTOR_NAME!r}, namespace={NAMESPACE!r}).pending.remote()))"
     )
     assert pending.strip() == "0"
+
+
+ACTOR_PID = (
+    f"import os\nactor = ray.get_actor({ACTOR_NAME!r}, namespace={NAMESPACE!r})\n"
+    "print(ray.get(actor.__ray_call__.remote(lambda self: os.getpid())))\n"
+)
+
+
+async def test_concurrent_sessions_through_a_letta_outage_and_an_actor_crash_lose_no_turn(
+    agent_with_memory: ServeRun, letta_env: LettaEnv, letta: LettaMemory
+) -> None:
+    """Six sessions talk at once while Letta is down and the memory actor is killed between their
+    turns: every reply still comes, `/readyz` stays ready and says memory is degraded, and once Letta
+    is back every finished turn is in its user's agent exactly once, in order."""
+    url, users, per_session = agent_with_memory.ws_url, [f"crowd-{n}" for n in range(6)], 5
+    for user in users:  # their agents exist; what is tested is the turns' way to them
+        await letta.agent_id(user)
+    before_kill = 2  # turns each session finishes before the actor is killed; the rest come after
+    ready_to_kill = asyncio.Barrier(len(users) + 1)
+    killed = asyncio.Event()
+
+    async def session(user: str) -> list[str]:
+        ids = []
+        async with websockets.connect(f"{url}/realtime?user={user}", max_size=None) as ws:
+            await ws.recv()
+            for n in range(per_session):
+                if n == before_kill:
+                    await ready_to_kill.wait()
+                    await killed.wait()  # its next turn is submitted while Ray restarts the actor
+                done = await realtime_text_turn(ws, f"{user} says fact {n}.")  # fails on an error event
+                assert done["status"] == "completed", done
+                ids.append(done["id"])
+        return ids
+
+    async def kill_the_actor() -> str:
+        await ready_to_kill.wait()
+        code = ACTOR_PID + "ray.kill(actor, no_restart=False)\n"
+        pid = (await asyncio.to_thread(agent_with_memory.run_driver, code)).strip()
+        killed.set()
+        return pid
+
+    letta_env.server.stop_letta()
+    try:
+        killer = asyncio.create_task(kill_the_actor())
+        async with asyncio.timeout(180):
+            ids = dict(zip(users, await asyncio.gather(*(session(u) for u in users)), strict=True))
+        old_pid = await killer
+        deadline = time.monotonic() + 30
+        async with httpx.AsyncClient(base_url=agent_with_memory.base_url, timeout=10) as http:
+            while (ready := (await http.get("/readyz")).json())["status"] != "degraded":
+                assert time.monotonic() < deadline, ready
+                await asyncio.sleep(0.5)
+        assert ready["degraded"]["memory"].startswith(
+            "the Letta server is unreachable; finished turns waiting in the journal for it: "
+        ), ready
+        waiting = int(ready["degraded"]["memory"].rsplit(" ", 1)[1])
+        assert 1 <= waiting <= len(users) * per_session
+    finally:
+        letta_env.server.restart_letta()
+    for user in users:
+        found = await wait_for_turns(letta, user, ids[user], limit_s=90)
+        assert found == ids[user], user  # every turn once, in its session's order
+    new_pid = agent_with_memory.run_driver(ACTOR_PID + "print(ray.get(actor.pending.remote()))\n").split()
+    assert new_pid[0] != old_pid  # a new process replayed the journal
+    assert new_pid[1] == "0"
+    for user in users:  # nothing arrived twice after the journal emptied either
+        assert await delivered_turn_ids(letta, user) == ids[user]
+    async with httpx.AsyncClient(base_url=agent_with_memory.base_url, timeout=10) as http:
+        deadline = time.monotonic() + 30
+        while (ready := (await http.get("/readyz")).json())["status"] != "ready":
+            assert time.monotonic() < deadline, ready
+            await asyncio.sleep(0.5)
 
 
 async def test_graceful_actor_exit_delivers_what_it_holds(

@@ -17,13 +17,13 @@ from actors.config import Settings
 from actors.llm.call_policy import LLMCallPolicy
 from actors.llm.openai_engine import OpenAILLMEngine
 from actors.llm.stage import LLMStage
+from actors.probe import problems
 from actors.stt.base import STTEngine, STTStream
 from actors.stt.simulated import SimulatedSTTEngine
 from actors.tts.simulated import SimulatedTTSEngine
 from actors.tts.stage import TTSStage
 from serve_app.api.deps import RouterDeps
 from serve_app.api.router_app import build_router_app
-from serve_app.programs.local import upstream_problems
 from testkit.fakes import EnergySpeechDetector, silence, tone, user_text_event
 from testkit.fault_proxy import Fault, FaultProxy, start_fault_proxy
 from testkit.harness import APOLOGY, INTERNALS
@@ -119,7 +119,7 @@ def make_client(
         llm=LLMStage(engine),
         tts=tts or TTSStage(SimulatedTTSEngine(ttfb_ms=5, realtime_factor=1000)),
         speech_detector=EnergySpeechDetector,
-        upstreams=lambda: upstream_problems(engine),
+        upstreams=lambda: problems({"llm": engine.probe}),
     )
     return TestClient(build_router_app(deps))
 

@@ -17,7 +17,7 @@ import websockets
 
 from testkit.fakes import user_text_event
 from testkit.fault_proxy import FaultProxy, start_fault_proxy
-from testkit.harness import APOLOGY, INTERNALS
+from testkit.harness import APOLOGY, INTERNALS, SERVER_EVENT
 from testkit.recordings import espeak_speech, silence
 from testkit.serve_cluster import ServeRun
 from testkit.sim_openai_server import SimOpenAIConfig, SimOpenAIServer, start_sim_openai_server
@@ -97,6 +97,30 @@ async def test_response_cancel_during_the_llm_stream_says_client_cancelled(serve
         done = (await until(ws, "response.done", seen))["response"]
         assert done["status"] == "cancelled"
         assert done["status_details"]["reason"] == "client_cancelled"
+
+
+async def test_a_reply_cut_by_max_output_tokens_ends_incomplete(served: ServeRun) -> None:
+    # The finish reason crosses the LLM deployment's stream to the router: Realtime and REST.
+    async with websockets.connect(f"{served.ws_url}/realtime", max_size=None) as ws:
+        seen: list[dict] = []
+        await until(ws, "session.created", seen)
+        update = {"type": "session.update", "session": {"type": "realtime", "max_output_tokens": 5}}
+        await ws.send(json.dumps(update))
+        await until(ws, "session.updated", seen)
+        await ask(ws, "Tell me something long.")
+        done = await until(ws, "response.done", seen)
+        SERVER_EVENT.validate_python(done)
+        response = done["response"]
+        assert response["status"] == "incomplete", response
+        assert response["status_details"] == {"type": "incomplete", "reason": "max_output_tokens"}
+        assert response["output"][0]["content"][0]["transcript"] == "This is sentence number 0"
+    body = {"model": "sim", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3}
+    async with httpx.AsyncClient(base_url=served.base_url, timeout=30) as http:
+        reply = (await http.post("/v1/chat/completions", json=body)).json()
+        assert reply["choices"][0]["finish_reason"] == "length", reply
+        async with http.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as stream:
+            lines = [line async for line in stream.aiter_lines() if line.startswith("data: {")]
+        assert json.loads(lines[-1][6:])["choices"][0]["finish_reason"] == "length"
 
 
 def test_readyz_says_the_llm_server_is_down(served: ServeRun, upstream) -> None:
@@ -221,7 +245,9 @@ async def test_tts_replica_killed_mid_reply(served: ServeRun) -> None:
         # Two plain outcomes, depending on whether a synthesis call was in flight when the process died
         # and on how soon Serve's replacement takes calls: the reply goes on (phrases wait in the handle
         # for the new replica while the audio already received keeps playing), or it fails at once.
-        if done["status"] == "completed":
+        if done["status"] != "failed":
+            # The reply went on to its end: REPLY's first llm_max_tokens (120) of its 180 tokens.
+            assert done["status_details"] == {"type": "incomplete", "reason": "max_output_tokens"}, done
             assert errors == []
             spoken_after = [t for t in audio_at if t > killed_at + 5.0]
             assert spoken_after, "no reply audio from the replacement replica"

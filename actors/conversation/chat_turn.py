@@ -12,13 +12,12 @@ import time
 import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Literal
 
 from actors.conversation.events import FinishedTurn
 from actors.conversation.metrics import TurnTimeline, observe_turn
 from actors.conversation.prompt import with_memory
 from actors.conversation.stages import LLMRequest, TokenLLMClient
-from actors.llm.base import ChatMessage
+from actors.llm.base import ChatMessage, FinishReason
 from actors.memory.sink import MemorySink
 
 
@@ -29,7 +28,7 @@ class ChatOutcome:
     text: str = ""
     completion_tokens: int = 0  # streamed deltas: one per token for llama.cpp and OpenAI streams
     prompt_tokens: int = 0  # an estimate (characters / 4): the engines report text, not token counts
-    finish_reason: Literal["stop", "length"] = "stop"
+    finish_reason: FinishReason = "stop"  # the LLM's own, as OpenAI reports it
     metrics: dict[str, float] = field(default_factory=dict)
 
 
@@ -95,19 +94,22 @@ class ChatTurn:
         tokens = self._llm.stream_tokens(request)
         try:
             async for delta in tokens:
+                if not isinstance(delta, str):
+                    out.finish_reason = delta["finish_reason"]
+                    continue
                 if timeline.first_token is None:
                     timeline.first_token = loop.time()
                 parts.append(delta)
                 out.completion_tokens += 1
                 yield delta
-            status = "completed"
+            # Counted as the voice turns are: a reply the LLM was cut short of is incomplete.
+            status = "completed" if out.finish_reason == "stop" else "incomplete"
         except (asyncio.CancelledError, GeneratorExit):
             status = "cancelled"  # the HTTP client went away
             raise
         finally:
             await tokens.aclose()
             out.text = "".join(parts)
-            out.finish_reason = "length" if out.completion_tokens >= self._max_tokens else "stop"
             out.metrics = timeline.metrics_ms()
             observe_turn(out.metrics, status)
             self._remember(started_wall, status)
@@ -126,7 +128,7 @@ class ChatTurn:
                 assistant_text=self.outcome.text,
                 started_at=started_wall,
                 ended_at=time.time(),
-                interrupted=status != "completed",
+                interrupted=status in ("cancelled", "failed"),
                 metrics=self.outcome.metrics,
             )
         )

@@ -10,8 +10,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-# How a response ended, as `ResponseFinished` reports it (and the wire's `response.done` carries it).
-ResponseStatus = Literal["completed", "cancelled", "failed"]
+# How a response ended, as `ResponseFinished` reports it (and the wire's `response.done` carries it):
+# "incomplete" is a reply the LLM was cut short of (`max_output_tokens`, or its content filter).
+ResponseStatus = Literal["completed", "incomplete", "cancelled", "failed"]
 
 
 def new_id(prefix: str) -> str:
@@ -98,7 +99,7 @@ class ResponseFinished:
     item_id: str
     status: ResponseStatus
     text: str  # what the assistant said (up to the interruption point when cancelled)
-    reason: str | None = None  # why it was cancelled, or the public error code when it failed
+    reason: str | None = None  # why it was cancelled or incomplete, or the public error code when it failed
     metrics: dict[str, float] = field(default_factory=dict)
     message: str | None = None  # failed: a sentence for the user (never exception text)
 

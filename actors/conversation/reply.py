@@ -34,7 +34,7 @@ from actors.conversation.options import SessionLimits, SessionOptions
 from actors.conversation.prompt import with_memory
 from actors.conversation.stages import LLMEvent, LLMRequest, PhraseLLMClient, SynthesizerClient
 from actors.conversation.turns import CancelReason, Conversation, UserTurn
-from actors.llm.base import ChatMessage
+from actors.llm.base import ChatMessage, FinishReason
 from actors.memory.sink import MemorySink
 from actors.tasks import cancel_and_wait, close_quietly
 
@@ -158,9 +158,12 @@ class ReplyPlayer:
         try:
             await self._emit(ResponseStarted(response_id, item_id))
             try:
-                await self._run_pipeline(
+                finish = await self._run_pipeline(
                     response_id, item_id, user_text, timeline, spoken, early, early_events
                 )
+                if finish != "stop":  # the LLM was cut short: OpenAI calls that reply incomplete
+                    status = "incomplete"
+                    reason = "max_output_tokens" if finish == "length" else finish
             except Exception as exc:
                 failure = public_error(exc)
                 # The details (a traceback, a replica's pid and address) are for the log only.
@@ -210,7 +213,7 @@ class ReplyPlayer:
                     assistant_text=text,
                     started_at=started_wall,
                     ended_at=time.time(),
-                    interrupted=status != "completed",
+                    interrupted=status in ("cancelled", "failed"),
                     metrics=metrics,
                 )
             )
@@ -258,7 +261,8 @@ class ReplyPlayer:
         spoken: list[str],
         early: EarlyReply | None,
         early_events: AsyncGenerator[tuple[LLMEvent, float], None] | None,
-    ) -> None:
+    ) -> FinishReason:
+        """Play the reply; returns why the LLM stopped."""
         if early is None or early_events is None:
             request = await self._request(user_text)
             timeline.llm_start = clock()
@@ -267,12 +271,17 @@ class ReplyPlayer:
             timeline.llm_start = early.llm_start
             events = early_events
         phrases: asyncio.Queue[str | None] = asyncio.Queue()
+        finish: FinishReason = "stop"
 
         async def produce(speaking: bool) -> None:
+            nonlocal finish
             try:
                 async for event, arrived in events:
                     if event["type"] == "first_token":
                         timeline.first_token = arrived
+                        continue
+                    if event["type"] == "finish":
+                        finish = event["finish_reason"]
                         continue
                     if timeline.first_phrase is None:
                         timeline.first_phrase = arrived
@@ -300,6 +309,7 @@ class ReplyPlayer:
         finally:
             await cancel_and_wait(tasks)
             await close_quietly(events)
+        return finish
 
     async def _speak(
         self,

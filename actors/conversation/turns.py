@@ -115,7 +115,7 @@ class TurnStateMachine:
         idle timeout, a user still silent that long after prompts the agent to speak again."""
         vad = self.options.turn_detection
         self._disarm_idle()
-        if vad is None or vad.idle_timeout_ms is None or status != "completed":
+        if vad is None or vad.idle_timeout_ms is None or status not in ("completed", "incomplete"):
             return
         self._idle = asyncio.create_task(self._idle_timeout(played_until + vad.idle_timeout_ms / 1000))
 

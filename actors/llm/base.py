@@ -30,11 +30,33 @@ class LLMRequest(TypedDict):
     model: NotRequired[str]  # another model on the same server (OpenAI-compatible engine only)
 
 
-class LLMEvent(TypedDict):
+# Why generation ended, with OpenAI's names: the model finished ("stop"), `max_tokens` cut the reply
+# short ("length"), or the provider's safety filter did ("content_filter").
+FinishReason = Literal["stop", "length", "content_filter"]
+
+
+class LLMFinish(TypedDict):
+    """Why a stream ended normally: the stage's token and phrase streams end with exactly one; an
+    engine's stream may end without one when it cannot tell (the stage then says "stop"). A plain
+    dict, like the text events, so it pickles cheaply across a Serve hop."""
+
+    type: Literal["finish"]
+    finish_reason: FinishReason
+
+
+class LLMTextEvent(TypedDict):
     """`first_token` is sent once (its text is repeated in the first phrase); then one item per phrase."""
 
     type: Literal["first_token", "phrase"]
     text: str
+
+
+# A phrase stream: text events, then one `LLMFinish`.
+LLMEvent = LLMTextEvent | LLMFinish
+
+
+def llm_finish(reason: FinishReason) -> LLMFinish:
+    return {"type": "finish", "finish_reason": reason}
 
 
 class LLMEngine(ABC):
@@ -42,8 +64,9 @@ class LLMEngine(ABC):
     model: str
 
     @abstractmethod
-    def stream(self, request: LLMRequest) -> AsyncGenerator[str, None]:
-        """Yield text deltas. Closing the iterator early (barge-in) must stop generation.
+    def stream(self, request: LLMRequest) -> AsyncGenerator[str | LLMFinish, None]:
+        """Yield text deltas, then an `LLMFinish` saying why generation ended when the engine knows.
+        Closing the iterator early (barge-in) must stop generation.
 
         `request["user_id"]` says whose conversation it is; engines that keep no per-user state ignore
         it. `request["model"]`, when present, asks for another model than the configured one; an
@@ -63,9 +86,9 @@ class LLMClient(Protocol):
     """The LLM stage as its callers hold it: `LLMStage` in process, `RemoteLLMStage` over a Serve handle.
 
     Voice turns take the reply as phrases ready to speak (`actors.conversation.chunker`); REST chat
-    takes raw text deltas as generated.
+    takes raw text deltas as generated. Both end with one `LLMFinish`.
     """
 
     def stream_phrases(self, request: LLMRequest) -> AsyncGenerator[LLMEvent, None]: ...
 
-    def stream_tokens(self, request: LLMRequest) -> AsyncGenerator[str, None]: ...
+    def stream_tokens(self, request: LLMRequest) -> AsyncGenerator[str | LLMFinish, None]: ...

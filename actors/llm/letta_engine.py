@@ -8,11 +8,10 @@ actor writes to (see `actors.memory.letta`), so a user keeps their memory across
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncGenerator
 
-from actors.llm.base import LLMRequest
+from actors.llm.base import LLMFinish, LLMRequest
 from actors.llm.openai_engine import OpenAILLMEngine
 from actors.memory.letta import LettaMemory
 
@@ -27,7 +26,7 @@ class LettaAgentLLMEngine(OpenAILLMEngine):
         super().__init__(api_key=letta.config.api_key, base_url=base_url, model="letta-agent")
         self.letta = letta
 
-    async def stream(self, request: LLMRequest) -> AsyncGenerator[str, None]:
+    async def stream(self, request: LLMRequest) -> AsyncGenerator[str | LLMFinish, None]:
         # request["model"] is ignored: the user's agent is the model.
         newest = [m for m in request["messages"] if m["role"] == "user"][-1:]
         if not newest:
@@ -38,13 +37,7 @@ class LettaAgentLLMEngine(OpenAILLMEngine):
 
     async def _check_upstream(self) -> str | None:
         # Letta's OpenAI-compatible routes serve agents, not a model list: its health route says it is up.
-        try:
-            async with asyncio.timeout(self.policy.connect_timeout_s):
-                await self.letta.client.health()
-        except Exception as exc:
-            log.warning("Letta at %s unreachable: %r", self.letta.config.base_url, exc)
-            return "the Letta server is unreachable"
-        return None
+        return await self.letta.server_problem(self.policy.connect_timeout_s)
 
     async def warmup(self) -> None:
         # Say at start when Letta is unreachable; replies fail until it answers (it may start later).

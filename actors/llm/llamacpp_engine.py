@@ -13,7 +13,7 @@ import threading
 from collections.abc import AsyncGenerator, Sequence
 from typing import Any, assert_never
 
-from actors.llm.base import ChatMessage, LLMEngine, LLMRequest
+from actors.llm.base import ChatMessage, LLMEngine, LLMFinish, LLMRequest, llm_finish
 from actors.thread_stream import stream_from_thread
 
 # Spin-waiting OpenMP threads collapse when STT/TTS share the cores (measured). libgomp reads
@@ -148,13 +148,16 @@ class LlamaCppEngine(LLMEngine):
                 for chunk in chunks:
                     if stop.is_set():
                         break  # barge-in: stop decoding at the next token
-                    text = chunk["choices"][0]["text"]
-                    if text:
-                        post(text)
+                    choice = chunk["choices"][0]
+                    if choice["text"]:
+                        post(choice["text"])
+                    # The last chunk says why: "length" when max_tokens (or the context window) cut it.
+                    if choice.get("finish_reason") is not None:
+                        post(llm_finish("length" if choice["finish_reason"] == "length" else "stop"))
             finally:
                 chunks.close()
 
-    async def stream(self, request: LLMRequest) -> AsyncGenerator[str, None]:
+    async def stream(self, request: LLMRequest) -> AsyncGenerator[str | LLMFinish, None]:
         # request["model"] and request["user_id"] are ignored: one GGUF is loaded, and it keeps no state.
         def produce(emit: Any, stop: threading.Event) -> None:
             self._generate(request["messages"], request["max_tokens"], request["temperature"], stop, emit)
@@ -162,7 +165,11 @@ class LlamaCppEngine(LLMEngine):
         # Not joined on close: the worker notices at its next token (~25 ms) and frees the lock; the
         # consumer (barge-in) need not wait for that.
         first = True
+        item: str | LLMFinish
         async for item in stream_from_thread(produce, name="llamacpp-generate"):
+            if not isinstance(item, str):
+                yield item
+                continue
             if first:
                 # The prompt ends in "Assistant:", so the reply starts with a space.
                 item = item.lstrip()

@@ -12,9 +12,9 @@ import openai
 from openai import AsyncOpenAI
 
 from actors.conversation.faults import LLMStalled, LLMTimeout, LLMUnavailable
-from actors.llm.base import ChatMessage, LLMEngine, LLMRequest
+from actors.llm.base import ChatMessage, FinishReason, LLMEngine, LLMFinish, LLMRequest, llm_finish
 from actors.llm.call_policy import LLMCallPolicy, first_with_retries
-from actors.probe import CachedProbe
+from actors.probe import CachedProbe, openai_server_problem
 
 log = logging.getLogger(__name__)
 
@@ -63,20 +63,9 @@ class OpenAILLMEngine(LLMEngine):
         return await self._probe.check()
 
     async def _check_upstream(self) -> str | None:
-        """Any HTTP answer but a 5xx means the server is there (some compatible servers have no
-        `/models`); a refused or silent connection, or a 5xx, means it is not."""
-        try:
-            async with asyncio.timeout(self.policy.connect_timeout_s):
-                await self._client.models.list()
-        except openai.APIStatusError as exc:
-            if exc.status_code >= 500:
-                return f"the LLM server answers HTTP {exc.status_code}"
-        except (openai.APIConnectionError, TimeoutError) as exc:
-            log.warning("LLM upstream %s unreachable: %r", self._client.base_url, exc)
-            return "the LLM server is unreachable"
-        return None
+        return await openai_server_problem(self._client, "LLM", self.policy.connect_timeout_s)
 
-    async def stream(self, request: LLMRequest) -> AsyncGenerator[str, None]:
+    async def stream(self, request: LLMRequest) -> AsyncGenerator[str | LLMFinish, None]:
         async for delta in self.stream_completion(
             request, model=request.get("model") or self.model, messages=request["messages"]
         ):
@@ -84,11 +73,14 @@ class OpenAILLMEngine(LLMEngine):
 
     async def stream_completion(
         self, request: LLMRequest, *, model: str, messages: list[ChatMessage]
-    ) -> AsyncGenerator[str, None]:
+    ) -> AsyncGenerator[str | LLMFinish, None]:
         """Stream one chat completion of `messages` from `model`, with the request's limits (full-Letta
-        mode sends another model and fewer messages than the request holds)."""
+        mode sends another model and fewer messages than the request holds), and the server's finish
+        reason when it gave one."""
+        finish: FinishReason | None = None  # from the chunk that carries it (the last with choices)
 
         async def attempt() -> tuple[Any, str | None]:
+            nonlocal finish
             # max_tokens rather than max_completion_tokens: every OpenAI-compatible server accepts it.
             stream = await self._client.chat.completions.create(
                 model=model,
@@ -103,6 +95,7 @@ class OpenAILLMEngine(LLMEngine):
                         chunk = await anext(stream)
                     except StopAsyncIteration:
                         return stream, None  # an empty reply
+                    finish = _finish_reason(chunk) or finish
                     content = _delta_content(chunk)
                     if content:
                         return stream, content
@@ -121,21 +114,23 @@ class OpenAILLMEngine(LLMEngine):
                 raise  # e.g. a bad key or a bad request: retrying would not help, and it is no outage
             raise LLMUnavailable(f"no first token: {exc!r}") from exc
         try:
-            if first is None:
-                return
-            yield first
-            while True:
-                try:
-                    # The yield stays outside the timeout: a slow consumer is not a stalled provider.
-                    async with asyncio.timeout(self.policy.chunk_timeout_s):
-                        chunk = await anext(stream)
-                except StopAsyncIteration:
-                    return
-                except Exception as exc:  # a timeout, or the connection broke (the SDK's transport error)
-                    raise LLMStalled(f"stream broke after the first token: {exc!r}") from exc
-                content = _delta_content(chunk)
-                if content:
-                    yield content
+            if first is not None:
+                yield first
+                while True:
+                    try:
+                        # The yield stays outside the timeout: a slow consumer is not a stalled provider.
+                        async with asyncio.timeout(self.policy.chunk_timeout_s):
+                            chunk = await anext(stream)
+                    except StopAsyncIteration:
+                        break
+                    except Exception as exc:  # a timeout, or the connection broke (the transport's error)
+                        raise LLMStalled(f"stream broke after the first token: {exc!r}") from exc
+                    finish = _finish_reason(chunk) or finish
+                    content = _delta_content(chunk)
+                    if content:
+                        yield content
+            if finish is not None:
+                yield llm_finish(finish)
         finally:
             # Closing the response stops the server's generation (barge-in) and frees the connection.
             await stream.close()
@@ -162,6 +157,20 @@ def _retry_after(exc: BaseException) -> float | None:
         if (seconds := headers.get("retry-after")) is not None:
             return max(float(seconds), 0.0)
     return None
+
+
+def _finish_reason(chunk: Any) -> FinishReason | None:
+    """The chunk's finish reason in our terms: "length" and "content_filter" end a reply short; any
+    other reason the server gives (e.g. "tool_calls", which we never ask for) is a finished reply."""
+    if not chunk.choices or chunk.choices[0].finish_reason is None:
+        return None
+    match chunk.choices[0].finish_reason:
+        case "length":
+            return "length"
+        case "content_filter":
+            return "content_filter"
+        case _:
+            return "stop"
 
 
 def _delta_content(chunk: Any) -> str | None:

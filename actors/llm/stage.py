@@ -9,7 +9,7 @@ import time
 from collections.abc import AsyncGenerator
 
 from actors.conversation.chunker import ChunkerConfig, PhraseChunker
-from actors.llm.base import LLMEngine, LLMEvent, LLMRequest
+from actors.llm.base import FinishReason, LLMEngine, LLMEvent, LLMFinish, LLMRequest, llm_finish
 
 log = logging.getLogger(__name__)
 
@@ -21,24 +21,33 @@ class LLMStage:
         self.engine = engine
         self.chunker_config = chunker_config
 
-    async def stream_tokens(self, request: LLMRequest) -> AsyncGenerator[str, None]:
-        """The engine's text deltas as generated (empty ones dropped)."""
+    async def stream_tokens(self, request: LLMRequest) -> AsyncGenerator[str | LLMFinish, None]:
+        """The engine's text deltas as generated (empty ones dropped), then why it stopped."""
+        reason: FinishReason = "stop"
         tokens = self.engine.stream(request)
         try:
             async for delta in tokens:
-                if delta:
+                if not isinstance(delta, str):
+                    reason = delta["finish_reason"]
+                elif delta:
                     yield delta
         finally:
             await tokens.aclose()
+        yield llm_finish(reason)
 
     async def stream_phrases(self, request: LLMRequest) -> AsyncGenerator[LLMEvent, None]:
-        """A `first_token` marker as soon as the engine starts, then the reply phrase by phrase."""
+        """A `first_token` marker as soon as the engine starts, then the reply phrase by phrase, then
+        why generation stopped."""
         chunker = PhraseChunker(self.chunker_config)
         started = time.perf_counter()
         first = True
+        reason: FinishReason = "stop"
         tokens = self.engine.stream(request)
         try:
             async for delta in tokens:
+                if not isinstance(delta, str):
+                    reason = delta["finish_reason"]
+                    continue
                 if not delta:
                     continue
                 if first:
@@ -57,3 +66,4 @@ class LLMStage:
                 yield {"type": "phrase", "text": rest}
         finally:
             await tokens.aclose()
+        yield llm_finish(reason)

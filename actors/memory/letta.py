@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import letta_client
 from letta_client import AsyncLetta
 
 from actors.config import Settings
@@ -136,6 +137,20 @@ class LettaMemory:
         blocks = await self.client.agents.blocks.list(agent_id=agent)
         items = list(getattr(blocks, "items", blocks))
         return "\n".join(f"{b.label}: {b.value}" for b in items if b.value)
+
+    async def server_problem(self, timeout_s: float) -> str | None:
+        """None when the Letta server answers its health route within `timeout_s` (one attempt), else
+        what is wrong."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self.client.with_options(max_retries=0).health()
+        except letta_client.APIStatusError as exc:
+            log.warning("Letta at %s answers HTTP %d", self.config.base_url, exc.status_code)
+            return f"the Letta server answers HTTP {exc.status_code}"
+        except Exception as exc:
+            log.warning("Letta at %s unreachable: %r", self.config.base_url, exc)
+            return "the Letta server is unreachable"
+        return None
 
     async def close(self) -> None:
         await self.client.close()

@@ -30,8 +30,13 @@ from actors.memory.cache import MemoryChangeLog, MemoryChanges
 from actors.memory.journal import TurnJournal
 from actors.memory.letta import LettaMemory, letta_config
 from actors.memory.writer import MEMORY_REGISTRY, MemoryWriter, WriterConfig
+from actors.probe import CachedProbe
 
 log = logging.getLogger(__name__)
+
+# Inside the 3 s the router gives the memory actor to answer `/readyz`'s check (and its 5 s guard), so a
+# silent Letta is reported as such, not as a silent actor.
+LETTA_PROBE_TIMEOUT_S = 2.0
 
 
 class MemoryService:
@@ -54,6 +59,9 @@ class MemoryService:
             ),
             # Letta's agent read the turns and may have rewritten its blocks: caches read them again.
             on_delivered=self.changes.record,
+        )
+        self._letta_probe = CachedProbe(
+            lambda: self.letta.server_problem(LETTA_PROBE_TIMEOUT_S), ttl_s=settings.readyz_probe_ttl_s
         )
         self._started = False
         log.info(
@@ -95,6 +103,15 @@ class MemoryService:
         """Users whose memory changed after `seq` of log `log_id` (waits a while for one; see
         `MemoryChangeLog.since`)."""
         return await self.changes.since(log_id, seq)
+
+    async def health(self) -> str | None:
+        """None while Letta answers; else what is wrong, and how many finished turns wait in the journal
+        for it (delivered once it answers). Cached like the stages' upstream checks."""
+        problem = await self._letta_probe.check()
+        if problem is None:
+            return None
+        waiting = await asyncio.to_thread(self.pending)
+        return f"{problem}; finished turns waiting in the journal for it: {waiting}"
 
     def pending(self) -> int:
         """Turns in the journal (blocking: from async code, call it in a worker thread)."""

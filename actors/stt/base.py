@@ -40,6 +40,11 @@ class STTEngine(ABC):
     async def warmup(self) -> None:  # noqa: B027 - optional hook
         """Load models ahead of the first request."""
 
+    async def probe(self) -> str | None:
+        """None when the engine can answer now, else a short description of what is down (an
+        engine behind an HTTP API checks it, cached so readiness probes stay cheap)."""
+        return None
+
 
 class STTClient(Protocol):
     """The STT stage as its callers hold it: one stream per utterance. `STTStage` in process,

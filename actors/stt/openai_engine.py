@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import io
+from functools import partial
 
 import numpy as np
 import soundfile as sf
 from openai import AsyncOpenAI, Timeout
 
 from actors.audio.pcm import PCM_SAMPLE_WIDTH, STT_SAMPLE_RATE
+from actors.probe import CachedProbe, openai_server_problem
 from actors.stt.base import STTEngine, STTStream
 
 # The endpoint rejects audio shorter than 0.1 s; such an utterance is noise, not words.
@@ -58,6 +60,7 @@ class OpenAISTTEngine(STTEngine):
         model: str = "gpt-4o-mini-transcribe",
         connect_timeout_s: float = 3.0,
         timeout_s: float = 10.0,
+        probe_ttl_s: float = 5.0,
     ) -> None:
         self.model = model
         if api_key is None and base_url is not None:
@@ -66,6 +69,11 @@ class OpenAISTTEngine(STTEngine):
         # One SDK retry: the upload is whole and nothing has been shown, so repeating it is safe.
         timeout = Timeout(timeout_s, connect=connect_timeout_s)
         self._client = AsyncOpenAI(api_key=api_key, base_url=base_url, timeout=timeout, max_retries=1)
+        check = partial(openai_server_problem, self._client, "speech-to-text", connect_timeout_s)
+        self._probe = CachedProbe(check, ttl_s=probe_ttl_s)
 
     def open_stream(self) -> OpenAISTTStream:
         return OpenAISTTStream(self._client, self.model)
+
+    async def probe(self) -> str | None:
+        return await self._probe.check()

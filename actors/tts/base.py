@@ -24,6 +24,11 @@ class TTSEngine(ABC):
     async def warmup(self) -> None:  # noqa: B027 - optional hook
         """Load voices ahead of the first request."""
 
+    async def probe(self) -> str | None:
+        """None when the engine can answer now, else a short description of what is down (an
+        engine behind an HTTP API checks it, cached so readiness probes stay cheap)."""
+        return None
+
 
 class TTSClient(Protocol):
     """The TTS stage as its callers hold it: one phrase in, PCM16 mono at `sample_rate` out, the first

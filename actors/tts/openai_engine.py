@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator
+from functools import partial
 
 from openai import AsyncOpenAI, Timeout
 
 from actors.audio.pcm import PCM_SAMPLE_WIDTH
+from actors.probe import CachedProbe, openai_server_problem
 from actors.tts.base import TTSEngine
 
 
@@ -22,6 +24,7 @@ class OpenAITTSEngine(TTSEngine):
         voice: str = "alloy",
         connect_timeout_s: float = 3.0,
         timeout_s: float = 5.0,
+        probe_ttl_s: float = 5.0,
     ) -> None:
         self.model = model
         self.voice = voice
@@ -31,6 +34,11 @@ class OpenAITTSEngine(TTSEngine):
         # after it. One SDK retry, which happens only before any audio has arrived.
         timeout = Timeout(timeout_s, connect=connect_timeout_s)
         self._client = AsyncOpenAI(api_key=api_key, base_url=base_url, timeout=timeout, max_retries=1)
+        check = partial(openai_server_problem, self._client, "text-to-speech", connect_timeout_s)
+        self._probe = CachedProbe(check, ttl_s=probe_ttl_s)
+
+    async def probe(self) -> str | None:
+        return await self._probe.check()
 
     async def synthesize(self, text: str) -> AsyncGenerator[bytes, None]:
         if not text.strip():

@@ -39,6 +39,9 @@ class RouterDeps:
     readiness: Callable[[], Awaitable[dict[str, str]]] | None = None
     # What is down behind the stages (e.g. {"llm": "the LLM server is unreachable"}); {} when all is up.
     upstreams: Callable[[], Awaitable[dict[str, str]]] | None = None
+    # What is down that conversations do without (long-term memory: Letta); `/readyz` names it and
+    # stays ready.
+    degradations: Callable[[], Awaitable[dict[str, str]]] | None = None
     # Metrics of other processes (the memory actor) in Prometheus text, appended to /metrics.
     extra_metrics: Callable[[], Awaitable[bytes]] | None = None
     # Revoked client secrets: this process's own list, or the cluster's (serve_app.cluster_state).

@@ -682,6 +682,8 @@ def server_events(event: SessionEvent, *, audio_output: bool) -> list[dict[str, 
             details: dict[str, Any] = {"type": status}
             if status == "cancelled":
                 details["reason"] = reason if reason in ("turn_detected", "client_cancelled") else None
+            elif status == "incomplete":
+                details["reason"] = reason if reason in ("max_output_tokens", "content_filter") else None
             elif status == "failed":
                 details["error"] = {"type": "server_error", "code": reason, "message": message}
             return [

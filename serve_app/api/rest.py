@@ -13,7 +13,7 @@ import base64
 import contextlib
 import logging
 import time
-from collections.abc import AsyncGenerator, Callable, Coroutine, Mapping, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, FastAPI, Request, Security
@@ -35,6 +35,7 @@ from actors.conversation.faults import public_error
 from actors.conversation.metrics import HISTOGRAMS
 from actors.conversation.session import new_id
 from actors.llm.base import ChatMessage
+from actors.stt.recording import ClientGone, TranscriptionLane, transcribe_recording
 from serve_app.api import json_input
 from serve_app.api.admission import Admission, Refused
 from serve_app.api.auth import bearer_token, credential_error_response, refused_response
@@ -319,6 +320,8 @@ class RestApi:
         self.credentials = credentials
         self.admission = admission
         self.created = int(time.time())
+        # Long uploads take turns on STT, chunk by chunk (actors/stt/recording.py).
+        self.transcription_lane = TranscriptionLane(deps.settings.rest_transcription_slots)
 
     # ------------------------------------------------------------------ plumbing
     def app(self) -> FastAPI:
@@ -739,11 +742,11 @@ class RestApi:
         except HTTPException as exc:  # Starlette's words for a malformed form
             raise ApiError(400, f"malformed multipart form: {exc.detail}") from exc
         try:
-            return await self._transcribe(form)
+            return await self._transcribe(form, request.is_disconnected)
         finally:
             await form.close()
 
-    async def _transcribe(self, form: FormData) -> Response:
+    async def _transcribe(self, form: FormData, client_gone: Callable[[], Awaitable[bool]]) -> Response:
         upload, model = form.get("file"), form.get("model")
         if not isinstance(upload, UploadFile):
             raise ApiError(400, "the form has no `file` upload: attach the recording as `file`", param="file")
@@ -774,13 +777,19 @@ class RestApi:
             raise ApiError(400, str(exc), param="file", code="invalid_audio") from exc
         loop = asyncio.get_running_loop()
         started = loop.time()  # the whole recording is here: its end is "end of speech"
-        stream = self.deps.stt.open_stream()
         try:
-            text = (await stream.finish_with(pcm)).strip()
+            text = await transcribe_recording(
+                self.deps.stt,
+                pcm,
+                self.transcription_lane,
+                chunk_s=self.settings.rest_transcription_chunk_s,
+                client_gone=client_gone,
+            )
+        except ClientGone as exc:  # nobody is left to read an answer: stop, and say so in the log
+            log.info("transcription abandoned by its client: %s", exc)
+            raise ApiError(400, "the client went away", code="client_gone") from exc
         except Exception as exc:
             log.exception("STT failed")
-            with contextlib.suppress(Exception):
-                await stream.aclose()
             raise _stage_failed(exc, "STT") from exc
         HISTOGRAMS["transcription_delay"].observe((loop.time() - started) * 1000)
         usage = TranscriptionUsage(seconds=round(seconds, 3))

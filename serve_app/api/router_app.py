@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
@@ -46,6 +46,21 @@ log = logging.getLogger(__name__)
 
 def _exposition() -> str:
     return generate_latest().decode()
+
+
+async def _problems(
+    check: Callable[[], Awaitable[dict[str, str]]] | None, name: str, unanswered: str
+) -> dict[str, str]:
+    """What `check` finds down, within 5 s; a check that fails or hangs itself is reported under `name`
+    (the details go to the log)."""
+    if check is None:
+        return {}
+    try:
+        async with asyncio.timeout(5):
+            return await check()
+    except Exception as exc:
+        log.warning("%s check failed: %r", name, exc)
+        return {name: unanswered}
 
 
 def build_router_app(deps: RouterDeps) -> Starlette:
@@ -133,16 +148,20 @@ def build_router_app(deps: RouterDeps) -> Starlette:
             return JSONResponse(
                 {"status": "starting", "detail": "not every stage has loaded its engine yet"}, status_code=503
             )
-        try:
-            async with asyncio.timeout(5):
-                down = await deps.upstreams() if deps.upstreams is not None else {}
-        except Exception as exc:  # the probe itself failed: say which part, keep the details in the log
-            log.warning("upstream check failed: %r", exc)
-            down = {"upstreams": "the upstream check did not answer"}
+        down, degraded = await asyncio.gather(
+            _problems(deps.upstreams, "upstreams", "the upstream check did not answer"),
+            _problems(deps.degradations, "degradations", "the memory check did not answer"),
+        )
+        # A dead Letta leaves the service ready: the voice path does not need it (turns wait in the
+        # memory journal, prompts go without memory), and all replicas share one Letta, so taking them
+        # out of rotation would turn a memory outage into a whole one.
+        extra = ({"degraded": degraded} if degraded else {}) | ({"stages": stages} if stages else {})
         if down:
             log.info("not ready, upstream down: %s", down)
-            return JSONResponse({"status": "unavailable", "down": down, "stages": stages}, status_code=503)
-        return JSONResponse({"status": "ready", "stages": stages} if stages else {"status": "ready"})
+            return JSONResponse({"status": "unavailable", "down": down, **extra}, status_code=503)
+        if degraded:
+            log.info("ready, degraded: %s", degraded)
+        return JSONResponse({"status": "degraded" if degraded else "ready", **extra})
 
     async def metrics(request: Request) -> Response:
         try:

@@ -14,9 +14,9 @@ from starlette.applications import Starlette
 
 from actors.config import load_settings
 from actors.engines import create_llm_engine, create_stt_engine, create_tts_engine
-from actors.llm.base import LLMEngine
 from actors.llm.stage import LLMStage
 from actors.memory.sink import RecentTurnsSink
+from actors.probe import problems
 from actors.tts.stage import TTSStage
 from serve_app.api.deps import RouterDeps
 from serve_app.api.router_app import build_router_app
@@ -36,11 +36,6 @@ def create_app() -> Starlette:
             tts=TTSStage(tts),
             memory_sink=RecentTurnsSink(),
             warmups=[stt.warmup, llm.warmup, tts.warmup],
-            upstreams=lambda: upstream_problems(llm),
+            upstreams=lambda: problems({"stt": stt.probe, "llm": llm.probe, "tts": tts.probe}),
         )
     )
-
-
-async def upstream_problems(llm: LLMEngine) -> dict[str, str]:
-    problem = await llm.probe()
-    return {"llm": problem} if problem else {}
