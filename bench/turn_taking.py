@@ -168,7 +168,7 @@ async def decision_times(pcm: bytes, vad: VadConfig) -> list[float]:
     async def stopped(utterance: Utterance, timeline: TurnTimeline) -> None:
         await utterance.abort()
 
-    async def started() -> None:
+    async def started(began: float) -> None:
         return None
 
     audio_input = AudioInput(

@@ -3,7 +3,8 @@
 `VoiceSession` is the entry point and composes three parts:
 
 - `actors.conversation.input`: resampling, preroll, endpointing and the utterance fed to STT;
-- `actors.conversation.turns`: the turn state machine (commit, the pending user turn, barge-in);
+- `actors.conversation.turns`: the turn state machine (commit, the pending user turn, barge-in, which
+  `actors.conversation.barge_in` judges);
 - `actors.conversation.reply`: the reply player (LLM → TTS → paced audio, cancellation, the turn's end).
 
 It knows the three stages only through `actors.conversation.stages` contracts and the wire protocol only
@@ -76,6 +77,8 @@ class VoiceSession:
             options=options,
             conversation=conversation,
             input_ms=lambda: self._input.received_ms,
+            limits=self.limits,
+            speech_ms=lambda: self._input.speech_ms,
         )
         self._input = AudioInput(
             stt=stt,
@@ -86,6 +89,8 @@ class VoiceSession:
             end_of_turn=end_of_turn,
             on_speech_started=self._turns.speech_started,
             on_speech_stopped=self._turns.commit,
+            on_interim_transcript=self._turns.barge_in.interim_transcript,
+            on_speech_dropped=self._turns.barge_in.speech_dropped,
         )
 
     def update_options(self, options: SessionOptions) -> None:
