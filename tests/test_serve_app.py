@@ -126,7 +126,7 @@ async def test_barge_in_stops_the_audio_within_300ms_cancels_the_reply_and_next_
                 continue
             # Still playing when the user spoke: its audio must have stopped within 300 ms of the speech
             # start (the interruption has no leading silence), and the reply been cancelled once the
-            # speech proved a real interruption (300 ms, two words).
+            # speech proved a real interruption (500 ms, two words).
             detail = (
                 f"status={event.response.status} after {ended_ms:.0f} ms, last audio after"
                 f" {last_audio_ms:.0f} ms, {event.response.status_details}"

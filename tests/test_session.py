@@ -158,8 +158,8 @@ async def test_barge_in_cancels_llm_and_tts_and_next_turn_works() -> None:
     # The audio stops as soon as the VAD hears speech (96 ms, in 32 ms frames)...
     assert h.at(SpeechStarted, 1) - speech_at <= 0.15
     assert h.audio_between(h.at(SpeechStarted, 1), cancelled_at) == 0
-    # ...and the reply is cancelled once the speech has lasted 300 ms with two words.
-    assert 0.3 <= cancelled_at - speech_at <= 0.6
+    # ...and the reply is cancelled once the speech has lasted 500 ms with two words.
+    assert 0.45 <= cancelled_at - speech_at <= 0.7
     assert h.llm.cancelled == 1
     assert len(first.text) < len(LONG_REPLY)  # only what was played is kept
     audio_before = len(h.of(ResponseAudioDelta))
