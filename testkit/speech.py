@@ -50,22 +50,11 @@ def noise_burst(
     return (np.clip(noise, -1, 1) * 32767).astype("<i2").tobytes()
 
 
-def _loud_windows(pcm: bytes, rate: int, floor_dbfs: float) -> tuple[np.ndarray, int]:
-    """Indices of the 10 ms windows louder than `floor_dbfs`, and the window length in samples."""
+def speech_end_byte(pcm: bytes, rate: int = 24_000, floor_dbfs: float = -40.0) -> int:
+    """Byte offset just after the last 10 ms window louder than `floor_dbfs`."""
     samples = np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0
     window = rate // 100
     n = len(samples) // window
     rms = np.sqrt(np.mean(samples[: n * window].reshape(n, window) ** 2, axis=1) + 1e-12)
-    return np.nonzero(20 * np.log10(rms) > floor_dbfs)[0], window
-
-
-def speech_end_byte(pcm: bytes, rate: int = 24_000, floor_dbfs: float = -40.0) -> int:
-    """Byte offset just after the last 10 ms window louder than `floor_dbfs`."""
-    loud, window = _loud_windows(pcm, rate, floor_dbfs)
+    loud = np.nonzero(20 * np.log10(rms) > floor_dbfs)[0]
     return int((loud[-1] + 1) * window * 2) if loud.size else 0
-
-
-def speech_start_byte(pcm: bytes, rate: int = 24_000, floor_dbfs: float = -40.0) -> int:
-    """Byte offset of the first 10 ms window louder than `floor_dbfs`."""
-    loud, window = _loud_windows(pcm, rate, floor_dbfs)
-    return int(loud[0] * window * 2) if loud.size else 0
