@@ -48,9 +48,9 @@ class BargeIn:
         speech_ms: Callable[[], int | None] = lambda: None,
     ) -> None:
         self._pause = pause
-        self._speech_ms = speech_ms  # voiced length of the speech being spoken; None: unknown
         self._resume = resume
         self._cancel = cancel
+        self._speech_ms = speech_ms  # voiced length of the speech being spoken; None: unknown
         self._min_ms = limits.barge_in_min_speech_ms
         self._min_words = limits.barge_in_min_words
         self._spoken: list[_Speech] = []  # over a reply, their transcripts not yet handled
