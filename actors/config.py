@@ -84,6 +84,10 @@ class Settings(BaseSettings):
     vad_min_speech_ms: int = Field(default=96, ge=32, le=2000)
     # Start the LLM at a pause in the user's speech, before the turn is confirmed (README "Turn-taking").
     preemptive_generation: bool = True
+    # Barge-in (README "The WebSocket protocol"): speech over a reply pauses it, and cancels it only
+    # when it lasts this long and has this many words; otherwise the reply resumes.
+    barge_in_min_speech_ms: int = Field(default=500, ge=0, le=5000)
+    barge_in_min_words: int = Field(default=2, ge=0, le=20)
 
     # --- long-term memory (Letta); off while letta_base_url is unset ---------------------------------
     letta_base_url: str | None = Field(

@@ -1,5 +1,6 @@
 """Turn-taking: when does the agent decide the user has finished? Server VAD (a 500 ms silence window)
-against semantic turn detection (the end-of-turn model at each pause) per eagerness, on real human speech.
+against semantic turn detection (the end-of-turn model at each pause) per eagerness, on real human speech;
+and barge-in: does a noise burst during a reply cost the reply, and how soon does real speech stop it?
 
     .venv/bin/python -m bench.turn_taking          # ~2 min → bench/results/turn_taking.{md,json,png}
 
@@ -17,6 +18,22 @@ Each utterance goes through the session's own input (`actors.conversation.input.
 real Silero VAD and the real end-of-turn model, faster than real time; each verdict is applied where the
 pause was when the model was asked, so the model's own run time (reported separately, per call) comes on
 top of the end-of-turn delays shown.
+
+**Barge-in**: a whole `VoiceSession` (real Silero VAD, real pocketsphinx STT with its interim results,
+the end-of-turn model in semantic modes; a scripted LLM and simulated TTS speaking a ~30 s reply), on a
+virtual clock (looptime: the audio is fed in 20 ms frames as a microphone would, without waiting for
+them; time the CPU spends in worker threads, such as pocketsphinx's, counts only when it holds the
+session up). While the reply plays, after 1 s of room noise comes one sound, then room noise for the
+turn detection's longest silence window plus 1.5 s:
+- **sounds that are no interruption** (12): white noise (300 ms), a knock (100 ms), synthesised vocal
+  sounds without words (a cough-like burst, throat clearing, "mm", "mm-hmm", "uh", "ahh": a glottal pulse
+  train and breath noise through formant filters), and four single words cut from the LibriVox
+  recordings (standing for a one-word backchannel such as "yeah"). A **false barge-in** is a reply
+  cancelled by one; the time the reply was held paused is what the user hears as a gap.
+- **real interruptions**: the LibriVox sentences and the spoken commands (2 to 20 words each). Measured
+  from the acoustic start of the speech: when the reply's audio stopped (no audio is sent after that;
+  the bench counts any that is) and when the reply was cancelled; a **missed** one is a reply that
+  resumed or ran on.
 """
 
 from __future__ import annotations
@@ -24,27 +41,43 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import looptime
+import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
 from actors.audio.end_of_turn import MAX_WAIT_MS, SmartTurnModel
 from actors.audio.pcm import STT_SAMPLE_RATE
 from actors.audio.vad import SileroSpeechDetector, VadConfig
-from actors.conversation.events import SessionEvent, SpeechStopped
+from actors.conversation.events import (
+    ResponseAudioDelta,
+    ResponseFinished,
+    SessionEvent,
+    SpeechStarted,
+    SpeechStopped,
+)
 from actors.conversation.input import AudioInput, Utterance
 from actors.conversation.metrics import TurnTimeline
 from actors.conversation.options import SessionLimits, SessionOptions
+from actors.conversation.session import VoiceSession
+from actors.llm.stage import LLMStage
+from actors.stt.base import STTEngine
+from actors.stt.pocketsphinx_engine import PocketsphinxEngine
 from actors.stt.simulated import SimulatedSTTEngine
+from actors.tts.simulated import SimulatedTTSEngine
+from actors.tts.stage import TTSStage
 from bench.load import mix_noise, percentile, room_noise
+from testkit.fakes import FakeLLMEngine
 from testkit.recordings import LIBRIVOX
 from testkit.serve_cluster import ROOT
-from testkit.speech import speech_end_byte
+from testkit.speech import noise_burst, speech_end_byte
 
 RATE = STT_SAMPLE_RATE
 PAUSES_MS = (300, 600, 1000, 1500)
@@ -168,7 +201,7 @@ async def decision_times(pcm: bytes, vad: VadConfig) -> list[float]:
     async def stopped(utterance: Utterance, timeline: TurnTimeline) -> None:
         await utterance.abort()
 
-    async def started() -> None:
+    async def started(began: float) -> None:
         return None
 
     audio_input = AudioInput(
@@ -187,6 +220,264 @@ async def decision_times(pcm: bytes, vad: VadConfig) -> list[float]:
         await audio_input.settled()
     await audio_input.close()
     return decided
+
+
+STORY = " ".join(f"This is sentence number {i} of a long story." for i in range(12))  # ~30 s spoken
+LEAD_S = 1.0  # the reply plays this long before the sound
+FRAME_BYTES = RATE // 50 * 2  # 20 ms
+DEFAULTS = SessionLimits()
+# Barge-in settings compared under server VAD: the old immediate cancel, and the minimums one at a time.
+BARGE_IN: dict[str, SessionLimits] = {
+    "none (cancel at once)": SessionLimits(barge_in_min_speech_ms=0, barge_in_min_words=0),
+    "500 ms, no words": SessionLimits(barge_in_min_speech_ms=500, barge_in_min_words=0),
+    "500 ms, 1 word": SessionLimits(barge_in_min_speech_ms=500, barge_in_min_words=1),
+    "300 ms, 2 words": SessionLimits(barge_in_min_speech_ms=300, barge_in_min_words=2),
+    "300 ms, 3 words": SessionLimits(barge_in_min_speech_ms=300, barge_in_min_words=3),
+}
+
+
+@dataclass
+class Sound:
+    name: str
+    pcm: bytes  # 16 kHz, over room noise
+    onset_s: float  # where the burst or the speech begins in `pcm`
+
+
+@dataclass
+class Trial:
+    paused: bool  # the VAD heard speech: the reply's audio stopped
+    cancelled: bool  # the reply was cancelled
+    held_s: float | None  # paused → the reply's next audio (None: it never resumed)
+    stop_s: float | None  # onset → the reply's audio stopped
+    cancel_s: float | None  # onset → the reply cancelled
+    late_audio: int  # audio sent after the pause, before the reply resumed or ended
+
+
+def word_spans(pcm: bytes) -> list[tuple[str, float, float]]:
+    """(word, start, end in seconds) from pocketsphinx's alignment of its own recognition."""
+    from pocketsphinx import Decoder
+
+    decoder = Decoder(samprate=RATE, loglevel="ERROR")
+    decoder.start_utt()
+    decoder.process_raw(pcm, full_utt=True)
+    decoder.end_utt()
+    return [
+        (s.word.split("(")[0], s.start_frame / 100, (s.end_frame + 1) / 100)
+        for s in decoder.seg()
+        if s.word[0].isalpha()
+    ]
+
+
+def speech_onset_s(pcm: bytes) -> float:
+    """Where speech begins in a recording: the first 30 ms louder than its own noise floor (the 10th
+    percentile of its 10 ms windows) by 15 dB. An absolute threshold does not fit every recording: the
+    spoken commands' floor reaches −40 dBFS."""
+    samples = np.frombuffer(pcm, dtype="<i2").astype(np.float64) / 32768.0
+    window = RATE // 100
+    n = len(samples) // window
+    db = 20 * np.log10(np.sqrt(np.mean(samples[: n * window].reshape(n, window) ** 2, axis=1)) + 1e-9)
+    loud = db > np.percentile(db, 10) + 15
+    first = next((i for i in range(n - 2) if loud[i : i + 3].all()), 0)
+    return first * window / RATE
+
+
+def vocal_burst(
+    ms: int,
+    *,
+    f0: tuple[float, float],
+    formants: tuple[tuple[float, float], ...],
+    breath: float,
+    level_dbfs: float,
+    decay_ms: float | None = None,
+    voiced: tuple[tuple[float, float], ...] | None = None,
+    seed: int = 0,
+) -> bytes:
+    """A wordless vocal sound, PCM16 at 16 kHz: a glottal pulse train gliding from `f0[0]` to `f0[1]`
+    Hz mixed with `breath` of noise, shaped by `formants` ((centre, width) in Hz), sounding during the
+    `voiced` spans (seconds; all of it by default), dying away over `decay_ms` if given."""
+    rng = np.random.default_rng(seed)
+    n = RATE * ms // 1000
+    phase = np.cumsum(2 * np.pi * np.linspace(f0[0], f0[1], n) / RATE)
+    source = (1 - breath) * (np.sin(phase) > 0.95) + breath * rng.standard_normal(n)
+    freqs = np.fft.rfftfreq(n, 1 / RATE)
+    envelope = sum(np.exp(-0.5 * ((freqs - centre) / width) ** 2) for centre, width in formants)
+    sound = np.fft.irfft(np.fft.rfft(source) * envelope, n)
+    amplitude = np.ones(n) if decay_ms is None else np.exp(-np.arange(n) / (RATE * decay_ms / 1000))
+    if voiced is not None:
+        mask = np.zeros(n)
+        for start, end in voiced:
+            mask[int(start * RATE) : int(end * RATE)] = 1
+        amplitude *= mask
+    ramp = RATE // 100  # 10 ms in and out: no clicks
+    amplitude[:ramp] *= np.linspace(0, 1, ramp)
+    amplitude[-ramp:] *= np.linspace(1, 0, ramp)
+    sound *= amplitude
+    sound *= 10 ** (level_dbfs / 20) / np.sqrt(np.mean(sound[amplitude > 0.1] ** 2) + 1e-12)
+    return bytes((np.clip(sound, -1, 1) * 32767).astype("<i2").tobytes())
+
+
+VOWEL_A = ((700.0, 130.0), (1200.0, 150.0), (2500.0, 200.0))
+NASAL = ((250.0, 80.0), (2200.0, 200.0))
+
+
+def barge_in_set() -> tuple[list[Sound], list[Sound]]:
+    """Twelve sounds that are no interruption, and ten real ones (each of 2 words or more)."""
+    sounds = {
+        "noise 300 ms": noise_burst(300, RATE, -20.0),
+        "knock": noise_burst(100, RATE, -5.0, decay_ms=20),
+        "cough-like": vocal_burst(
+            300, f0=(200, 150), formants=VOWEL_A, breath=0.8, level_dbfs=-15, decay_ms=100
+        ),
+        "throat clearing": vocal_burst(
+            350, f0=(100, 90), formants=((400, 150), (900, 150)), breath=0.5, level_dbfs=-18, seed=2
+        ),
+        "'mm'": vocal_burst(300, f0=(120, 110), formants=NASAL, breath=0.05, level_dbfs=-20),
+        "'mm-hmm'": vocal_burst(
+            650, f0=(110, 150), formants=NASAL, breath=0.05, level_dbfs=-20, voiced=((0, 0.25), (0.4, 0.65))
+        ),
+        "'uh'": vocal_burst(
+            250, f0=(120, 100), formants=((600, 100), (1200, 120), (2500, 200)), breath=0.1, level_dbfs=-20
+        ),
+        "'ahh'": vocal_burst(600, f0=(130, 100), formants=VOWEL_A, breath=0.2, level_dbfs=-18),
+    }
+    bursts = [Sound(name, with_room(pcm, i), 0.0) for i, (name, pcm) in enumerate(sounds.items())]
+    for path in sorted(LIBRIVOX.glob("*.wav"))[1:5]:  # one word, cut from a recorded sentence
+        pcm = read16k(path)
+        word, start, end = next((w, a, b) for w, a, b in word_spans(pcm) if 0.25 <= b - a <= 0.6)
+        clip = pcm[int(start * RATE) * 2 : int(end * RATE) * 2]
+        bursts.append(Sound(f"one word '{word}'", with_room(clip, 5), 0.0))
+    speech: list[Sound] = []
+    for path in sorted(LIBRIVOX.glob("*.wav")) + sorted(COMMANDS.glob("*.wav")):
+        pcm = read16k(path)
+        speech.append(Sound(path.stem[-4:], with_room(pcm, 7), speech_onset_s(pcm)))
+    return bursts, speech
+
+
+async def barge_in_trial(sound: Sound, vad: VadConfig, limits: SessionLimits, stt: STTEngine) -> Trial:
+    """One reply, one sound over it: what became of the reply (on the loop's virtual clock)."""
+    loop = asyncio.get_running_loop()
+    events: list[tuple[float, SessionEvent]] = []
+
+    async def emit(event: SessionEvent) -> None:
+        events.append((loop.time(), event))
+
+    session = VoiceSession(
+        stt=stt,
+        llm=LLMStage(FakeLLMEngine(STORY, ttft_ms=100, tokens_per_s=50)),
+        tts=TTSStage(SimulatedTTSEngine(ttfb_ms=50, realtime_factor=1000)),
+        emit=emit,
+        options=SessionOptions(instructions="", input_sample_rate=RATE, turn_detection=vad),
+        limits=limits,
+        speech_detector=SileroSpeechDetector,
+    )
+    await session.add_user_text("Tell me a story.")
+    await session.create_response()
+    tail = room_noise(vad.window_ms / 1000 + 1.5, seed=12, rate=RATE)
+    audio = room_noise(LEAD_S, seed=11, rate=RATE) + sound.pcm + tail
+    first_at = loop.time()
+    for i in range(0, len(audio), FRAME_BYTES):
+        await session.append_audio(audio[i : i + FRAME_BYTES])
+        await asyncio.sleep(0.02)
+        if any(isinstance(e, ResponseFinished) for _, e in events):
+            break  # the reply is over (cancelled): nothing more to see
+    await session.close()
+    # A frame appended at t was spoken over the 20 ms before t.
+    onset = first_at + LEAD_S + sound.onset_s - 0.02
+    pause = next((t for t, e in events if isinstance(e, SpeechStarted) and t >= onset - 0.1), None)
+    finished = next(((t, e) for t, e in events if isinstance(e, ResponseFinished)), None)
+    ended = finished[0] if finished is not None and finished[1].reason == "turn_detected" else None
+    after = [t for t, e in events if isinstance(e, ResponseAudioDelta) and pause is not None and t > pause]
+    return Trial(
+        paused=pause is not None,
+        cancelled=ended is not None,
+        # Not cancelled: how long the reply was held before it played on (None: it never did).
+        held_s=after[0] - pause if pause is not None and ended is None and after else None,
+        stop_s=None if pause is None else pause - onset,
+        cancel_s=None if ended is None else ended - onset,
+        late_audio=0 if pause is None or ended is None else sum(t < ended for t in after),
+    )
+
+
+async def run_barge_in(
+    name: str, vad: VadConfig, limits: SessionLimits, sounds: tuple[list[Sound], list[Sound]], bar: tqdm
+) -> dict[str, Any]:
+    stt = PocketsphinxEngine()
+    await stt.warmup()
+    bursts, speech = sounds
+    heard: list[Trial] = []
+    for sound in bursts:
+        heard.append(await barge_in_trial(sound, vad, limits, stt))
+        bar.update()
+    spoken: list[Trial] = []
+    for sound in speech:
+        spoken.append(await barge_in_trial(sound, vad, limits, stt))
+        bar.update()
+    held = [1000 * t.held_s for t in heard if t.held_s is not None]
+    stops = [1000 * t.stop_s for t in spoken if t.stop_s is not None]
+    cancels = [1000 * t.cancel_s for t in spoken if t.cancel_s is not None]
+    return {
+        "mode": name,
+        "barge_in": f"{limits.barge_in_min_speech_ms} ms, {words(limits.barge_in_min_words)}",
+        "bursts": len(bursts),
+        "bursts_paused": sum(t.paused for t in heard),
+        "paused_sounds": [s.name for s, t in zip(bursts, heard, strict=True) if t.paused],
+        "false_barge_ins": sum(t.cancelled for t in heard),
+        "false_barge_in_sounds": [s.name for s, t in zip(bursts, heard, strict=True) if t.cancelled],
+        "held_p50_ms": percentile(held, 50),
+        "held_max_ms": max(held, default=float("nan")),
+        "never_resumed": sum(t.paused and not t.cancelled and t.held_s is None for t in heard),
+        "speech": len(speech),
+        "missed": sum(not t.cancelled for t in spoken),
+        "missed_sounds": [s.name for s, t in zip(speech, spoken, strict=True) if not t.cancelled],
+        "stop_p50_ms": percentile(stops, 50),
+        "stop_p95_ms": percentile(stops, 95),
+        "cancel_p50_ms": percentile(cancels, 50),
+        "cancel_p95_ms": percentile(cancels, 95),
+        "late_audio": sum(t.late_audio for t in spoken),
+    }
+
+
+def words(n: int) -> str:
+    return {0: "no words", 1: "1 word"}.get(n, f"{n} words")
+
+
+def ms(value: float) -> str:
+    return "—" if math.isnan(value) else f"{value:.0f}"  # NaN: nothing was measured
+
+
+def barge_in_table(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| turn detection | barge-in minimum | sounds that paused the reply | false barge-ins (reply lost)"
+        " | reply held by one p50 / max (ms) | real interruptions missed"
+        " | speech → audio stopped p50 / p95 (ms) | speech → reply cancelled p50 / p95 (ms) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['mode']} | {r['barge_in']} | {r['bursts_paused']} of {r['bursts']}"
+            f" | {r['false_barge_ins']} of {r['bursts']} | {ms(r['held_p50_ms'])} / {ms(r['held_max_ms'])}"
+            f" | {r['missed']} of {r['speech']} | {ms(r['stop_p50_ms'])} / {ms(r['stop_p95_ms'])}"
+            f" | {ms(r['cancel_p50_ms'])} / {ms(r['cancel_p95_ms'])} |"
+        )
+    late = sum(r["late_audio"] for r in rows)
+    never = sum(r["never_resumed"] for r in rows)
+    lines.append("")
+    lines.append(
+        f"Reply audio sent after speech had paused it: {late} chunks; replies paused by a sound that"
+        f" never resumed: {never}."
+    )
+    return "\n".join(lines)
+
+
+async def barge_in_rows() -> list[dict[str, Any]]:
+    """Every turn detection mode with the default minimums, then the other minimums under server VAD."""
+    sounds = barge_in_set()
+    server = MODES["server_vad 500 ms"]
+    configs = [(name, vad, DEFAULTS) for name, vad in MODES.items()]
+    configs += [("server_vad 500 ms", server, limits) for limits in BARGE_IN.values()]
+    total = len(configs) * (len(sounds[0]) + len(sounds[1]))
+    with tqdm(total=total, desc="barge-in trials", unit="trial") as bar:
+        return [await run_barge_in(name, vad, limits, sounds, bar) for name, vad, limits in configs]
 
 
 def model_cost_ms(calls: int = 20) -> tuple[float, float]:
@@ -240,24 +531,13 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
-async def main_async(args: argparse.Namespace) -> None:
-    out = Path(args.out)
+async def turn_ends() -> tuple[list[dict[str, Any]], tuple[float, float], list[str]]:
     complete, paused = test_set()
     rows = []
     with tqdm(total=len(MODES) * (len(complete) + len(paused)), desc="utterances", unit="utt") as bar:
         for name, vad in MODES.items():
             rows.append(await run_mode(name, vad, complete, paused, bar))
-    cost = model_cost_ms()
-    text = table(rows, cost)
-    print(text)
-    (out / "turn_taking.md").write_text(text + "\n")
-    (out / "turn_taking.json").write_text(
-        json.dumps(
-            {"modes": rows, "model_ms_per_call": cost[0], "paused": [u.name for u in paused]}, indent=2
-        )
-    )
-    plot(rows, out / "turn_taking.png")
-    print(f"results in {out}/turn_taking.*")
+    return rows, model_cost_ms(), [u.name for u in paused]
 
 
 def main() -> None:
@@ -266,8 +546,22 @@ def main() -> None:
     )
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
     args = parser.parse_args()
-    Path(args.out).mkdir(parents=True, exist_ok=True)
-    asyncio.run(main_async(args))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows, cost, paused = asyncio.run(turn_ends())
+    # Barge-in trials run on a virtual clock: a reply, a sound over it, the silence window after it.
+    with asyncio.Runner(loop_factory=looptime.new_event_loop) as runner:
+        barge_in = runner.run(barge_in_rows())
+    text = table(rows, cost) + "\n\n" + barge_in_table(barge_in)
+    print(text)
+    (out / "turn_taking.md").write_text(text + "\n")
+    (out / "turn_taking.json").write_text(
+        json.dumps(
+            {"modes": rows, "model_ms_per_call": cost[0], "paused": paused, "barge_in": barge_in}, indent=2
+        )
+    )
+    plot(rows, out / "turn_taking.png")
+    print(f"results in {out}/turn_taking.*")
 
 
 if __name__ == "__main__":

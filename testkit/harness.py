@@ -18,6 +18,7 @@ from actors.config import Settings
 from actors.conversation.session import SessionLimits
 from actors.llm.stage import LLMStage
 from actors.memory.sink import RecentTurnsSink
+from actors.stt.base import STTClient
 from actors.stt.simulated import SimulatedSTTEngine
 from actors.tts.simulated import SimulatedTTSEngine
 from actors.tts.stage import TTSStage
@@ -92,14 +93,22 @@ def receive_until(ws: Any, kind: str, limit: int = 2000) -> list[dict[str, Any]]
     raise AssertionError(f"no {kind} in {[e['type'] for e in events]}")
 
 
-def make_app(memory_context=None, **overrides: object) -> TestClient:
+def make_app(
+    memory_context=None,
+    *,
+    stt: STTClient | None = None,
+    reply: str = "Hi. Nice to meet you.",
+    **overrides: object,
+) -> TestClient:
+    """The router app with a deterministic VAD (loud is speech), simulated STT (or `stt`), a scripted
+    LLM saying `reply`, and simulated TTS."""
     settings = Settings(
         stt_engine="pocketsphinx", llm_engine="openai", tts_engine="espeak", max_text_chars=200, **overrides
     ).resolved()
     deps = RouterDeps(
         settings=settings,
-        stt=SimulatedSTTEngine("hello there", finalize_delay_ms=10),
-        llm=LLMStage(FakeLLMEngine("Hi. Nice to meet you.", ttft_ms=10, tokens_per_s=500)),
+        stt=stt or SimulatedSTTEngine("hello there", finalize_delay_ms=10),
+        llm=LLMStage(FakeLLMEngine(reply, ttft_ms=10, tokens_per_s=500)),
         tts=TTSStage(SimulatedTTSEngine(ttfb_ms=5, realtime_factor=1000)),
         speech_detector=EnergySpeechDetector,
         memory_context=memory_context,

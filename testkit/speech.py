@@ -35,6 +35,21 @@ def silence(ms: int, rate: int = 24_000) -> bytes:
     return with_noise_floor(b"\x00\x00" * (rate * ms // 1000), seed=ms)
 
 
+def noise_burst(
+    ms: int, rate: int = 24_000, level_dbfs: float = -20.0, decay_ms: float | None = None, seed: int = 0
+) -> bytes:
+    """A burst of white noise at `level_dbfs` RMS, as PCM16: flat (a rustle, a breath on the
+    microphone) or, with `decay_ms`, struck and dying away (a cough, a knock, a door)."""
+    rng = np.random.default_rng(seed)
+    n = rate * ms // 1000
+    envelope = np.ones(n) if decay_ms is None else np.exp(-np.arange(n) / (rate * decay_ms / 1000))
+    attack = min(n, rate // 200)  # 5 ms: no click at the onset
+    envelope[:attack] *= np.linspace(0, 1, attack)
+    noise = rng.standard_normal(n) * envelope
+    noise *= 10 ** (level_dbfs / 20) / np.sqrt(np.mean(noise**2) + 1e-12)
+    return (np.clip(noise, -1, 1) * 32767).astype("<i2").tobytes()
+
+
 def speech_end_byte(pcm: bytes, rate: int = 24_000, floor_dbfs: float = -40.0) -> int:
     """Byte offset just after the last 10 ms window louder than `floor_dbfs`."""
     samples = np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0

@@ -8,8 +8,11 @@ import json
 import pytest
 
 from actors.conversation.session import VoiceSession
+from actors.stt.pocketsphinx_engine import PocketsphinxEngine
 from testkit.fakes import silence, tone, user_text_event
 from testkit.harness import SERVER_EVENT, make_app, receive_until
+from testkit.recordings import librivox
+from testkit.speech import noise_burst
 
 
 def append(ws, pcm: bytes) -> None:
@@ -278,3 +281,44 @@ def test_idle_timeout_prompts_a_silent_user_with_openais_events() -> None:
         error = json.loads(ws.receive_text())
         assert error["type"] == "error"
         assert error["error"]["param"] == "session.audio.input.turn_detection.idle_timeout_ms"
+
+
+def test_barge_in_a_noise_burst_pauses_the_reply_and_real_speech_cancels_it() -> None:
+    """Over the WebSocket with real speech recognition: a cough-like burst pauses the reply, which then
+    plays on unanswered; a recorded sentence spoken over it cancels it and is answered."""
+    story = " ".join(f"This is sentence number {i} of a story." for i in range(6))
+    question, _ = librivox("0880")  # "he was not an ill disposed young man"
+    # Real recognition on a shared machine: a generous stage timeout, so a busy CPU is no STT failure.
+    app = make_app(stt=PocketsphinxEngine(), reply=story, stage_timeout_s=30)
+    with app.websocket_connect("/v1/realtime") as ws:
+        ws.receive_text()
+        ws.send_text(user_text_event("Tell me a story."))
+        ws.send_text(json.dumps({"type": "response.create"}))
+        receive_until(ws, "response.output_audio.delta")
+
+        append(ws, noise_burst(300, decay_ms=80) + silence(1000))
+        events = receive_until(ws, "input_audio_buffer.committed")
+        kinds = [e["type"] for e in events]
+        assert "response.output_audio.delta" not in kinds[kinds.index("input_audio_buffer.speech_started") :]
+        events += receive_until(ws, "conversation.item.input_audio_transcription.completed")
+        assert len(events[-1]["transcript"].split()) < 2  # pocketsphinx hears a word at most in noise
+        events += receive_until(ws, "response.output_audio.delta")  # the reply plays on...
+        kinds = [e["type"] for e in events]
+        assert (
+            "response.done" not in kinds and "response.created" not in kinds
+        )  # ...not cancelled, nor answered
+
+        append(ws, question + silence(1000))
+        events = receive_until(ws, "response.done")
+        kinds = [e["type"] for e in events]
+        assert "response.output_audio.delta" not in kinds[kinds.index("input_audio_buffer.speech_started") :]
+        [heard] = [e for e in events if e["type"] == "conversation.item.input_audio_transcription.completed"]
+        assert len(heard["transcript"].split()) >= 2
+        interrupted = events[-1]["response"]
+        assert (interrupted["status"], interrupted["status_details"]["reason"]) == (
+            "cancelled",
+            "turn_detected",
+        )
+        assert story.startswith(interrupted["output"][0]["content"][0]["transcript"])
+        events = receive_until(ws, "response.output_audio.delta")  # the new turn is answered
+        assert [e["type"] for e in events].count("response.created") == 1

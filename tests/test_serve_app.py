@@ -86,7 +86,7 @@ async def test_spoken_question_gets_a_spoken_answer(agent, name: str, audio_and_
     check_reply_and_metrics(turn)
 
 
-async def test_barge_in_cancels_reply_within_300ms_and_next_turn_works(agent) -> None:
+async def test_barge_in_stops_the_audio_within_300ms_cancels_the_reply_and_next_turn_works(agent) -> None:
     interruption = espeak_speech("Stop. What is your name?")
     async with client_for(agent).realtime.connect(model="voice-agent") as conn:
         await conn.recv()
@@ -112,8 +112,11 @@ async def test_barge_in_cancels_reply_within_300ms_and_next_turn_works(agent) ->
                 continue  # no audio at all (empty reply): try again
             speech_sent_at = time.monotonic()
             sender = asyncio.create_task(stream_audio(conn, interruption + silence(1200), chunk_ms=20))
+            last_audio_ms = 0.0
             async with asyncio.timeout(30):
                 async for event in conn:
+                    if event.type == "response.output_audio.delta":
+                        last_audio_ms = (time.monotonic() - speech_sent_at) * 1000
                     if event.type == "response.done":
                         break
             ended_ms = (time.monotonic() - speech_sent_at) * 1000
@@ -121,14 +124,17 @@ async def test_barge_in_cancels_reply_within_300ms_and_next_turn_works(agent) ->
                 await sender  # the reply ran out by itself before barge-in was due; its turn follows
                 await collect_turn(conn)
                 continue
-            # Still playing when the user spoke: it must have been cancelled, within 300 ms of the
-            # speech start (the interruption has no leading silence).
+            # Still playing when the user spoke: its audio must have stopped within 300 ms of the speech
+            # start (the interruption has no leading silence), and the reply been cancelled once the
+            # speech proved a real interruption (500 ms, two words).
             detail = (
-                f"status={event.response.status} after {ended_ms:.0f} ms, {event.response.status_details}"
+                f"status={event.response.status} after {ended_ms:.0f} ms, last audio after"
+                f" {last_audio_ms:.0f} ms, {event.response.status_details}"
             )
             assert event.response.status == "cancelled", detail
             assert event.response.status_details.reason == "turn_detected", detail
-            assert ended_ms <= 300, detail
+            assert last_audio_ms <= 300, detail
+            assert ended_ms <= 3000, detail
             await sender
             next_turn = await collect_turn(conn)
             assert next_turn.transcript

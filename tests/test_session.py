@@ -29,6 +29,8 @@ from testkit.fakes import EnergySpeechDetector, FakeLLMEngine, silence, tone
 pytestmark = pytest.mark.looptime
 
 QUESTION = "what time is it"
+LONG_REPLY = " ".join(f"This is sentence number {i} of a long answer." for i in range(30))
+STORY = " ".join(f"This is sentence number {i} of a story." for i in range(6))
 
 
 class EndRecordingSink(RecentTurnsSink):
@@ -55,12 +57,14 @@ class Harness:
         silence_ms: int = 500,
         preemptive: bool = False,  # the latency accounting below is for a reply started at the commit
         create_response: bool = True,
+        transcript: str = QUESTION,
     ) -> None:
         self.events: list[object] = []
+        self.times: list[float] = []  # loop time of each event
         self.llm = FakeLLMEngine(reply, ttft_ms=ttft_ms, tokens_per_s=50)
         self.sink = EndRecordingSink()
         self.session = VoiceSession(
-            stt=SimulatedSTTEngine(QUESTION, finalize_delay_ms=stt_delay_ms),
+            stt=SimulatedSTTEngine(transcript, finalize_delay_ms=stt_delay_ms),
             llm=LLMStage(self.llm),
             tts=TTSStage(SimulatedTTSEngine(ttfb_ms=tts_ttfb_ms, realtime_factor=1000)),
             emit=self._emit,
@@ -79,6 +83,18 @@ class Harness:
 
     async def _emit(self, event: object) -> None:
         self.events.append(event)
+        self.times.append(asyncio.get_running_loop().time())
+
+    def at(self, kind: type, n: int = 0) -> float:
+        """When the `n`th event of `kind` was emitted."""
+        return [t for t, e in zip(self.times, self.events, strict=True) if isinstance(e, kind)][n]
+
+    def audio_between(self, start: float, end: float) -> int:
+        return sum(
+            1
+            for t, e in zip(self.times, self.events, strict=True)
+            if isinstance(e, ResponseAudioDelta) and start < t < end
+        )
 
     def of(self, kind: type) -> list:
         return [e for e in self.events if isinstance(e, kind)]
@@ -135,8 +151,7 @@ async def test_spoken_turn_events_in_order_and_latency_adds_up() -> None:
 
 
 async def test_barge_in_cancels_llm_and_tts_and_next_turn_works() -> None:
-    long_reply = " ".join(f"This is sentence number {i} of a long answer." for i in range(30))
-    h = Harness(long_reply, audio_lead_ms=200)
+    h = Harness(LONG_REPLY, audio_lead_ms=200)
     await h.stream(tone(800) + silence(700))
     await h.wait_for(ResponseAudioDelta)
     await asyncio.sleep(0.5)  # the reply is playing
@@ -146,9 +161,13 @@ async def test_barge_in_cancels_llm_and_tts_and_next_turn_works() -> None:
     cancelled_at = asyncio.get_running_loop().time()
     first = h.of(ResponseFinished)[0]
     assert first.status == "cancelled" and first.reason == "turn_detected"
-    assert (cancelled_at - speech_at) * 1000 <= 300
+    # The audio stops as soon as the VAD hears speech (96 ms, in 32 ms frames)...
+    assert h.at(SpeechStarted, 1) - speech_at <= 0.15
+    assert h.audio_between(h.at(SpeechStarted, 1), cancelled_at) == 0
+    # ...and the reply is cancelled once the speech has lasted 500 ms with two words.
+    assert 0.45 <= cancelled_at - speech_at <= 0.7
     assert h.llm.cancelled == 1
-    assert len(first.text) < len(long_reply)  # only what was played is kept
+    assert len(first.text) < len(LONG_REPLY)  # only what was played is kept
     audio_before = len(h.of(ResponseAudioDelta))
     await interrupt
     await h.wait_for(ResponseStarted, 2)
@@ -236,3 +255,62 @@ async def test_the_users_memory_is_in_the_system_prompt_and_only_theirs() -> Non
         assert h.sink.turns[0].user_id == user
         await h.session.close()
         assert h.sink.ended == [user]  # the end of the session lets the memory writer deliver now
+
+
+async def typed_reply_playing(h: Harness) -> None:
+    """Start a reply (a typed question) and let its audio play for a while."""
+    await h.session.add_user_text("Tell me a story.")
+    await h.session.create_response()
+    await h.wait_for(ResponseAudioDelta)
+    await asyncio.sleep(1)
+
+
+@pytest.mark.parametrize(
+    ("burst", "transcript"),
+    [
+        (tone(150), QUESTION),  # too short to interrupt, whatever the STT makes of it
+        (tone(700), ""),  # long enough, but no words: a cough, a door
+        (tone(700), "hmm"),  # too few words: "mm-hmm"
+    ],
+    ids=["short", "no-words", "one-word"],
+)
+async def test_a_cough_pauses_the_reply_which_resumes_with_all_its_audio_and_text(
+    burst: bytes, transcript: str
+) -> None:
+    whole = Harness(STORY, vad=False)
+    await typed_reply_playing(whole)
+    await whole.wait_for(ResponseFinished, limit_s=120)
+
+    h = Harness(STORY, transcript=transcript)
+    await typed_reply_playing(h)
+    await h.stream(burst + silence(1000))
+    await h.wait_for(ResponseFinished, limit_s=120)
+    [done] = h.of(ResponseFinished)
+    assert done.status == "completed" and done.text == STORY  # the reply is not lost
+    sent = [e for e in h.events if isinstance(e, ResponseAudioDelta)]
+    assert b"".join(e.pcm16 for e in sent) == b"".join(e.pcm16 for e in whole.of(ResponseAudioDelta))
+    # Nothing was sent from the speech start until it proved no interruption.
+    paused_until = h.at(AudioCommitted) if burst == tone(150) else h.at(TranscriptCompleted)
+    assert h.audio_between(h.at(SpeechStarted), paused_until) == 0
+    assert h.audio_between(paused_until, h.at(ResponseFinished))  # and then it played on
+    assert len(h.of(ResponseStarted)) == 1 and h.llm.cancelled == 0  # the cough is not answered
+    assert h.of(TranscriptCompleted)[0].transcript == transcript  # but is an item, transcribed
+    assert not h.of(SessionError)
+
+
+async def test_response_cancel_or_the_session_closing_while_paused_ends_the_reply() -> None:
+    for how in ("response.cancel", "close"):
+        h = Harness(STORY, transcript="")
+        await typed_reply_playing(h)
+        speaking = asyncio.create_task(h.stream(tone(2000) + silence(1000)))
+        await asyncio.sleep(0.5)  # the reply is paused: no words yet
+        assert h.session.responding and not h.of(ResponseFinished)
+        if how == "close":
+            await h.session.close()
+        else:
+            await h.session.cancel_response()
+        [done] = h.of(ResponseFinished)
+        assert (done.status, done.reason) == ("cancelled", "client_cancelled"), how
+        await speaking
+        await asyncio.sleep(1)
+        assert len(h.of(ResponseStarted)) == 1 and not h.of(SessionError), how

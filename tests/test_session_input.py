@@ -87,7 +87,10 @@ class Input:
         self.stt = RecordingSTT(feed_ms)
         self.events: list[object] = []
         self.started = 0
+        self.began: list[float] = []  # clock time each speech began
         self.stopped: list[tuple[Utterance, TurnTimeline]] = []
+        self.interims: list[str] = []
+        self.dropped = 0
         self.input = AudioInput(
             stt=self.stt,
             emit=self._emit,
@@ -101,13 +104,22 @@ class Input:
             on_speech_started=self._on_started,
             on_speech_stopped=self._on_stopped,
             end_of_turn=(lambda: semantic) if semantic else SmartTurnModel,
+            on_interim_transcript=self._on_interim,
+            on_speech_dropped=self._on_dropped,
         )
 
     async def _emit(self, event: object) -> None:
         self.events.append(event)
 
-    async def _on_started(self) -> None:
+    async def _on_started(self, began: float) -> None:
         self.started += 1
+        self.began.append(began)
+
+    async def _on_interim(self, text: str) -> None:
+        self.interims.append(text)
+
+    async def _on_dropped(self) -> None:
+        self.dropped += 1
 
     async def _on_stopped(self, utterance: Utterance, timeline: TurnTimeline) -> None:
         self.stopped.append((utterance, timeline))
@@ -153,6 +165,27 @@ async def test_speech_opens_an_utterance_with_the_prefix_padding_and_silence_han
     detected_ms = stopped.audio_end_ms + 500
     assert utterance.audio_seconds == pytest.approx((detected_ms - started.audio_start_ms) / 1000, abs=0.04)
     assert i.input.take_utterance() is None  # already handed over
+
+
+async def test_what_barge_in_hears_onset_voiced_length_interims_and_dropped_speech() -> None:
+    i = Input()
+    assert i.input.speech_ms is None
+    streamed_at = asyncio.get_running_loop().time()
+    await i.stream(silence(500, RATE) + tone(400, RATE) + silence(300, RATE))
+    assert i.began[0] == pytest.approx(streamed_at + 0.5, abs=0.04)  # the onset, not its detection
+    # Voiced 400 ms (to a 32 ms VAD frame at either end): the 300 ms of silence after it may be the
+    # end of the turn, so they do not count.
+    assert i.input.speech_ms == pytest.approx(400, abs=64)
+    assert i.interims and i.interims[-1].startswith("hello")  # the whole interim text, not deltas
+    await i.stream(silence(400, RATE))
+    assert i.input.speech_ms is None and len(i.stopped) == 1 and i.dropped == 0
+
+    await i.stream(tone(300, RATE))
+    await i.input.clear()  # the client drops the speech being spoken
+    assert i.dropped == 1
+    i.stt.fail = True
+    await i.stream(silence(800, RATE) + tone(300, RATE))
+    assert i.dropped == 2  # STT failed mid-utterance
 
 
 async def test_manual_buffer_refuses_audio_past_the_limit_and_keeps_what_it_holds() -> None:

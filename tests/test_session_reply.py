@@ -153,3 +153,68 @@ async def test_a_text_only_reply_sends_phrases_as_text_and_no_audio() -> None:
     turn = p.sink.turns[0]
     assert (turn.session_id, turn.user_id, turn.user_item_id) == ("sess_1", "ada", "item_1")
     assert p.conversation.last_item_id == p.of(ResponseFinished)[0].item_id
+
+
+def audio_s(events: list) -> float:
+    return sum(duration_ms(e.pcm16, RATE) for e in events if isinstance(e, ResponseAudioDelta)) / 1000
+
+
+async def test_a_paused_reply_sends_nothing_then_resumes_where_it_stopped_paced_again() -> None:
+    whole = Player(lead_ms=500)
+    whole.player.start(UserTurn("item_1", "talk to me"), TurnTimeline())
+    await whole.wait_for(ResponseFinished)
+
+    p = Player(lead_ms=500)
+    p.player.start(UserTurn("item_1", "talk to me"), TurnTimeline())
+    await p.wait_for(ResponseAudioDelta)
+    await asyncio.sleep(2)
+    loop = asyncio.get_running_loop()
+    p.player.pause()
+    paused_at = loop.time()
+    assert p.player.paused
+    await asyncio.sleep(4)  # the user speaks; the client plays out what it holds
+    assert not [at for at, e in p.events if at > paused_at]  # not one event while paused
+    p.player.resume()
+    resumed_at = loop.time()
+    await p.wait_for(ResponseFinished)
+    [done] = p.of(ResponseFinished)
+    assert done.status == "completed" and done.text == LONG_REPLY  # nothing lost...
+    assert audio_s(p.of(ResponseAudioDelta)) == pytest.approx(audio_s(whole.of(ResponseAudioDelta)))
+    # ...and paced from the lead again: no burst of the 4 s the pause seemed to owe.
+    sent_s = 0.0
+    for at, event in p.events:
+        if at >= resumed_at and isinstance(event, ResponseAudioDelta):
+            assert sent_s - (at - resumed_at) <= 0.5 + 1e-6
+            sent_s += duration_ms(event.pcm16, RATE) / 1000
+    assert sent_s > 5
+
+
+async def test_a_reply_that_finishes_generating_while_paused_plays_all_of_it_after() -> None:
+    p = Player(lead_ms=500)
+    p.player.start(UserTurn("item_1", "talk to me"), TurnTimeline())
+    await p.wait_for(ResponseAudioDelta)
+    p.player.pause()
+    sent = len(p.of(ResponseAudioDelta))
+    await asyncio.sleep(30)  # the LLM and TTS are long done
+    assert p.player.responding and len(p.of(ResponseAudioDelta)) == sent
+    assert p.llm.cancelled == 0
+    p.player.resume()
+    await p.wait_for(ResponseFinished)
+    assert p.of(ResponseFinished)[0].text == LONG_REPLY
+
+
+async def test_a_paused_reply_can_be_cancelled_and_the_next_one_is_not_paused() -> None:
+    p = Player(lead_ms=500)
+    p.player.start(UserTurn("item_1", "talk to me"), TurnTimeline())
+    await p.wait_for(ResponseAudioDelta)
+    await asyncio.sleep(1)
+    p.player.pause()
+    heard = "".join(e.delta for e in p.of(ResponseTextDelta))
+    await asyncio.sleep(1)
+    await p.player.cancel("client_cancelled")  # response.cancel (or the session closing) while paused
+    [done] = p.of(ResponseFinished)
+    assert (done.status, done.reason, done.text) == ("cancelled", "client_cancelled", heard)
+    assert not p.player.paused and not p.player.responding
+    p.player.start(UserTurn("item_2", "again"), TurnTimeline())
+    await p.wait_for(ResponseFinished, 2)
+    assert p.of(ResponseFinished)[1].status == "completed"

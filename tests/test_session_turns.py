@@ -1,5 +1,6 @@
-"""The turn state machine alone (`actors.conversation.turns`): commits, the pending turn, barge-in,
-with a scripted reply player and simulated STT on virtual time."""
+"""The turn state machine alone (`actors.conversation.turns`): commits, the pending turn, barge-in
+(`actors.conversation.barge_in`: pause, then cancel or resume), with a scripted reply player and
+simulated STT on virtual time."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from actors.conversation.metrics import TurnTimeline, clock
 from actors.conversation.options import SessionLimits, SessionOptions
 from actors.conversation.turns import CancelReason, Conversation, TurnStateMachine, UserTurn
 from actors.llm.base import LLMEvent
+from actors.stt.base import STTStream
 from actors.stt.simulated import SimulatedSTTEngine
 from testkit.fakes import tone
 
@@ -35,10 +37,13 @@ class ScriptedReplies:
 
     def __init__(self) -> None:
         self.responding = False
+        self.paused = False
         self.started: list[tuple[UserTurn | None, TurnTimeline]] = []
         self.cancelled: list[CancelReason] = []
         self.prepared: list[EarlyReply] = []
         self.took_over: list[EarlyReply | None] = []
+        self.pauses = 0
+        self.resumes = 0
 
     def start(self, user: UserTurn | None, timeline: TurnTimeline, early: EarlyReply | None = None) -> None:
         self.started.append((user, timeline))
@@ -46,6 +51,7 @@ class ScriptedReplies:
         if early is not None:
             early.take()
         self.responding = True
+        self.paused = False
 
     def prepare(self, user_text: str) -> EarlyReply:
         async def no_reply() -> AsyncGenerator[LLMEvent, None]:
@@ -60,26 +66,46 @@ class ScriptedReplies:
 
     async def cancel(self, reason: CancelReason) -> None:
         self.cancelled.append(reason)
-        self.responding = False
+        self.responding = self.paused = False
+
+    def pause(self) -> None:
+        if self.responding:
+            self.pauses += 1
+            self.paused = True
+
+    def resume(self) -> None:
+        if self.paused:
+            self.resumes += 1
+        self.paused = False
 
 
 class Turns:
     def __init__(
-        self, *, vad: bool = True, transcript: str = QUESTION, idle_timeout_ms: int | None = None
+        self,
+        *,
+        vad: bool = True,
+        transcript: str = QUESTION,
+        idle_timeout_ms: int | None = None,
+        limits: SessionLimits | None = None,
+        create_response: bool = True,
+        interrupt_response: bool = True,
     ) -> None:
         self.events: list[object] = []
         self.replies = ScriptedReplies()
         self.conversation = Conversation()
         self.stt = SimulatedSTTEngine(transcript, finalize_delay_ms=150)
+        turn_detection = VadConfig(
+            idle_timeout_ms=idle_timeout_ms,
+            create_response=create_response,
+            interrupt_response=interrupt_response,
+        )
         self.turns = TurnStateMachine(
             replies=self.replies,
             emit=self._emit,
-            options=SessionOptions(
-                instructions="",
-                turn_detection=VadConfig(idle_timeout_ms=idle_timeout_ms) if vad else None,
-            ),
+            options=SessionOptions(instructions="", turn_detection=turn_detection if vad else None),
             conversation=self.conversation,
             input_ms=lambda: 42_000,
+            limits=limits,
         )
 
     async def _emit(self, event: object) -> None:
@@ -99,14 +125,24 @@ class Turns:
     async def settle(self) -> None:
         await asyncio.sleep(1)  # transcription runs in the background
 
+    async def speak_over_reply(self, ms: int) -> Utterance:
+        """A reply is playing; the user speaks for `ms` (the speech's start and its commit)."""
+        self.replies.start(None, TurnTimeline())
+        began = clock()
+        await self.turns.speech_started(began)
+        await asyncio.sleep(ms / 1000)
+        utterance = await self.utterance(ms)
+        await self.turns.commit(utterance, TurnTimeline(speech_end=began + ms / 1000, committed=clock()))
+        return utterance
 
-async def test_speech_during_a_reply_is_a_barge_in_and_speech_in_silence_is_not() -> None:
+
+async def test_speech_over_a_reply_pauses_it_and_speech_in_silence_does_not() -> None:
     t = Turns()
     await t.turns.speech_started()
-    assert t.replies.cancelled == []
+    assert t.replies.pauses == 0 and t.replies.cancelled == []
     t.replies.start(None, TurnTimeline())
     await t.turns.speech_started()
-    assert t.replies.cancelled == ["turn_detected"] and not t.replies.responding
+    assert t.replies.paused and t.replies.cancelled == []  # not cancelled before the speech proves real
 
 
 async def test_a_committed_turn_is_transcribed_and_answered_at_once() -> None:
@@ -241,3 +277,129 @@ async def test_no_idle_timeout_after_a_cancelled_reply_or_without_the_setting() 
     u.turns.reply_finished("completed", played_until=clock())
     await asyncio.sleep(20)
     assert t.of(InputTimedOut) == [] and u.of(InputTimedOut) == []
+
+
+async def test_speech_with_enough_words_and_long_enough_cancels_the_reply_and_is_answered() -> None:
+    t = Turns(limits=SessionLimits(barge_in_min_speech_ms=400, barge_in_min_words=2))
+    t.replies.start(None, TurnTimeline())
+    await t.turns.speech_started(clock())
+    await asyncio.sleep(0.1)
+    await t.turns.barge_in.interim_transcript("what")
+    await asyncio.sleep(0.1)
+    await t.turns.barge_in.interim_transcript("what time")  # enough words, but only 200 ms of speech
+    await asyncio.sleep(0.15)
+    assert t.replies.cancelled == [] and t.replies.paused
+    await asyncio.sleep(0.1)  # 400 ms of speech: a real interruption, before the speech even ends
+    assert t.replies.cancelled == ["turn_detected"]
+    utterance = await t.utterance(600)
+    await t.turns.commit(utterance, TurnTimeline(speech_end=clock(), committed=clock()))
+    await t.settle()
+    assert t.replies.started[-1][0] == UserTurn(utterance.item_id, QUESTION)  # the new turn is answered
+    assert t.replies.resumes == 0
+
+
+async def test_speech_too_short_over_a_reply_resumes_it_at_once_and_is_not_answered() -> None:
+    t = Turns(limits=SessionLimits(barge_in_min_speech_ms=300, barge_in_min_words=0))
+    utterance = await t.speak_over_reply(200)  # a cough, a door
+    assert t.replies.resumes == 1 and not t.replies.paused  # at its end, not after its transcript
+    await t.settle()
+    assert t.of(TranscriptCompleted)[0].item_id == utterance.item_id  # still an item, transcribed
+    assert t.replies.cancelled == [] and len(t.replies.started) == 1  # but not answered
+
+
+@pytest.mark.parametrize("transcript", ["", "mm-hmm"])
+async def test_speech_with_too_few_words_over_a_reply_resumes_it_and_is_not_answered(transcript: str) -> None:
+    t = Turns(transcript=transcript, limits=SessionLimits(barge_in_min_speech_ms=300, barge_in_min_words=2))
+    await t.speak_over_reply(800)
+    assert t.replies.paused  # long enough: its words decide
+    await t.settle()
+    assert t.replies.resumes == 1 and not t.replies.paused
+    assert t.replies.cancelled == [] and len(t.replies.started) == 1
+    assert t.turns.pending is None
+
+
+async def test_without_interim_words_the_final_transcript_proves_the_interruption() -> None:
+    t = Turns(limits=SessionLimits(barge_in_min_speech_ms=300, barge_in_min_words=2))
+    utterance = await t.speak_over_reply(1500)  # an STT with no interim results
+    assert t.replies.paused and t.replies.cancelled == []
+    await t.settle()
+    assert t.replies.cancelled == ["turn_detected"] and t.replies.resumes == 0
+    assert t.replies.started[-1][0] == UserTurn(utterance.item_id, QUESTION)
+
+
+async def test_without_minimums_speech_over_a_reply_cancels_it_at_once() -> None:
+    t = Turns(limits=SessionLimits(barge_in_min_speech_ms=0, barge_in_min_words=0))
+    t.replies.start(None, TurnTimeline())
+    await t.turns.speech_started()
+    assert t.replies.cancelled == ["turn_detected"] and not t.replies.responding
+
+
+async def test_interrupt_response_off_neither_pauses_nor_cancels() -> None:
+    t = Turns(interrupt_response=False)
+    await t.speak_over_reply(1500)
+    await t.settle()
+    assert (t.replies.pauses, t.replies.cancelled, len(t.replies.started)) == (0, [], 1)
+    assert t.turns.pending is not None  # the reply goes on; the client may answer this later
+
+
+async def test_create_response_off_a_real_interruption_cancels_and_waits_and_a_cough_is_no_turn() -> None:
+    t = Turns(create_response=False)
+    utterance = await t.speak_over_reply(1500)
+    await t.settle()
+    assert t.replies.cancelled == ["turn_detected"] and len(t.replies.started) == 1
+    assert t.turns.pending == UserTurn(utterance.item_id, QUESTION)  # for the client's response.create
+
+    c = Turns(create_response=False, transcript="")
+    await c.speak_over_reply(800)
+    await c.settle()
+    assert c.replies.cancelled == [] and c.replies.resumes == 1 and c.turns.pending is None
+
+
+async def test_the_reply_stays_paused_while_any_speech_over_it_is_undecided() -> None:
+    t = Turns(transcript="", limits=SessionLimits(barge_in_min_speech_ms=300, barge_in_min_words=2))
+    t.replies.start(None, TurnTimeline())
+    await t.turns.speech_started(clock())
+    await asyncio.sleep(0.5)  # long enough: its transcript decides
+    await t.turns.commit(await t.utterance(500), TurnTimeline(speech_end=clock(), committed=clock()))
+    await asyncio.sleep(0.05)
+    await t.turns.speech_started(clock())  # the user speaks again before the first is transcribed
+    await asyncio.sleep(0.3)
+    assert len(t.of(TranscriptCompleted)) == 1  # the first proved no interruption...
+    assert t.replies.paused and t.replies.resumes == 0  # ...but the second is still being spoken
+    await t.turns.commit(await t.utterance(300), TurnTimeline(speech_end=clock(), committed=clock()))
+    await t.settle()
+    assert t.replies.resumes == 1 and t.replies.cancelled == [] and len(t.replies.started) == 1
+
+
+class FailingStream(STTStream):
+    async def feed(self, pcm16: bytes) -> str | None:
+        return None
+
+    async def finish(self) -> str:
+        raise ConnectionError("the STT replica went away")
+
+
+async def test_dropped_or_untranscribable_speech_over_a_reply_resumes_it() -> None:
+    t = Turns()
+    t.replies.start(None, TurnTimeline())
+    await t.turns.speech_started()
+    await t.turns.barge_in.speech_dropped()  # the client cleared the buffer, or STT failed mid-speech
+    assert t.replies.resumes == 1 and t.replies.cancelled == []
+
+    f = Turns()
+    f.replies.start(None, TurnTimeline())
+    await f.turns.speech_started(clock())
+    await asyncio.sleep(0.8)
+
+    async def ignore(*_: object) -> None:
+        pass
+
+    class FailingSTT:
+        def open_stream(self) -> STTStream:
+            return FailingStream()
+
+    utterance = Utterance(FailingSTT(), 3200, ignore, ignore, SessionLimits())
+    await f.turns.commit(utterance, TurnTimeline(speech_end=clock(), committed=clock()))
+    await f.settle()
+    assert f.of(SessionError)[-1].code == "transcription_failed"
+    assert f.replies.resumes == 1 and f.replies.cancelled == [] and len(f.replies.started) == 1

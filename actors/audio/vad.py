@@ -172,6 +172,11 @@ class Endpointer:
                     events.append(VadEvent("speech_resumed", start))
         return events
 
+    @property
+    def voiced_until(self) -> int:
+        """In speech: the sample where it was last voiced (the start of the current silence, if any)."""
+        return self._silence_start if self._silence_start is not None else self._offset
+
     def stop_after(self, silence_ms: int) -> VadEvent | None:
         """End the current pause's speech once its silence lasts `silence_ms` instead of the configured
         window (the end-of-turn model's verdict on this pause): the stop event now if it already has,

@@ -258,23 +258,27 @@ class AudioInput:
         options: SessionOptions,
         limits: SessionLimits,
         speech_detector: Callable[[], SpeechDetector] | None,
-        on_speech_started: Callable[[], Awaitable[None]],
+        on_speech_started: Callable[[float], Awaitable[None]],
         on_speech_stopped: Callable[[Utterance, TurnTimeline], Awaitable[None]],
         on_speech_paused: Callable[[Utterance], Awaitable[None]] | None = None,
         on_speech_resumed: Callable[[], Awaitable[None]] | None = None,
         end_of_turn: Callable[[], EndOfTurnModel] = SmartTurnModel,
+        on_interim_transcript: Callable[[str], Awaitable[None]] | None = None,
+        on_speech_dropped: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.options = options
         self._limits = limits
         self._stt = stt
         self._emit = emit
         self._make_detector = speech_detector
-        self._on_speech_started = on_speech_started  # after `SpeechStarted` is sent
+        self._on_speech_started = on_speech_started  # after `SpeechStarted`: when speech began (clock)
         self._on_speech_stopped = on_speech_stopped  # after `SpeechStopped`: the utterance, to commit
         # At a pause in speech and at its end (for preemptive generation); with them, server VAD reports
         # pauses too (`PAUSE_MS` of silence).
         self._on_speech_paused = on_speech_paused
         self._on_speech_resumed = on_speech_resumed
+        self._on_interim_transcript = on_interim_transcript  # the whole interim text, after its delta
+        self._on_speech_dropped = on_speech_dropped  # the utterance being spoken ends uncommitted
         self._resampler = StreamResampler(options.input_sample_rate, STT_SAMPLE_RATE)
         self._endpointer: Endpointer | None = None
         self._configure_vad()
@@ -282,6 +286,7 @@ class AudioInput:
         self._preroll: deque[bytes] = deque()
         self._preroll_samples = 0
         self._utterance: Utterance | None = None
+        self._speech_start = 0  # sample where the speech being spoken (if any) started
         self._make_end_of_turn = end_of_turn
         self._end_of_turn: EndOfTurnModel | None = None  # made at the first pause it must judge
         self._pauses = 0  # pauses seen: a verdict applies only to the pause it was asked about
@@ -352,7 +357,7 @@ class AudioInput:
         at = now - max(self._samples_in - event.sample, 0) / STT_SAMPLE_RATE
         match event.kind:
             case "speech_started":
-                await self._speech_started(event.sample)
+                await self._speech_started(event.sample, at)
             case "speech_stopped":
                 await self._speech_stopped(event.sample, at, now)
             case "speech_paused":
@@ -400,6 +405,15 @@ class AudioInput:
                 await self._on_vad_event(event, clock())
 
     @property
+    def speech_ms(self) -> int | None:
+        """How long the speech being spoken has been voiced, in audio time (a silence at its end not
+        counted, since it may be the end of the turn); None when no one is speaking."""
+        endpointer = self._endpointer
+        if endpointer is None or not endpointer.in_speech:
+            return None
+        return _ms(max(endpointer.voiced_until - self._speech_start, 0))
+
+    @property
     def received_ms(self) -> int:
         """How much input audio has arrived, in milliseconds."""
         return _ms(self._samples_in)
@@ -421,6 +435,7 @@ class AudioInput:
             if self._utterance is not None:
                 await self._utterance.abort()
                 self._utterance = None
+                await self._speech_dropped()
             if self._endpointer is not None:
                 self._endpointer.reset()
         await self._emit(InputCleared())
@@ -457,6 +472,8 @@ class AudioInput:
             holder["text"] = text
             if delta:
                 await self._emit(TranscriptDelta(utterance.item_id, delta))
+            if self._on_interim_transcript is not None:
+                await self._on_interim_transcript(text)
 
         utterance = Utterance(self._stt, chunk_bytes, on_interim, self._on_utterance_failed, self._limits)
         return utterance
@@ -468,20 +485,26 @@ class AudioInput:
         log.warning("transcription of %s failed (%s)", utterance.item_id, failure.code, exc_info=exc)
         if self._utterance is utterance:
             self._utterance = None
+            await self._speech_dropped()
         await utterance.close_stream()  # called from its feed task, which ends right after
         await self._emit(SessionError("transcription_failed", failure.message))
 
-    async def _speech_started(self, sample: int) -> None:
+    async def _speech_dropped(self) -> None:
+        if self._on_speech_dropped is not None:
+            await self._on_speech_dropped()
+
+    async def _speech_started(self, sample: int, began_at: float) -> None:
         if self._utterance is not None:  # a previous utterance was never committed
             await self._utterance.abort()
         vad = self.options.turn_detection
         padding = (vad.prefix_padding_ms if vad else 0) * STT_SAMPLE_RATE // 1000
         start = max(sample - padding, 0)
+        self._speech_start = sample
         self._utterance = self._open_utterance()
         # The current chunk was already pushed to the preroll; feed everything from `start`.
         self._utterance.push(self._preroll_from(start))
         await self._emit(SpeechStarted(self._utterance.item_id, _ms(start)))
-        await self._on_speech_started()
+        await self._on_speech_started(began_at)
 
     async def _speech_stopped(self, sample: int, speech_end_at: float, now: float) -> None:
         if self._utterance is None:

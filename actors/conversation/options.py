@@ -27,6 +27,11 @@ class SessionLimits:
 
     stt_chunk_ms: int = 100
     audio_lead_ms: int = 500
+    # User speech over a reply pauses its audio at once, but cancels the reply only once it has lasted
+    # this long and (as far as the STT has heard) has this many words; shorter speech, or fewer
+    # words once it ends (a cough, a door, "mm-hmm"), lets the reply play on where it paused.
+    barge_in_min_speech_ms: int = 500  # bench.turn_taking: fewest false barge-ins, none missed
+    barge_in_min_words: int = 2
     history_turns: int = 8
     max_utterance_s: float = 120.0  # one user turn's audio: the end of a turn with VAD, a full buffer without
     # The session's guard on stage calls, on top of the provider's own timeout (`stt_timeout_s` for a

@@ -2,9 +2,10 @@
 
 A reply runs in a task of its own: the LLM streams phrases, TTS synthesises them one phrase ahead of
 the one playing, and the audio goes out paced to real time plus `audio_lead_ms`, so a cancellation
-(barge-in, `response.cancel`) still stops what has not been heard. However it ends (completed,
-cancelled, or failed with a spoken apology) it ends with one `ResponseFinished` carrying the turn's
-metrics; what was said joins the conversation history, and the exchange goes to the memory sink.
+(barge-in, `response.cancel`) still stops what has not been heard; `pause` holds the audio back while
+the user may be interrupting (generation goes on) and `resume` plays on from there. However it ends
+(completed, cancelled, or failed with a spoken apology) it ends with one `ResponseFinished` carrying the
+turn's metrics; what was said joins the conversation history, and the exchange goes to the memory sink.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ log = logging.getLogger(__name__)
 
 
 class ReplyPlayer:
-    """Generates and plays the session's replies, one at a time (`start`, `cancel`)."""
+    """Generates and plays the session's replies, one at a time (`start`, `cancel`, `pause`, `resume`)."""
 
     def __init__(
         self,
@@ -75,6 +76,8 @@ class ReplyPlayer:
         self._task: asyncio.Task[None] | None = None
         self._began = False  # the reply task has run its first step
         self._cancel_reason: CancelReason | None = None
+        self._unpaused = asyncio.Event()  # cleared while the reply's audio is held back
+        self._unpaused.set()
 
     @property
     def responding(self) -> bool:
@@ -88,6 +91,7 @@ class ReplyPlayer:
         self._cancel_reason = None
         self._began = False
         self._played_until = clock()
+        self._unpaused.set()
         # Taken over now, not when the task first runs: the caller may discard what it did not hand over.
         early_events = early.take() if early is not None else None
         self._task = asyncio.create_task(self._respond(response_id, user, timeline, early, early_events))
@@ -103,6 +107,21 @@ class ReplyPlayer:
         return EarlyReply(
             user_text, open_stream, self._tts if speaking else None, self.options.output_sample_rate
         )
+
+    @property
+    def paused(self) -> bool:
+        """The reply in progress holds its audio back (`pause`)."""
+        return self.responding and not self._unpaused.is_set()
+
+    def pause(self) -> None:
+        """Send no more of the reply's audio until `resume` (or the end of the reply). The LLM and TTS
+        go on meanwhile, so a resumed reply has its next audio ready."""
+        if self.responding:
+            self._unpaused.clear()
+
+    def resume(self) -> None:
+        """Play on from where `pause` stopped, paced as if the reply had just started again."""
+        self._unpaused.set()
 
     async def cancel(self, reason: CancelReason) -> None:
         """Stop the reply in progress, if any, and wait until it has sent its `ResponseFinished`."""
@@ -241,6 +260,7 @@ class ReplyPlayer:
                     chunk = await anext(chunks, None)
                 if chunk is None:
                     break
+                await self._unpaused.wait()  # the user may be speaking: no audio over them
                 if first:
                     first = False
                     heard.append(apology)
@@ -365,6 +385,7 @@ class ReplyPlayer:
 
         scheduler = asyncio.create_task(schedule())
         audio_sent_s = 0.0
+        origin: float | None = None  # clock time the client's playback of this reply began, for pacing
         try:
             while (item := await ordered.get()) is not None:
                 text, out = item
@@ -372,10 +393,7 @@ class ReplyPlayer:
                 while (chunk := await next_chunk(out)) is not None:
                     if timeline.first_audio_out is None:
                         timeline.first_audio_out = clock()
-                    if timeline.first_audio_sent is not None:
-                        ahead = audio_sent_s - (clock() - timeline.first_audio_sent)
-                        if ahead > lead_s:
-                            await asyncio.sleep(ahead - lead_s)
+                    origin = await self._send_when_due(origin, audio_sent_s, lead_s)
                     if first_chunk:
                         first_chunk = False
                         spoken.append(text)
@@ -384,12 +402,35 @@ class ReplyPlayer:
                     await self._emit(ResponseAudioDelta(response_id, item_id, chunk))
                     if timeline.first_audio_sent is None:
                         timeline.first_audio_sent = clock()
+                    if origin is None:
+                        origin = timeline.first_audio_sent
                     audio_sent_s += duration_ms(chunk, rate) / 1000
-                    self._played_until = timeline.first_audio_sent + audio_sent_s
+                    self._played_until = origin + audio_sent_s
                 slots.release()
             await asyncio.gather(*synth_tasks)
         finally:
             await cancel_and_wait([scheduler, *synth_tasks])
+
+    async def _send_when_due(self, origin: float | None, sent_s: float, lead_s: float) -> float | None:
+        """Wait until the next chunk may go out: the reply is not paused, and the client then holds at
+        most `lead_s` of audio it has not played (`sent_s` sent so far; playback began at `origin`).
+        Returns `origin`, moved on by a pause: the client played out what it held and then heard
+        nothing, so the time paused is not audio played and the resumed reply is paced again from the
+        lead instead of bursting out everything the pause seemed to owe."""
+        while True:
+            if not self._unpaused.is_set():
+                await self._unpaused.wait()
+                if origin is not None:
+                    origin = max(origin, clock() - sent_s)
+                continue
+            if origin is None:
+                return None
+            ahead = sent_s - (clock() - origin)
+            if ahead <= lead_s:
+                return origin
+            await asyncio.sleep(ahead - lead_s)
+            if self._unpaused.is_set():
+                return origin
 
 
 async def _arrivals(events: AsyncGenerator[LLMEvent, None]) -> AsyncGenerator[tuple[LLMEvent, float], None]:

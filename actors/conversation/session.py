@@ -3,7 +3,8 @@
 `VoiceSession` is the entry point and composes three parts:
 
 - `actors.conversation.input`: resampling, preroll, endpointing and the utterance fed to STT;
-- `actors.conversation.turns`: the turn state machine (commit, the pending user turn, barge-in);
+- `actors.conversation.turns`: the turn state machine (commit, the pending user turn, barge-in, which
+  `actors.conversation.barge_in` judges);
 - `actors.conversation.reply`: the reply player (LLM → TTS → paced audio, cancellation, the turn's end).
 
 It knows the three stages only through `actors.conversation.stages` contracts and the wire protocol only
@@ -76,6 +77,8 @@ class VoiceSession:
             options=options,
             conversation=conversation,
             input_ms=lambda: self._input.received_ms,
+            limits=self.limits,
+            speech_ms=lambda: self._input.speech_ms,
         )
         self._input = AudioInput(
             stt=stt,
@@ -88,6 +91,8 @@ class VoiceSession:
             on_speech_stopped=self._turns.commit,
             on_speech_paused=self._turns.speech_paused if self.limits.preemptive_generation else None,
             on_speech_resumed=self._turns.speech_resumed if self.limits.preemptive_generation else None,
+            on_interim_transcript=self._turns.barge_in.interim_transcript,
+            on_speech_dropped=self._turns.barge_in.speech_dropped,
         )
 
     def update_options(self, options: SessionOptions) -> None:

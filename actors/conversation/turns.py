@@ -4,9 +4,10 @@ LISTENING (no user speech) → USER_SPEAKING (the input holds an utterance strea
 (`commit`: the utterance becomes a conversation item and is transcribed in the background) → back to
 LISTENING. The transcript is answered at once with turn detection (unless its `create_response` is
 off); without it (push-to-talk) and for typed text it waits as the pending `UserTurn` until the client
-asks for a reply. Independently a reply may be RESPONDING: user speech that starts meanwhile cancels it
-(barge-in, unless `interrupt_response` is off), and so does a newly transcribed turn or the client's
-`cancel_response`.
+asks for a reply. Independently a reply may be RESPONDING: user speech that starts meanwhile pauses it
+and cancels it once the speech proves a real interruption (barge-in, unless `interrupt_response` is
+off; `actors.conversation.barge_in` judges it, and speech that is no interruption is not answered), and
+a newly transcribed turn or the client's `cancel_response` cancels it too.
 
 It sees the input only as the `Utterance` it is handed and the reply player only through `Replies`, so
 it runs (and is tested) without either.
@@ -20,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
+from actors.conversation.barge_in import BargeIn
 from actors.conversation.early_reply import EarlyReply
 from actors.conversation.events import (
     AudioCommitted,
@@ -34,7 +36,7 @@ from actors.conversation.events import (
 from actors.conversation.faults import public_error
 from actors.conversation.input import Utterance
 from actors.conversation.metrics import TurnTimeline, clock
-from actors.conversation.options import SessionOptions
+from actors.conversation.options import SessionLimits, SessionOptions
 from actors.llm.base import ChatMessage
 from actors.tasks import cancel_and_wait
 
@@ -82,6 +84,14 @@ class Replies(Protocol):
         """Stop the reply in progress; it still ends with `ResponseFinished`."""
         ...
 
+    def pause(self) -> None:
+        """Send no more of the reply's audio until `resume`; generation goes on."""
+        ...
+
+    def resume(self) -> None:
+        """Play the paused reply on from where it stopped."""
+        ...
+
 
 class TurnStateMachine:
     """Commits user turns, holds the one awaiting a reply, and starts or stops replies.
@@ -98,6 +108,8 @@ class TurnStateMachine:
         options: SessionOptions,
         conversation: Conversation,
         input_ms: Callable[[], int] = lambda: 0,
+        limits: SessionLimits | None = None,
+        speech_ms: Callable[[], int | None] = lambda: None,
     ) -> None:
         self.options = options
         self.conversation = conversation
@@ -109,6 +121,14 @@ class TurnStateMachine:
         self._idle: asyncio.Task[None] | None = None  # the idle timeout, armed after a reply is heard
         # Preemptive generation: the reply being prepared at the user's current pause, if any.
         self._early: asyncio.Task[EarlyReply | None] | None = None
+        # Judges speech over a reply; the input tells it of interim transcripts and dropped utterances.
+        self.barge_in = BargeIn(
+            pause=replies.pause,
+            resume=replies.resume,
+            cancel=lambda: replies.cancel("turn_detected"),
+            limits=limits or SessionLimits(),
+            speech_ms=speech_ms,  # how long the speech being spoken has been voiced (input's VAD)
+        )
 
     def reply_finished(self, status: ResponseStatus, played_until: float) -> None:
         """A reply ended; the client will have heard it all at `played_until` (clock time). With an
@@ -180,20 +200,24 @@ class TurnStateMachine:
         except asyncio.CancelledError:
             return None
 
-    async def speech_started(self) -> None:
-        """The user started speaking."""
+    async def speech_started(self, began: float | None = None) -> None:
+        """The user started speaking, at `began` (clock time, as for a client streaming in real time;
+        None: now)."""
         self._disarm_idle()
         await self.discard_early()
         vad = self.options.turn_detection
         interrupts = vad is None or vad.interrupt_response
-        if self._replies.responding and interrupts:  # barge-in: stop the reply the user talks over
-            await self._replies.cancel("turn_detected")
+        # Barge-in: the reply the user talks over pauses now, and is cancelled if the speech proves real.
+        await self.barge_in.speech_started(
+            over_reply=self._replies.responding and interrupts, began=clock() if began is None else began
+        )
 
     async def commit(self, utterance: Utterance, timeline: TurnTimeline) -> None:
         """The utterance is the user's turn: it becomes a conversation item and is transcribed; with
         turn detection its transcript is answered at once, without it waits for `create_response`."""
         await self._emit(AudioCommitted(utterance.item_id, self.conversation.last_item_id))
         self.conversation.last_item_id = utterance.item_id
+        self.barge_in.committed(utterance.item_id, timeline.speech_end)
         # Transcription finishes in the background so audio keeps flowing (and barge-in keeps working).
         task = asyncio.create_task(self._transcribe_and_respond(utterance, timeline))
         self._tasks.add(task)
@@ -243,8 +267,9 @@ class TurnStateMachine:
         await self._replies.cancel("client_cancelled")
 
     async def close(self) -> None:
-        """Cancel the transcriptions still running, and the idle timeout."""
+        """Cancel the transcriptions still running, the idle timeout and the barge-in checks."""
         idle, self._idle = self._idle, None
+        await self.barge_in.close()
         await cancel_and_wait([*self._tasks, *([idle] if idle is not None else [])])
         await self.discard_early()
 
@@ -264,10 +289,13 @@ class TurnStateMachine:
         except Exception as exc:
             failure = public_error(exc, "stt")
             log.warning("transcription of %s failed (%s)", utterance.item_id, failure.code, exc_info=exc)
+            await self.barge_in.transcribed(utterance.item_id, None, timeline.speech_end)
             await self._emit(SessionError("transcription_failed", failure.message))
             return
         timeline.transcript = clock()
         await self._emit(TranscriptCompleted(utterance.item_id, transcript, utterance.audio_seconds))
+        if not await self.barge_in.transcribed(utterance.item_id, transcript, timeline.speech_end):
+            return  # spoken over a reply, and no interruption (a cough, "mm-hmm"): the reply resumed
         if not transcript:
             return  # nothing recognisable: no response, like a cough
         turn = UserTurn(utterance.item_id, transcript)

@@ -71,6 +71,8 @@ def build_router_app(deps: RouterDeps) -> Starlette:
     session_limits = SessionLimits(
         stt_chunk_ms=settings.stt_chunk_ms,
         audio_lead_ms=settings.audio_lead_ms,
+        barge_in_min_speech_ms=settings.barge_in_min_speech_ms,
+        barge_in_min_words=settings.barge_in_min_words,
         history_turns=settings.history_turns,
         max_utterance_s=settings.max_utterance_s,
         stage_timeout_s=settings.stage_timeout_s,
