@@ -82,6 +82,7 @@ class TurnTimeline:
             return None if a is None or b is None else round((b - a) * 1000.0, 3)
 
         origin = self.speech_end if self.speech_end is not None else self.llm_start
+        lead = span(self.llm_start, self.committed)
         values = {
             "end_of_turn_delay": span(self.speech_end, self.committed),
             "transcription_delay": span(self.speech_end, self.transcript),
@@ -89,6 +90,8 @@ class TurnTimeline:
             "llm_ttfs": span(self.llm_start, self.first_phrase),
             "tts_ttfb": span(self.tts_start or self.first_phrase, self.first_audio_out),
             "e2e_latency": span(origin, self.first_audio_sent),
+            # A reply prepared at a pause: how long before the turn was detected its LLM call started.
+            "preemptive_lead": lead if lead is not None and lead > 0 else None,
         }
         return {k: v for k, v in values.items() if v is not None}
 
