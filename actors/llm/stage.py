@@ -10,6 +10,7 @@ from collections.abc import AsyncGenerator
 
 from actors.conversation.chunker import ChunkerConfig, PhraseChunker
 from actors.llm.base import LLMEngine, LLMEvent, LLMRequest
+from actors.load_meter import LoadMeter
 
 log = logging.getLogger(__name__)
 
@@ -20,15 +21,19 @@ class LLMStage:
     def __init__(self, engine: LLMEngine, chunker_config: ChunkerConfig | None = None) -> None:
         self.engine = engine
         self.chunker_config = chunker_config
+        # Replies being generated, over time: this stage's autoscaling signal.
+        self.load = LoadMeter()
 
     async def stream_tokens(self, request: LLMRequest) -> AsyncGenerator[str, None]:
         """The engine's text deltas as generated (empty ones dropped)."""
         tokens = self.engine.stream(request)
+        self.load.begin()
         try:
             async for delta in tokens:
                 if delta:
                     yield delta
         finally:
+            self.load.end()
             await tokens.aclose()
 
     async def stream_phrases(self, request: LLMRequest) -> AsyncGenerator[LLMEvent, None]:
@@ -37,6 +42,7 @@ class LLMStage:
         started = time.perf_counter()
         first = True
         tokens = self.engine.stream(request)
+        self.load.begin()
         try:
             async for delta in tokens:
                 if not delta:
@@ -56,4 +62,5 @@ class LLMStage:
             if rest:
                 yield {"type": "phrase", "text": rest}
         finally:
+            self.load.end()
             await tokens.aclose()
