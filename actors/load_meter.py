@@ -38,9 +38,12 @@ class LoadMeter:
         """One more item in progress (pair with `end` in a `finally`)."""
         self.set(self._level + 1)
 
-    def end(self) -> None:
-        """One item fewer in progress."""
+    def end(self, last_active: float | None = None) -> None:
+        """One item fewer in progress; with `last_active` (a time on this meter's clock), it stopped
+        counting then rather than now (what this window has not reported yet is taken back)."""
         self.set(self._level - 1)
+        if last_active is not None:
+            self._item_seconds -= max(0.0, self._changed_at - max(last_active, self._window_start))
 
     def take_mean(self) -> float:
         """The mean level since the previous call (or since creation), and a new window from now."""

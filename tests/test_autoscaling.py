@@ -139,14 +139,33 @@ async def test_each_stage_reports_the_metric_its_policy_divides(name: str) -> No
     assert report == {metric: pytest.approx(3)}
 
 
-async def test_stt_streams_left_behind_stop_counting_without_any_more_audio() -> None:
-    # A resync moves an utterance to another replica; the copy left here gets no more calls. The
-    # autoscaling report, called by Serve every few seconds, sweeps it.
-    stage = STTStage(SimulatedSTTEngine("hello"), idle_timeout_s=0.0)
-    await stage.feed("left-behind", 0, b"\x00\x01" * 1600)
-    assert stage.load.level == 1
-    await deployments.STTDeployment.func_or_class.record_autoscaling_stats(SimpleNamespace(stage=stage))
-    assert stage.load.level == 0 and stage.streams_held == 0
+async def test_stt_streams_left_behind_count_only_until_their_last_audio(monkeypatch) -> None:
+    # A resync moves an utterance to another replica; the copy left here gets no more calls. Serve's
+    # call for the autoscaling report, every few seconds, sweeps it, and it counts until its last audio.
+    clock = Clock()
+    monkeypatch.setattr("actors.stt.stage.time", SimpleNamespace(monotonic=clock))
+    stage = STTStage(SimulatedSTTEngine("hello"), idle_timeout_s=5.0)
+    stage.load = LoadMeter(clock)
+    chunk = b"\x00\x01" * 1600
+    await stage.feed("left-behind", 0, chunk)
+    clock.now += 1
+    await stage.feed("left-behind", len(chunk), chunk)  # its last audio here
+    clock.now += 6  # idle: the utterance went on elsewhere
+    report = deployments.STTDeployment.func_or_class.record_autoscaling_stats(SimpleNamespace(stage=stage))
+    assert await report == {"utterances": pytest.approx(1 / 7)}  # 1 s of 7
+    assert stage.streams_held == 0 and stage.load.level == 0
+
+
+def test_load_meter_takes_back_an_item_that_stopped_earlier_but_not_what_was_reported() -> None:
+    clock = Clock()
+    meter = LoadMeter(clock)
+    meter.begin()
+    clock.now += 2
+    assert meter.take_mean() == pytest.approx(1)  # reported: stays reported
+    clock.now += 4
+    meter.end(last_active=clock.now - 5)  # idle for the last 5 s: only this window's 4 s come back
+    clock.now += 4
+    assert meter.take_mean() == pytest.approx(0)
 
 
 def context(
