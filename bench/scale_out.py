@@ -1,6 +1,6 @@
 """Scale-out proof: each stage autoscaling on its own load across a real multi-node Ray cluster.
 
-    .venv/bin/python -m bench.scale_out    # the measured run (~9 min) → bench/results/scale_out.*
+    .venv/bin/python -m bench.scale_out    # the measured run (~8 min) → bench/results/scale_out.*
     .venv/bin/python -m bench.scale_out --sessions 4 --ramp-s 20 --hold-s 30 --tail-s 40   # a smoke run
 
 The cluster is three `ray start --block` nodes on this machine, each on free ports and its own temp dir:
@@ -18,13 +18,14 @@ every ramp-s / N seconds, all hold for hold-s, then one ends every ramp-s / N se
 deployment's target and its running replicas with their nodes), the node names from the state API,
 and the Ray metrics of the controller: each stage's load as its policy sees it (`voice_autoscaling_load`)
 and the ongoing requests Serve's default policy would have divided (`serve_autoscaling_total_requests`),
-both means over the same look-back window. Every turn keeps its end time and latencies; every error
-its time.
+both means over the same look-back window; HAProxy's view of the router replicas; and the CPU of every
+process of the cluster. Every turn keeps its end time and latencies; every error its time.
 
 Reported (→ bench/results/scale_out.{md,json,png}): per phase, turns, errors, client e2e and
-orchestration overhead p50 / p95, and the replicas of each deployment with their nodes; per deployment,
-when its load crossed its target, when its replicas rose and fell, and its peak placement; per stage,
-the two signals at the plateau (mean and coefficient of variation per session).
+orchestration overhead p50 / p95, the replicas of each deployment and the busy cores; the same latencies
+while replicas were starting, draining, or neither; per deployment, when its load crossed its target,
+when its replicas rose and fell, and where they ran; per deployment, the two signals at the plateau
+(mean and coefficient of variation per session) and the CPU one work item costs.
 """
 
 from __future__ import annotations
@@ -80,9 +81,9 @@ WORKER_CPUS = 2
 # two cores everything here shares, so one step per deployment shows the scaling while disturbing the
 # calls the least.
 BENCH_AUTOSCALING: dict[str, dict[str, Any]] = {
-    # Per session (measured): 1 session, ~0.7 utterances, ~0.05 replies, ~0.026 phrases in progress.
+    # Per session (measured): 1 session, ~0.54 utterances, ~0.056 replies, ~0.03 phrases in progress.
     # Each deployment crosses its target at another point of the ramp, so their new replicas do not
-    # all start at once: STT at ~3 sessions, LLM at ~5, TTS at ~7, the router at 9.
+    # all start at once: STT at ~4 sessions, LLM at ~5, TTS at ~6, the router at 9.
     "Router": {"target_ongoing_requests": 8},  # sessions per router
     "STTDeployment": {"target_per_replica": 2.0},  # utterances in progress per replica
     "LLMDeployment": {"target_per_replica": 0.25},  # replies being generated per replica
@@ -114,11 +115,11 @@ class LocalCluster:
         self.dashboard_port = free_port()
         self.dashboard_url = f"http://127.0.0.1:{self.dashboard_port}"
 
-    def _start(self, name: str, args: list[str], node_env: dict[str, str] | None = None) -> None:
+    def _start(self, name: str, args: list[str]) -> None:
         # Short and private: Ray's Unix socket paths must stay under 108 bytes.
         temp_dir = Path(tempfile.mkdtemp(prefix="vso-", dir="/tmp"))
         metrics_port = free_port()
-        env = {**self.env, "RAY_TMPDIR": str(temp_dir), **(node_env or {})}
+        env = {**self.env, "RAY_TMPDIR": str(temp_dir)}
         command = [
             str(Path(sys.executable).parent / "ray"),
             "start",
@@ -690,11 +691,13 @@ def report(run: Run, rows: dict[str, list[dict[str, Any]]]) -> str:
             f" | {replicas} | {r['machine_cores']:.2f} | {r['cluster_cores']:.2f} |"
         )
     loaded = [x for x in run.samples if x.t >= 0]
+    fallback = max(x.via_fallback for x in loaded)
     lines += [
         "",
         f"HAProxy (the ingress on the head) sent connections to {min(x.routers_up for x in loaded)}–"
-        f"{max(x.routers_up for x in loaded)} router replicas; at most {max(x.via_fallback for x in loaded)}"
-        " connections at a time went to Serve's fallback proxy instead.",
+        f"{max(x.routers_up for x in loaded)} router replicas; "
+        + (f"up to {fallback} at a time" if fallback else "none")
+        + " went to Serve's fallback proxy instead.",
     ]
     lines += [
         "",
