@@ -166,6 +166,7 @@ class RunResult:
     sessions: int
     turns: list[Turn] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    error_times: list[float] = field(default_factory=list)  # time.monotonic() of each error, in order
     max_send_lag_ms: float = 0.0  # how late the clients sent a frame: above ~20 ms the clients lag
     cpu_s: float = float("nan")
     cpu_by_process: dict[str, float] = field(default_factory=dict)
@@ -175,6 +176,10 @@ class RunResult:
     idle_rss_mb: float = float("nan")
     idle_pss_mb: float = float("nan")
     wall_s: float = 0.0
+
+    def error(self, message: str) -> None:
+        self.errors.append(message)
+        self.error_times.append(time.monotonic())
 
 
 class Microphone:
@@ -214,12 +219,14 @@ async def run_client(
     progress: tqdm | None,
     until: float | None = None,
     turn_detection: dict[str, Any] | None = None,
+    start_after_s: float | None = None,
 ) -> None:
     """One session: `turns` questions, or (with `until`, a `time.monotonic()` deadline) question after
-    question until then; a turn that started before the deadline is still awaited. `turn_detection`:
-    set with `session.update` first (our targets only)."""
+    question until then; a turn that started before the deadline is still awaited. It opens after
+    `start_after_s`, by default `index` × 0.29 s (staggered starts, as real callers arrive).
+    `turn_detection`: set with `session.update` first (our targets only)."""
     rng = random.Random(index)
-    await asyncio.sleep(index * 0.29)  # staggered starts, as real callers arrive
+    await asyncio.sleep(index * 0.29 if start_after_s is None else start_after_s)
     try:
         async with websockets.connect(f"{url}/realtime?user=load-{index}", max_size=None) as ws:
             created = json.loads(await ws.recv())
@@ -253,7 +260,7 @@ async def run_client(
                         if "first_audio" in state or event["response"].get("status") != "completed":
                             state.setdefault("done", event["response"])
                     elif kind == "error":
-                        out.errors.append(f"error event: {event['error'].get('code')}")
+                        out.error(f"error event: {event['error'].get('code')}")
 
             receiver = asyncio.create_task(receive())
             try:
@@ -270,11 +277,11 @@ async def run_client(
                     await mic.noise_until(lambda: "done" in state or receiver.done(), TURN_TIMEOUT_S)
                     done = state.get("done")
                     if done is None:
-                        out.errors.append("no response.done" if not receiver.done() else "connection lost")
+                        out.error("no response.done" if not receiver.done() else "connection lost")
                         if receiver.done():
                             return
                     elif done.get("status") != "completed":
-                        out.errors.append(f"turn {done.get('status')}: {done.get('status_details')}")
+                        out.error(f"turn {done.get('status')}: {done.get('status_details')}")
                     else:
                         metadata = done.get("metadata") or {}
                         out.turns.append(
@@ -292,7 +299,7 @@ async def run_client(
                 receiver.cancel()
                 out.max_send_lag_ms = max(out.max_send_lag_ms, mic.max_lag * 1000)
     except (OSError, websockets.WebSocketException, RuntimeError) as exc:
-        out.errors.append(f"session failed: {exc!r}")
+        out.error(f"session failed: {exc!r}")
 
 
 def _is_number(value: Any) -> bool:

@@ -41,6 +41,12 @@ class STTDeployment:
         self.stage = STTStage(engine)
         log.info("STT engine: %s model=%s", engine.name, engine.model)
 
+    async def record_autoscaling_stats(self) -> dict[str, float]:
+        """Called by Serve every few seconds: utterances in progress (`serve_app/autoscaling.py`).
+        Streams left behind here are swept first, also when no audio arrives to sweep them."""
+        await self.stage.expire_idle()
+        return {"utterances": self.stage.load.take_mean()}
+
     async def ping(self) -> str:
         return f"{self.stage.engine.name}:{self.stage.engine.model}"
 
@@ -75,6 +81,10 @@ class LLMDeployment:
         self.stage = LLMStage(engine)
         log.info("LLM engine: %s model=%s", engine.name, engine.model)
 
+    def record_autoscaling_stats(self) -> dict[str, float]:
+        """Called by Serve every few seconds: replies in progress (`serve_app/autoscaling.py`)."""
+        return {"replies": self.stage.load.take_mean()}
+
     async def ping(self) -> str:
         return f"{self.stage.engine.name}:{self.stage.engine.model}"
 
@@ -99,6 +109,10 @@ class TTSDeployment:
         await engine.warmup()
         self.stage = TTSStage(engine)
         log.info("TTS engine: %s model=%s voice=%s", engine.name, engine.model, engine.voice)
+
+    def record_autoscaling_stats(self) -> dict[str, float]:
+        """Called by Serve every few seconds: phrases being synthesised (`serve_app/autoscaling.py`)."""
+        return {"phrases": self.stage.load.take_mean()}
 
     async def ping(self) -> str:
         return f"{self.stage.engine.name}:{self.stage.engine.model}"

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
@@ -157,9 +158,7 @@ class ServeRun:
         raise TimeoutError(f"agent not ready in {timeout}s:\n{self.log_path.read_text()[-4000:]}")
 
     def stop(self) -> None:
-        # `serve run` first (SIGTERM; it ignores SIGINT in the background). `ray start --block` ignores
-        # SIGTERM, but every Ray process it started shares its session: SIGTERM them all (the raylet
-        # and GCS shut down cleanly), then SIGKILL what is left. Nothing outside our sessions is touched.
+        # `serve run` first (SIGTERM; it ignores SIGINT in the background), then the Ray processes.
         if self.process.poll() is None:
             self.process.terminate()
             try:
@@ -167,19 +166,34 @@ class ServeRun:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        others = (session_members(self.head.pid) | session_members(self.process.pid)) - {self.head.pid}
-        for pid in others:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 3  # the raylet and GCS exit within ~1 s; some helpers never do
-        while time.monotonic() < deadline and others & session_members(self.head.pid):
-            time.sleep(0.2)
-        for pid in session_members(self.head.pid) | {self.head.pid}:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        self.head.wait(timeout=5)
+        stop_ray_sessions([self.head], others=[self.process.pid])
         self._log.close()
         shutil.rmtree(self._ray_tmp, ignore_errors=True)
+
+
+def stop_ray_sessions(nodes: Sequence[subprocess.Popen], others: Sequence[int] = ()) -> None:
+    """Stop `ray start --block` processes started with `start_new_session=True` and everything in their
+    sessions (and in the sessions led by the PIDs in `others`). `ray start --block` ignores SIGTERM,
+    but every Ray process it started shares its session: SIGTERM them all (the raylet and GCS shut
+    down cleanly), then SIGKILL what is left. Nothing outside these sessions is touched."""
+    leaders = {node.pid for node in nodes}
+    sessions = leaders | set(others)
+
+    def members() -> set[int]:
+        return set().union(*(session_members(sid) for sid in sessions))
+
+    stopping = members() - leaders
+    for pid in stopping:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 3  # the raylet and GCS exit within ~1 s; some helpers never do
+    while time.monotonic() < deadline and stopping & members():
+        time.sleep(0.2)
+    for pid in members() | leaders:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    for node in nodes:
+        node.wait(timeout=5)
 
 
 def session_members(sid: int) -> set[int]:

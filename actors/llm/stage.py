@@ -10,6 +10,7 @@ from collections.abc import AsyncGenerator
 
 from actors.conversation.chunker import ChunkerConfig, PhraseChunker
 from actors.llm.base import FinishReason, LLMEngine, LLMEvent, LLMFinish, LLMRequest, llm_finish
+from actors.load_meter import LoadMeter
 
 log = logging.getLogger(__name__)
 
@@ -20,11 +21,14 @@ class LLMStage:
     def __init__(self, engine: LLMEngine, chunker_config: ChunkerConfig | None = None) -> None:
         self.engine = engine
         self.chunker_config = chunker_config
+        # Replies being generated, over time: this stage's autoscaling signal.
+        self.load = LoadMeter()
 
     async def stream_tokens(self, request: LLMRequest) -> AsyncGenerator[str | LLMFinish, None]:
         """The engine's text deltas as generated (empty ones dropped), then why it stopped."""
         reason: FinishReason = "stop"
         tokens = self.engine.stream(request)
+        self.load.begin()
         try:
             async for delta in tokens:
                 if not isinstance(delta, str):
@@ -32,6 +36,7 @@ class LLMStage:
                 elif delta:
                     yield delta
         finally:
+            self.load.end()
             await tokens.aclose()
         yield llm_finish(reason)
 
@@ -43,6 +48,7 @@ class LLMStage:
         first = True
         reason: FinishReason = "stop"
         tokens = self.engine.stream(request)
+        self.load.begin()
         try:
             async for delta in tokens:
                 if not isinstance(delta, str):
@@ -65,5 +71,6 @@ class LLMStage:
             if rest:
                 yield {"type": "phrase", "text": rest}
         finally:
+            self.load.end()
             await tokens.aclose()
         yield llm_finish(reason)

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TypedDict
 
+from actors.load_meter import LoadMeter
 from actors.stt.base import STTEngine, STTStream
 
 
@@ -43,10 +44,13 @@ class STTStage:
     """The STT stage around one engine (an `STTClient`), holding the utterance streams a Serve replica
     is fed by id."""
 
-    def __init__(self, engine: STTEngine, idle_timeout_s: float = 120.0) -> None:
+    def __init__(self, engine: STTEngine, idle_timeout_s: float = 5.0) -> None:
         self.engine = engine
         self.idle_timeout_s = idle_timeout_s
         self._streams: dict[str, _Held] = {}
+        # Utterances in progress, from their first audio to their transcript (or their last audio, for
+        # one that never gets a transcript here), over time: this stage's autoscaling signal.
+        self.load = LoadMeter()
 
     @property
     def streams_held(self) -> int:
@@ -64,6 +68,7 @@ class STTStage:
         if offset == 0 and (held is None or held.received):
             await self.close(stream_id)
             held = self._streams[stream_id] = _Held(self.engine.open_stream())
+            self.load.begin()
         if held is None or held.received != offset:
             await self.close(stream_id)
             return None
@@ -71,7 +76,7 @@ class STTStage:
 
     async def feed(self, stream_id: str, offset: int, pcm16: bytes) -> FeedResult:
         """Feed `pcm16` (audio from byte `offset`) to stream `stream_id`; the new interim transcript."""
-        await self._expire_idle()
+        await self.expire_idle()
         held = await self._stream_at(stream_id, offset)
         if held is None:
             return {"interim": None, "resync": True}
@@ -90,17 +95,24 @@ class STTStage:
             try:
                 text = await held.stream.finish_with(tail)
             finally:
-                self._streams.pop(stream_id, None)
+                if self._streams.pop(stream_id, None) is not None:
+                    self.load.end()
         return {"text": text, "resync": False}
 
     async def close(self, stream_id: str) -> None:
-        """Drop stream `stream_id` without a transcript (the utterance was abandoned)."""
+        """Drop stream `stream_id` without a transcript (the utterance was abandoned, moved to another
+        replica, or went idle). It counted as in progress until its last audio."""
         held = self._streams.pop(stream_id, None)
         if held is not None:
+            self.load.end(last_active=held.last_used)
             with contextlib.suppress(Exception):
                 await held.stream.aclose()
 
-    async def _expire_idle(self) -> None:
+    async def expire_idle(self) -> None:
+        """Drop streams fed nothing for `idle_timeout_s`. A stream being spoken gets audio every ~100 ms
+        (a call that takes seconds fails the utterance anyway: `stage_timeout_s`); one left behind when
+        its utterance moved to another replica (a resync) gets none, and must neither hold memory nor
+        count as an utterance in progress. Dropping a live one by mistake only costs a resync."""
         now = time.monotonic()
         for stream_id in [s for s, h in self._streams.items() if now - h.last_used > self.idle_timeout_s]:
             await self.close(stream_id)

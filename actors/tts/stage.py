@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator
 
 from actors.audio.pcm import PCM_SAMPLE_WIDTH, StreamResampler
+from actors.load_meter import LoadMeter
 from actors.tts.base import TTSEngine
 
 
@@ -20,6 +21,8 @@ class TTSStage:
     def __init__(self, engine: TTSEngine, coalesce_ms: int = 120) -> None:
         self.engine = engine
         self.coalesce_ms = coalesce_ms
+        # Phrases being synthesised, over time: this stage's autoscaling signal.
+        self.load = LoadMeter()
 
     async def synthesize(self, text: str, sample_rate: int) -> AsyncGenerator[bytes, None]:
         """`text` as PCM16 mono at `sample_rate`: the first chunk at once, then ≥ `coalesce_ms` each."""
@@ -28,6 +31,7 @@ class TTSStage:
         pending = bytearray()
         sent_any = False
         chunks = self.engine.synthesize(text)
+        self.load.begin()
         try:
             async for chunk in chunks:
                 pending += resampler.process(chunk)
@@ -39,4 +43,5 @@ class TTSStage:
             if pending:
                 yield bytes(pending)
         finally:
+            self.load.end()
             await chunks.aclose()
