@@ -47,11 +47,13 @@ def check_reply_and_metrics(turn: Turn) -> dict[str, float]:
     assert all(v >= 0 for v in metrics.values())
     assert metrics["end_of_turn_delay"] <= metrics["transcription_delay"] <= metrics["e2e_latency"]
     assert metrics["llm_ttft"] <= metrics["llm_ttfs"]
-    parts = metrics["transcription_delay"] + metrics["llm_ttfs"] + metrics["tts_ttfb"]
-    # e2e is its parts plus only the hand-offs between them (no hidden waits); a reply prepared at a
-    # pause ran its LLM before the turn was detected, and that head start comes off.
-    lead = metrics.get("preemptive_lead", 0.0)
-    assert parts - lead - 1 <= metrics["e2e_latency"] <= parts + 100, metrics
+    # e2e is its parts plus only the hand-offs between them (no hidden waits). The LLM starts at the
+    # transcript, or for a reply prepared at a pause `preemptive_lead` before the turn was detected.
+    lead = metrics.get("preemptive_lead")
+    llm_start = metrics["transcription_delay"] if lead is None else metrics["end_of_turn_delay"] - lead
+    parts = llm_start + metrics["llm_ttfs"] + metrics["tts_ttfb"]
+    # (A prepared reply ready before the turn was detected plays when it is: parts then end earlier.)
+    assert parts - 2 <= metrics["e2e_latency"] <= max(parts, metrics["end_of_turn_delay"]) + 100, metrics
     return metrics
 
 
