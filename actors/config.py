@@ -84,6 +84,8 @@ class Settings(BaseSettings):
     vad_min_speech_ms: int = Field(default=96, ge=32, le=2000)
     # Start the LLM at a pause in the user's speech, before the turn is confirmed (README "Turn-taking").
     preemptive_generation: bool = True
+    # semantic_vad: a pause that sounds finished ends the turn only if its words can end a sentence.
+    end_of_turn_words: bool = True
     # Barge-in (README "The WebSocket protocol"): speech over a reply pauses it, and cancels it only
     # when it lasts this long and has this many words; otherwise the reply resumes.
     barge_in_min_speech_ms: int = Field(default=500, ge=0, le=5000)

@@ -75,6 +75,18 @@ class ScriptedTurnModel:
         return self.probabilities.pop(0)
 
 
+class ScriptedSentenceEnd:
+    """A sentence-end model that answers `probability` and records the words it was asked about."""
+
+    def __init__(self, probability: float) -> None:
+        self.probability = probability
+        self.asked: list[str] = []
+
+    def probability_sentence_ends(self, words: str) -> float:
+        self.asked.append(words)
+        return self.probability
+
+
 class Input:
     def __init__(
         self,
@@ -83,6 +95,8 @@ class Input:
         feed_ms: float = 5,
         max_utterance_s: float = 120,
         semantic: ScriptedTurnModel | None = None,
+        sentence_end: ScriptedSentenceEnd | None = None,
+        checkpoint_at_pauses: bool = False,  # as a session preparing replies at pauses does
     ) -> None:
         self.stt = RecordingSTT(feed_ms)
         self.events: list[object] = []
@@ -104,6 +118,8 @@ class Input:
             on_speech_started=self._on_started,
             on_speech_stopped=self._on_stopped,
             end_of_turn=(lambda: semantic) if semantic else SmartTurnModel,
+            sentence_end=(lambda: sentence_end) if sentence_end else None,
+            on_speech_paused=self._on_paused if checkpoint_at_pauses else None,
             on_interim_transcript=self._on_interim,
             on_speech_dropped=self._on_dropped,
         )
@@ -114,6 +130,9 @@ class Input:
     async def _on_started(self, began: float) -> None:
         self.started += 1
         self.began.append(began)
+
+    async def _on_paused(self, utterance: Utterance) -> None:
+        utterance.checkpoint()
 
     async def _on_interim(self, text: str) -> None:
         self.interims.append(text)
@@ -261,3 +280,35 @@ async def test_semantic_the_model_hears_the_last_eight_seconds_at_most() -> None
         + silence(300, RATE)
     )
     assert model.heard == [8 * RATE * 2]
+
+
+@pytest.mark.parametrize("checkpoint_at_pauses", [False, True])
+async def test_semantic_a_finished_sound_after_words_no_sentence_ends_on_waits_as_if_in_doubt(
+    checkpoint_at_pauses: bool,
+) -> None:
+    words = ScriptedSentenceEnd(0.01)  # "... I would like to"
+    i = Input(
+        semantic=ScriptedTurnModel([0.9]), sentence_end=words, checkpoint_at_pauses=checkpoint_at_pauses
+    )
+    await i.stream(tone(1000, RATE) + silence(1500, RATE))
+    assert i.stopped == []  # the sound alone would have ended the turn 200 ms into the pause
+    await i.stream(silence(1000, RATE))
+    assert len(i.stopped) == 1  # auto eagerness: half its 4 s cap, as an unsure verdict waits
+    [stopped] = i.of(SpeechStopped)
+    assert stopped.audio_end_ms == pytest.approx(1000, abs=40)
+    # The words before the pause: the checkpointed segment's final transcript, else the interim one.
+    assert words.asked == ["hello there"]
+
+
+async def test_semantic_words_that_can_end_a_sentence_let_a_finished_sound_end_the_turn_at_once() -> None:
+    words = ScriptedSentenceEnd(0.3)
+    i = Input(semantic=ScriptedTurnModel([0.9]), sentence_end=words, checkpoint_at_pauses=True)
+    await i.stream(tone(1000, RATE) + silence(400, RATE))
+    assert len(i.stopped) == 1 and words.asked == ["hello there"]
+
+
+async def test_semantic_words_are_not_consulted_when_the_sound_is_unfinished() -> None:
+    words = ScriptedSentenceEnd(0.01)
+    i = Input(semantic=ScriptedTurnModel([0.0]), sentence_end=words)
+    await i.stream(tone(1000, RATE) + silence(4500, RATE))
+    assert len(i.stopped) == 1 and words.asked == []  # the model's own doubt already waits

@@ -33,6 +33,22 @@ PAUSE_MS = 200  # silence before the model is asked: it was trained on speech fo
 COMPLETE_THRESHOLD = 0.5
 
 
+# The words said so far can overrule a "finished" verdict: after words no sentence ends on (a language
+# model's probability of a sentence end after them below `WORDS_OPEN_BELOW`: "to", "the", "and", "have
+# been"; `actors.llm.sentence_end`), the pause is waited for as if the model were in doubt: half the
+# eagerness cap. Words never shorten a wait: a sentence that can end may still go on.
+WORDS_OPEN_BELOW = 0.05
+WORDS_OPEN_PROBABILITY = COMPLETE_THRESHOLD / 2
+
+
+def with_words(probability: float, sentence_end: float | None) -> float:
+    """The model's verdict at a pause, given the probability that a sentence ends after the words so
+    far (None: no words known)."""
+    if sentence_end is None or sentence_end >= WORDS_OPEN_BELOW:
+        return probability
+    return min(probability, WORDS_OPEN_PROBABILITY)
+
+
 def wait_after_pause_ms(probability: float, eagerness: Eagerness) -> int:
     """How much longer than `PAUSE_MS` to wait for more speech, given the model's verdict at the pause:
     0 when the turn sounds finished, then growing linearly to the eagerness cap as the probability that

@@ -7,8 +7,10 @@ It decides nothing about turns: it says where speech starts and stops (`on_speec
 
 Where speech stops: after the silence window (server VAD), or with semantic turn detection at a pause
 the end-of-turn model judges finished, else after a wait that grows with its doubt
-(`actors.audio.end_of_turn`). The model runs in a worker thread; audio keeps flowing meanwhile, and a
-verdict that arrives after the user spoke again is dropped.
+(`actors.audio.end_of_turn`). When the model judges a pause finished, the words said so far have the
+last say (`actors.llm.sentence_end`): after words no sentence ends on, the turn is waited for as if the
+model were in doubt. Both models run in a worker thread; audio keeps flowing meanwhile, and a verdict
+that arrives after the user spoke again is dropped.
 """
 
 from __future__ import annotations
@@ -22,11 +24,13 @@ from collections.abc import Awaitable, Callable
 from typing import assert_never
 
 from actors.audio.end_of_turn import (
+    COMPLETE_THRESHOLD,
     PAUSE_MS,
     WINDOW_SAMPLES,
     EndOfTurnModel,
     SmartTurnModel,
     wait_after_pause_ms,
+    with_words,
 )
 from actors.audio.pcm import PCM_SAMPLE_WIDTH, STT_SAMPLE_RATE, StreamResampler, duration_ms
 from actors.audio.vad import Endpointer, SpeechDetector, VadEvent
@@ -43,6 +47,7 @@ from actors.conversation.faults import public_error
 from actors.conversation.metrics import TurnTimeline, clock
 from actors.conversation.options import SessionLimits, SessionOptions
 from actors.conversation.stages import TranscriberClient
+from actors.llm.sentence_end import SentenceEndModel
 from actors.stt.base import STTClient, STTStream
 from actors.tasks import cancel_and_wait
 
@@ -51,6 +56,9 @@ log = logging.getLogger(__name__)
 # Audio chunks longer than this are scored by the VAD in a worker thread (ONNX Runtime releases the GIL),
 # so a client sending seconds of audio at once never holds up the event loop other sessions share.
 VAD_INLINE_MAX_MS = 200
+# How long a pause's verdict waits for the transcript of the words before it: past this, the sound alone
+# decides (a slow STT must not hold a finished turn up).
+WORDS_WAIT_S = 1.0
 
 
 class _Segment:
@@ -186,6 +194,11 @@ class Utterance:
         self._segment = self._open_segment()
         self._segment.push(bytes(held[-keep_bytes:]) if keep_bytes else b"")
 
+    @property
+    def interim_text(self) -> str:
+        """What the STT has heard so far, as far as its interim results tell ("" without them)."""
+        return _join(self._texts)
+
     async def heard_so_far(self) -> str:
         """The transcript of the segments finished at checkpoints (the current one's audio excluded)."""
         # Shielded: a caller giving up must not cancel the transcription the turn itself needs.
@@ -263,6 +276,7 @@ class AudioInput:
         on_speech_paused: Callable[[Utterance], Awaitable[None]] | None = None,
         on_speech_resumed: Callable[[], Awaitable[None]] | None = None,
         end_of_turn: Callable[[], EndOfTurnModel] = SmartTurnModel,
+        sentence_end: Callable[[], SentenceEndModel] | None = None,
         on_interim_transcript: Callable[[str], Awaitable[None]] | None = None,
         on_speech_dropped: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
@@ -289,6 +303,8 @@ class AudioInput:
         self._speech_start = 0  # sample where the speech being spoken (if any) started
         self._make_end_of_turn = end_of_turn
         self._end_of_turn: EndOfTurnModel | None = None  # made at the first pause it must judge
+        self._make_sentence_end = sentence_end  # None: the sound of a pause alone decides
+        self._sentence_end: SentenceEndModel | None = None
         self._pauses = 0  # pauses seen: a verdict applies only to the pause it was asked about
         self._judging: set[asyncio.Task[None]] = set()
         # The endpointer is used from `append` and from a verdict's task: one at a time.
@@ -365,7 +381,7 @@ class AudioInput:
                 vad = self.options.turn_detection
                 if vad is not None and vad.eagerness is not None:
                     audio = self._preroll_from(self._samples_in - WINDOW_SAMPLES)
-                    task = asyncio.create_task(self._judge_pause(self._pauses, audio))
+                    task = asyncio.create_task(self._judge_pause(self._pauses, audio, self._utterance))
                     self._judging.add(task)
                     task.add_done_callback(self._judging.discard)
                 if self._on_speech_paused is not None and self._utterance is not None:
@@ -382,8 +398,9 @@ class AudioInput:
             case _:
                 assert_never(event.kind)
 
-    async def _judge_pause(self, pause: int, audio: bytes) -> None:
-        """Ask the end-of-turn model about this pause, then set how long it may last."""
+    async def _judge_pause(self, pause: int, audio: bytes, utterance: Utterance | None) -> None:
+        """Ask the end-of-turn model about this pause (and, if it sounds finished, whether the words
+        before it can end a sentence), then set how long it may last."""
         vad = self.options.turn_detection
         if vad is None or vad.eagerness is None:
             return
@@ -395,6 +412,8 @@ class AudioInput:
             # Without a verdict the pause lasts the eagerness cap: slow, but the turn still ends.
             log.exception("the end-of-turn model failed; this pause waits the full window")
             return
+        if probability >= COMPLETE_THRESHOLD and utterance is not None:
+            probability = with_words(probability, await self._sentence_end_after(utterance))
         async with self._vad_lock:
             endpointer = self._endpointer
             if endpointer is None or pause != self._pauses or not endpointer.paused:
@@ -403,6 +422,29 @@ class AudioInput:
             event = endpointer.stop_after(pause_ms + wait_after_pause_ms(probability, vad.eagerness))
             if event is not None:
                 await self._on_vad_event(event, clock())
+
+    async def _sentence_end_after(self, utterance: Utterance) -> float | None:
+        """The probability that a sentence ends after the words said before this pause; None when
+        they are not known in time (or the words are not consulted)."""
+        if self._make_sentence_end is None:
+            return None
+        words = utterance.interim_text
+        if utterance.checkpointed:  # the segment before the pause is being transcribed: its final words
+            try:
+                async with asyncio.timeout(WORDS_WAIT_S):
+                    words = await utterance.heard_so_far()
+            except Exception:  # late or failed: the turn's own transcription reports a failure
+                return None
+        if not words.strip():
+            return None
+        try:
+            if self._sentence_end is None:
+                self._sentence_end = self._make_sentence_end()
+            return await asyncio.to_thread(self._sentence_end.probability_sentence_ends, words)
+        except Exception:
+            log.exception("the sentence-end model failed; the sound of the pause alone decides")
+            self._make_sentence_end = None
+            return None
 
     @property
     def speech_ms(self) -> int | None:
@@ -417,6 +459,11 @@ class AudioInput:
     def received_ms(self) -> int:
         """How much input audio has arrived, in milliseconds."""
         return _ms(self._samples_in)
+
+    @property
+    def judging(self) -> bool:
+        """A pause's verdict is being worked out."""
+        return bool(self._judging)
 
     async def settled(self) -> None:
         """Wait for the end-of-turn verdicts still being worked out: for callers that feed recorded audio

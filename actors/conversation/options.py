@@ -44,3 +44,6 @@ class SessionLimits:
     # Start the LLM at each pause in the user's speech, before the turn is confirmed, and keep the
     # reply unheard until it is (a pause the user talks on from costs one wasted LLM call).
     preemptive_generation: bool = True
+    # With semantic turn detection, a pause that sounds finished ends the turn only if the words before
+    # it can end a sentence (`actors.llm.sentence_end`).
+    end_of_turn_words: bool = True

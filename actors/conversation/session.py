@@ -24,6 +24,7 @@ from actors.conversation.options import SessionLimits, SessionOptions
 from actors.conversation.reply import ReplyPlayer
 from actors.conversation.stages import PhraseLLMClient, SynthesizerClient, TranscriberClient
 from actors.conversation.turns import Conversation, TurnStateMachine
+from actors.llm.sentence_end import GemmaSentenceEnd, SentenceEndModel
 from actors.memory.sink import MemorySink
 
 
@@ -47,6 +48,7 @@ class VoiceSession:
         limits: SessionLimits | None = None,
         speech_detector: Callable[[], SpeechDetector] | None = None,
         end_of_turn: Callable[[], EndOfTurnModel] = SmartTurnModel,
+        sentence_end: Callable[[], SentenceEndModel] = GemmaSentenceEnd,
         memory_sink: MemorySink | None = None,
         memory_context: Callable[[str], Awaitable[str | None]] | None = None,
         user_id: str = "anonymous",
@@ -87,6 +89,7 @@ class VoiceSession:
             limits=self.limits,
             speech_detector=speech_detector,
             end_of_turn=end_of_turn,
+            sentence_end=sentence_end if self.limits.end_of_turn_words else None,
             on_speech_started=self._turns.speech_started,
             on_speech_stopped=self._turns.commit,
             on_speech_paused=self._turns.speech_paused if self.limits.preemptive_generation else None,

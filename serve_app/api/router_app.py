@@ -80,6 +80,7 @@ def build_router_app(deps: RouterDeps) -> Starlette:
         tts_timeout_s=settings.tts_timeout_s,
         apology=settings.failure_apology,
         preemptive_generation=settings.preemptive_generation,
+        end_of_turn_words=settings.end_of_turn_words,
     )
     connection_limits = ConnectionLimits.from_settings(settings)
     credentials = Credentials.from_settings(settings, deps.revocations)
