@@ -11,13 +11,18 @@ commands of pocketsphinx's test data), over room noise (−55 dBFS):
   moment the agent ends the turn.
 - **paused**: each LibriVox sentence with a pause of 300, 600, 1000 or 1500 ms of room noise inserted
   after a word in its middle where the clause cannot end (after "a", "to", "and", "been", ... : word
-  times from pocketsphinx's alignment), then the rest of the sentence. A **false cut-off** is a turn
-  ended inside the pause: the agent would answer a question the user had not finished.
+  times from pocketsphinx's forced alignment of the reference transcript), then the rest of the
+  sentence. A **false cut-off** is a turn ended inside the pause: the agent would answer a question the
+  user had not finished.
 
 Each utterance goes through the session's own input (`actors.conversation.input.AudioInput`) with the
-real Silero VAD and the real end-of-turn model, faster than real time; each verdict is applied where the
-pause was when the model was asked, so the model's own run time (reported separately, per call) comes on
-top of the end-of-turn delays shown.
+real Silero VAD and the real end-of-turn model. Audio is fed faster than real time, except while a
+pause's verdict is being worked out: then in real time, so the models' run time and the wait for the
+words' transcript count in the delays as they would live. At each pause the utterance's transcription is
+finished (as a session preparing its reply at pauses does); semantic modes "+ words" also check those
+words (`actors.llm.sentence_end`), transcribed either by a stand-in for an accurate STT without interim
+results (the reference words spoken so far, final 150 ms after the audio, as `bench.latency`'s
+simulated STT) or by the offline pocketsphinx.
 
 **Barge-in**: a whole `VoiceSession` (real Silero VAD, real pocketsphinx STT with its interim results,
 the end-of-turn model in semantic modes; a scripted LLM and simulated TTS speaking a ~30 s reply), on a
@@ -42,8 +47,10 @@ import argparse
 import asyncio
 import json
 import math
+import re
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,8 +74,9 @@ from actors.conversation.input import AudioInput, Utterance
 from actors.conversation.metrics import TurnTimeline
 from actors.conversation.options import SessionLimits, SessionOptions
 from actors.conversation.session import VoiceSession
+from actors.llm.sentence_end import GemmaSentenceEnd
 from actors.llm.stage import LLMStage
-from actors.stt.base import STTEngine
+from actors.stt.base import STTEngine, STTStream
 from actors.stt.pocketsphinx_engine import PocketsphinxEngine
 from actors.stt.simulated import SimulatedSTTEngine
 from actors.tts.simulated import SimulatedTTSEngine
@@ -93,6 +101,19 @@ MODES: dict[str, VadConfig] = {
     "semantic_vad auto": VadConfig.semantic("auto"),
     "semantic_vad low": VadConfig.semantic("low"),
 }
+# Turn ends: each mode by the sound of its pauses alone, then the semantic ones with the words checked,
+# transcribed by an accurate STT ("reference") or by pocketsphinx.
+TURN_END_MODES: list[tuple[str, VadConfig, str | None]] = [(name, vad, None) for name, vad in MODES.items()]
+TURN_END_MODES += [
+    (f"{name} + words", vad, "reference") for name, vad in MODES.items() if vad.eagerness is not None
+]
+TURN_END_MODES.append(
+    ("semantic_vad auto + words (pocketsphinx)", MODES["semantic_vad auto"], "pocketsphinx")
+)
+TRANSCRIPTS = {LIBRIVOX: "transcription", COMMANDS: "cards.transcription"}
+STT_FINAL_S = 0.150
+# A stream's audio starts this long before the speech it was opened for (the default prefix padding).
+PREFIX_PADDING_S = 0.3
 
 
 @dataclass
@@ -100,6 +121,7 @@ class Utterance16k:
     name: str
     pcm: bytes
     speech_end_s: float  # acoustic end of the last word
+    words: list[tuple[str, float]]  # the reference words and where each ends (seconds)
     pause_s: tuple[float, float] | None = None  # the inserted pause (paused set only)
 
 
@@ -109,11 +131,20 @@ def read16k(path: Path) -> bytes:
     return bytes(audio.tobytes())
 
 
-def word_ends(pcm: bytes) -> list[tuple[str, float]]:
-    """(word, end in seconds) from pocketsphinx's alignment of its own recognition."""
+def reference_transcript(path: Path) -> str:
+    for line in (path.parent / TRANSCRIPTS[path.parent]).read_text().splitlines():
+        match = re.match(r"<s>(.*)</s> \((.*)\)", line)
+        if match and path.stem.endswith(match.group(2)):
+            return " ".join(match.group(1).split())
+    raise LookupError(path)
+
+
+def word_ends(pcm: bytes, transcript: str) -> list[tuple[str, float]]:
+    """(word, end in seconds) from pocketsphinx's forced alignment of the reference transcript."""
     from pocketsphinx import Decoder
 
     decoder = Decoder(samprate=RATE, loglevel="ERROR")
+    decoder.set_align_text(transcript)
     decoder.start_utt()
     decoder.process_raw(pcm, full_utt=True)
     decoder.end_utt()
@@ -132,12 +163,14 @@ def test_set() -> tuple[list[Utterance16k], list[Utterance16k]]:
     tail = room_noise(TAIL_S, seed=3, rate=RATE)
     complete: list[Utterance16k] = []
     for path in sorted(LIBRIVOX.glob("*.wav")) + sorted(COMMANDS.glob("*.wav")):
-        pcm = with_room(read16k(path), seed=len(complete))
-        complete.append(Utterance16k(path.stem[-4:], pcm + tail, speech_end_s(pcm)))
+        clean = read16k(path)
+        pcm = with_room(clean, seed=len(complete))
+        words = word_ends(clean, reference_transcript(path))
+        complete.append(Utterance16k(path.stem[-4:], pcm + tail, speech_end_s(pcm), words))
     paused: list[Utterance16k] = []
     for path in sorted(LIBRIVOX.glob("*.wav")):
         pcm = read16k(path)
-        words = word_ends(pcm)
+        words = word_ends(pcm, reference_transcript(path))
         middle = [(w, t) for i, (w, t) in enumerate(words) if len(words) / 4 <= i + 1 <= len(words) * 3 / 4]
         cuts = [(w, t) for w, t in middle if w in OPEN_WORDS][:2]
         for word, cut_s in cuts:
@@ -150,6 +183,7 @@ def test_set() -> tuple[list[Utterance16k], list[Utterance16k]]:
                         f"{path.stem[-4:]} after '{word}' +{pause_ms} ms",
                         joined + tail,
                         speech_end_s(joined),
+                        [(w, t if t <= cut_s else t + pause_ms / 1000) for w, t in words],
                         (cut_s, cut_s + pause_ms / 1000),
                     )
                 )
@@ -157,11 +191,16 @@ def test_set() -> tuple[list[Utterance16k], list[Utterance16k]]:
 
 
 async def run_mode(
-    name: str, vad: VadConfig, complete: list[Utterance16k], paused: list[Utterance16k], bar: tqdm
+    name: str,
+    vad: VadConfig,
+    words: str | None,
+    complete: list[Utterance16k],
+    paused: list[Utterance16k],
+    bar: tqdm,
 ) -> dict[str, Any]:
     delays, unanswered = [], 0
     for u in complete:
-        decided = await decision_times(u.pcm, vad)
+        decided = await decision_times(u, vad, words)
         bar.update()
         if not decided:
             unanswered += 1
@@ -169,7 +208,7 @@ async def run_mode(
         delays.append(1000 * (decided[0] - u.speech_end_s))
     cut_offs, examples = 0, []
     for u in paused:
-        decided = await decision_times(u.pcm, vad)
+        decided = await decision_times(u, vad, words)
         bar.update()
         assert u.pause_s is not None
         if any(t < u.pause_s[1] for t in decided):
@@ -188,9 +227,37 @@ async def run_mode(
     }
 
 
-async def decision_times(pcm: bytes, vad: VadConfig) -> list[float]:
-    """Where in `pcm` (seconds of audio received) the session's input ended each turn, fed in 20 ms
-    frames, each pause's verdict applied before the next frame."""
+class ReferenceSTT(STTEngine):
+    """An accurate STT without interim results: a stream's transcript is the reference words that ended
+    within the audio it was sent, final `STT_FINAL_S` after its end."""
+
+    name = "reference"
+
+    def __init__(self, words: list[tuple[str, float]], position: Callable[[], float]) -> None:
+        self.words = words
+        self.position = position  # seconds of the utterance's audio received so far
+
+    def open_stream(self) -> STTStream:
+        return ReferenceStream(self, self.position() - PREFIX_PADDING_S)
+
+
+class ReferenceStream(STTStream):
+    def __init__(self, stt: ReferenceSTT, opened_s: float) -> None:
+        self._stt = stt
+        self._opened_s = opened_s
+
+    async def feed(self, pcm16: bytes) -> str | None:
+        return None
+
+    async def finish(self) -> str:
+        heard_s = self._stt.position()
+        await asyncio.sleep(STT_FINAL_S)
+        return " ".join(w for w, end in self._stt.words if self._opened_s < end <= heard_s)
+
+
+async def decision_times(u: Utterance16k, vad: VadConfig, words: str | None) -> list[float]:
+    """Where in the utterance (seconds of audio received) the session's input ended each turn, fed in
+    20 ms frames: at once, but in real time while a pause's verdict is being worked out."""
     decided: list[float] = []
     position = 0.0
 
@@ -204,20 +271,33 @@ async def decision_times(pcm: bytes, vad: VadConfig) -> list[float]:
     async def started(began: float) -> None:
         return None
 
+    async def paused(utterance: Utterance) -> None:
+        utterance.checkpoint()
+
+    stt: STTEngine
+    if words == "reference":
+        stt = ReferenceSTT(u.words, lambda: position)
+    elif words == "pocketsphinx":
+        stt = PocketsphinxEngine()
+    else:
+        stt = SimulatedSTTEngine("", finalize_delay_ms=STT_FINAL_S * 1000)
     audio_input = AudioInput(
-        stt=SimulatedSTTEngine("", finalize_delay_ms=0),
+        stt=stt,
         emit=emit,
         options=SessionOptions(instructions="", input_sample_rate=RATE, turn_detection=vad),
         limits=SessionLimits(),
         speech_detector=SileroSpeechDetector,
         on_speech_started=started,
         on_speech_stopped=stopped,
+        on_speech_paused=paused,
+        sentence_end=GemmaSentenceEnd if words else None,
     )
     step = RATE // 50 * 2
-    for i in range(0, len(pcm), step):
+    for i in range(0, len(u.pcm), step):
         position = (i + step) / 2 / RATE
-        await audio_input.append(pcm[i : i + step])
-        await audio_input.settled()
+        await audio_input.append(u.pcm[i : i + step])
+        if audio_input.judging:
+            await asyncio.sleep(step / 2 / RATE)
     await audio_input.close()
     return decided
 
@@ -492,7 +572,20 @@ def model_cost_ms(calls: int = 20) -> tuple[float, float]:
     return statistics.median(times), max(times)
 
 
-def table(rows: list[dict[str, Any]], cost: tuple[float, float]) -> str:
+def sentence_model_cost_ms() -> tuple[float, float]:
+    """Per call on the reference transcripts' words, growing a word at a time as a turn's pauses do."""
+    model = GemmaSentenceEnd()
+    times = []
+    for path in sorted(LIBRIVOX.glob("*.wav")):
+        words = reference_transcript(path).split()
+        for n in range(1, len(words) + 1):
+            started = time.perf_counter()
+            model.probability_sentence_ends(" ".join(words[:n]))
+            times.append(1000 * (time.perf_counter() - started))
+    return statistics.median(times), max(times)
+
+
+def table(rows: list[dict[str, Any]], cost: tuple[float, float], words_cost: tuple[float, float]) -> str:
     lines = [
         "| mode | end-of-turn delay p50 (ms) | p95 | complete turns never ended | false cut-offs |",
         "|---|---|---|---|---|",
@@ -507,6 +600,8 @@ def table(rows: list[dict[str, Any]], cost: tuple[float, float]) -> str:
     lines.append(
         f"End-of-turn model: {cost[0]:.0f} ms per call (median of 20; max {cost[1]:.0f}), one core,"
         " once per pause, in a worker thread."
+        f" Sentence-end model: {words_cost[0]:.0f} ms per call (median; max {words_cost[1]:.0f}), one core,"
+        " at the pauses that sound finished."
     )
     return "\n".join(lines)
 
@@ -517,8 +612,8 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    names = [r["mode"].replace(" ", "\n", 1) for r in rows]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(14, 5))
+    names = [r["mode"].replace(" ", "\n", 1).replace(" + ", "\n+ ") for r in rows]
     ax1.bar(names, [r["eot_delay_p50_ms"] for r in rows], label="p50")
     ax1.scatter(names, [r["eot_delay_p95_ms"] for r in rows], color="black", zorder=3, label="p95")
     ax1.set_ylabel("ms")
@@ -527,17 +622,23 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     ax2.bar(names, [100 * r["false_cut_off_rate"] for r in rows], color="tab:red")
     ax2.set_ylabel("% of paused utterances")
     ax2.set_title("false cut-offs (turn ended inside a mid-clause pause)")
+    for ax in (ax1, ax2):
+        ax.tick_params(axis="x", labelsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
 
-async def turn_ends() -> tuple[list[dict[str, Any]], tuple[float, float], list[str]]:
+async def turn_ends() -> tuple[list[dict[str, Any]], list[str]]:
     complete, paused = test_set()
+    # Loaded before measuring, as a live session loads them while the user speaks its first words.
+    SmartTurnModel()
+    GemmaSentenceEnd()
     rows = []
-    with tqdm(total=len(MODES) * (len(complete) + len(paused)), desc="utterances", unit="utt") as bar:
-        for name, vad in MODES.items():
-            rows.append(await run_mode(name, vad, complete, paused, bar))
-    return rows, model_cost_ms(), [u.name for u in paused]
+    total = len(TURN_END_MODES) * (len(complete) + len(paused))
+    with tqdm(total=total, desc="utterances", unit="utt") as bar:
+        for name, vad, words in TURN_END_MODES:
+            rows.append(await run_mode(name, vad, words, complete, paused, bar))
+    return rows, [u.name for u in paused]
 
 
 def main() -> None:
@@ -548,16 +649,24 @@ def main() -> None:
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    rows, cost, paused = asyncio.run(turn_ends())
+    rows, paused = asyncio.run(turn_ends())
+    cost, words_cost = model_cost_ms(), sentence_model_cost_ms()
     # Barge-in trials run on a virtual clock: a reply, a sound over it, the silence window after it.
     with asyncio.Runner(loop_factory=looptime.new_event_loop) as runner:
         barge_in = runner.run(barge_in_rows())
-    text = table(rows, cost) + "\n\n" + barge_in_table(barge_in)
+    text = table(rows, cost, words_cost) + "\n\n" + barge_in_table(barge_in)
     print(text)
     (out / "turn_taking.md").write_text(text + "\n")
     (out / "turn_taking.json").write_text(
         json.dumps(
-            {"modes": rows, "model_ms_per_call": cost[0], "paused": paused, "barge_in": barge_in}, indent=2
+            {
+                "modes": rows,
+                "model_ms_per_call": cost[0],
+                "sentence_model_ms_per_call": words_cost[0],
+                "paused": paused,
+                "barge_in": barge_in,
+            },
+            indent=2,
         )
     )
     plot(rows, out / "turn_taking.png")

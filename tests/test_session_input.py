@@ -28,7 +28,7 @@ class RecordingStream(STTStream):
     """A simulated STT stream that records what it was sent and takes `feed_ms` per call."""
 
     def __init__(self, stt: RecordingSTT) -> None:
-        self._inner = SimulatedSTTEngine("hello there").open_stream()
+        self._inner = SimulatedSTTEngine(stt.transcript).open_stream()
         self._stt = stt
         self.fed: list[int] = []  # bytes per feed call
         self.tail: int | None = None  # bytes sent with the finish
@@ -53,8 +53,9 @@ class RecordingStream(STTStream):
 
 
 class RecordingSTT:
-    def __init__(self, feed_ms: float = 5) -> None:
+    def __init__(self, feed_ms: float = 5, transcript: str = "hello there") -> None:
         self.feed_ms = feed_ms
+        self.transcript = transcript
         self.fail = False
         self.streams: list[RecordingStream] = []
 
@@ -97,8 +98,9 @@ class Input:
         semantic: ScriptedTurnModel | None = None,
         sentence_end: ScriptedSentenceEnd | None = None,
         checkpoint_at_pauses: bool = False,  # as a session preparing replies at pauses does
+        transcript: str = "hello there",
     ) -> None:
-        self.stt = RecordingSTT(feed_ms)
+        self.stt = RecordingSTT(feed_ms, transcript)
         self.events: list[object] = []
         self.started = 0
         self.began: list[float] = []  # clock time each speech began
@@ -282,33 +284,46 @@ async def test_semantic_the_model_hears_the_last_eight_seconds_at_most() -> None
     assert model.heard == [8 * RATE * 2]
 
 
+WORDS = "I would like to"
+
+
 @pytest.mark.parametrize("checkpoint_at_pauses", [False, True])
+@pytest.mark.parametrize("sounds_finished", [0.9, 0.45])
 async def test_semantic_a_finished_sound_after_words_no_sentence_ends_on_waits_as_if_in_doubt(
-    checkpoint_at_pauses: bool,
+    checkpoint_at_pauses: bool, sounds_finished: float
 ) -> None:
-    words = ScriptedSentenceEnd(0.01)  # "... I would like to"
+    words = ScriptedSentenceEnd(0.01)
     i = Input(
-        semantic=ScriptedTurnModel([0.9]), sentence_end=words, checkpoint_at_pauses=checkpoint_at_pauses
+        semantic=ScriptedTurnModel([sounds_finished]),
+        sentence_end=words,
+        checkpoint_at_pauses=checkpoint_at_pauses,
+        transcript=WORDS,
     )
-    await i.stream(tone(1000, RATE) + silence(1500, RATE))
-    assert i.stopped == []  # the sound alone would have ended the turn 200 ms into the pause
+    await i.stream(tone(1500, RATE) + silence(1500, RATE))
+    assert i.stopped == []  # the sound alone would have ended the turn within 600 ms of the pause
     await i.stream(silence(1000, RATE))
     assert len(i.stopped) == 1  # auto eagerness: half its 4 s cap, as an unsure verdict waits
     [stopped] = i.of(SpeechStopped)
-    assert stopped.audio_end_ms == pytest.approx(1000, abs=40)
+    assert stopped.audio_end_ms == pytest.approx(1500, abs=40)
     # The words before the pause: the checkpointed segment's final transcript, else the interim one.
-    assert words.asked == ["hello there"]
+    assert words.asked == [WORDS]
 
 
 async def test_semantic_words_that_can_end_a_sentence_let_a_finished_sound_end_the_turn_at_once() -> None:
     words = ScriptedSentenceEnd(0.3)
-    i = Input(semantic=ScriptedTurnModel([0.9]), sentence_end=words, checkpoint_at_pauses=True)
-    await i.stream(tone(1000, RATE) + silence(400, RATE))
-    assert len(i.stopped) == 1 and words.asked == ["hello there"]
+    i = Input(
+        semantic=ScriptedTurnModel([0.9]), sentence_end=words, checkpoint_at_pauses=True, transcript=WORDS
+    )
+    await i.stream(tone(1500, RATE) + silence(400, RATE))
+    assert len(i.stopped) == 1 and words.asked == [WORDS]
 
 
-async def test_semantic_words_are_not_consulted_when_the_sound_is_unfinished() -> None:
+async def test_semantic_words_are_not_consulted_when_the_sound_is_in_doubt_or_they_are_too_few() -> None:
     words = ScriptedSentenceEnd(0.01)
-    i = Input(semantic=ScriptedTurnModel([0.0]), sentence_end=words)
-    await i.stream(tone(1000, RATE) + silence(4500, RATE))
-    assert len(i.stopped) == 1 and words.asked == []  # the model's own doubt already waits
+    i = Input(semantic=ScriptedTurnModel([0.1]), sentence_end=words, transcript=WORDS)
+    await i.stream(tone(1500, RATE) + silence(4500, RATE))
+    assert len(i.stopped) == 1 and words.asked == []  # the model's own doubt already waits longer
+    # "hello there": two words say little about where a sentence ends; the sound decides at once.
+    i = Input(semantic=ScriptedTurnModel([0.9]), sentence_end=words, checkpoint_at_pauses=True)
+    await i.stream(tone(1500, RATE) + silence(400, RATE))
+    assert len(i.stopped) == 1 and words.asked == []

@@ -33,17 +33,25 @@ PAUSE_MS = 200  # silence before the model is asked: it was trained on speech fo
 COMPLETE_THRESHOLD = 0.5
 
 
-# The words said so far can overrule a "finished" verdict: after words no sentence ends on (a language
-# model's probability of a sentence end after them below `WORDS_OPEN_BELOW`: "to", "the", "and", "have
-# been"; `actors.llm.sentence_end`), the pause is waited for as if the model were in doubt: half the
-# eagerness cap. Words never shorten a wait: a sentence that can end may still go on.
+# The words said so far can overrule a verdict of "finished" or "barely unfinished": after words no
+# sentence ends on (a language model's probability of a sentence end after them below
+# `WORDS_OPEN_BELOW`: "to", "the", "and", "have been"; `actors.llm.sentence_end`), the pause is waited
+# for as if the model were in doubt: half the eagerness cap. Words never shorten a wait: a sentence that
+# can end may still go on. Only turns of `WORDS_MIN` words or more: one or two words ("yes", "mm-hmm",
+# a name) say little about where a sentence ends, and are judged by their sound.
 WORDS_OPEN_BELOW = 0.05
 WORDS_OPEN_PROBABILITY = COMPLETE_THRESHOLD / 2
+WORDS_MIN = 3
+
+
+def words_can_matter(probability: float) -> bool:
+    """Whether the words could lengthen the wait the model's verdict alone sets."""
+    return probability > WORDS_OPEN_PROBABILITY
 
 
 def with_words(probability: float, sentence_end: float | None) -> float:
     """The model's verdict at a pause, given the probability that a sentence ends after the words so
-    far (None: no words known)."""
+    far (None: no words known, or too few)."""
     if sentence_end is None or sentence_end >= WORDS_OPEN_BELOW:
         return probability
     return min(probability, WORDS_OPEN_PROBABILITY)

@@ -7,7 +7,7 @@ It decides nothing about turns: it says where speech starts and stops (`on_speec
 
 Where speech stops: after the silence window (server VAD), or with semantic turn detection at a pause
 the end-of-turn model judges finished, else after a wait that grows with its doubt
-(`actors.audio.end_of_turn`). When the model judges a pause finished, the words said so far have the
+(`actors.audio.end_of_turn`). Unless the model is already in doubt, the words said so far have the
 last say (`actors.llm.sentence_end`): after words no sentence ends on, the turn is waited for as if the
 model were in doubt. Both models run in a worker thread; audio keeps flowing meanwhile, and a verdict
 that arrives after the user spoke again is dropped.
@@ -24,13 +24,14 @@ from collections.abc import Awaitable, Callable
 from typing import assert_never
 
 from actors.audio.end_of_turn import (
-    COMPLETE_THRESHOLD,
     PAUSE_MS,
     WINDOW_SAMPLES,
+    WORDS_MIN,
     EndOfTurnModel,
     SmartTurnModel,
     wait_after_pause_ms,
     with_words,
+    words_can_matter,
 )
 from actors.audio.pcm import PCM_SAMPLE_WIDTH, STT_SAMPLE_RATE, StreamResampler, duration_ms
 from actors.audio.vad import Endpointer, SpeechDetector, VadEvent
@@ -202,8 +203,7 @@ class Utterance:
     async def heard_so_far(self) -> str:
         """The transcript of the segments finished at checkpoints (the current one's audio excluded)."""
         # Shielded: a caller giving up must not cancel the transcription the turn itself needs.
-        texts = await asyncio.shield(asyncio.gather(*self._finished))
-        return _join(texts)
+        return _join([await asyncio.shield(task) for task in list(self._finished)])
 
     async def finish(self) -> str:
         """The turn is over: finish the current segment (audio held after a checkpoint is only the
@@ -219,8 +219,8 @@ class Utterance:
         """Drop the utterance: stop feeding and close the STT streams without a transcript."""
         self._held = None
         await cancel_and_wait(self._finished)
-        for segment in self._closed:
-            await segment.close_stream()
+        for segment in self._closed:  # a finish cancelled before it ran leaves its feeder waiting
+            await segment.abort()
         if self._segment is not None:
             await self._segment.abort()
             self._segment = None
@@ -302,13 +302,31 @@ class AudioInput:
         self._utterance: Utterance | None = None
         self._speech_start = 0  # sample where the speech being spoken (if any) started
         self._make_end_of_turn = end_of_turn
-        self._end_of_turn: EndOfTurnModel | None = None  # made at the first pause it must judge
         self._make_sentence_end = sentence_end  # None: the sound of a pause alone decides
-        self._sentence_end: SentenceEndModel | None = None
+        # Semantic detection's models, loaded in a worker thread as soon as it is switched on.
+        self._turn_models: asyncio.Future[tuple[EndOfTurnModel, SentenceEndModel | None]] | None = None
         self._pauses = 0  # pauses seen: a verdict applies only to the pause it was asked about
         self._judging: set[asyncio.Task[None]] = set()
         # The endpointer is used from `append` and from a verdict's task: one at a time.
         self._vad_lock = asyncio.Lock()
+        self._load_turn_models()
+
+    def _load_turn_models(self) -> None:
+        """With semantic detection on, start loading its models (~1 s the first time in a process), so
+        that the first pause does not wait for them."""
+        vad = self.options.turn_detection
+        if self._turn_models is None and vad is not None and vad.eagerness is not None:
+            loop = asyncio.get_running_loop()
+            self._turn_models = loop.create_task(asyncio.to_thread(self._make_turn_models))
+
+    def _make_turn_models(self) -> tuple[EndOfTurnModel, SentenceEndModel | None]:
+        end_of_turn = self._make_end_of_turn()
+        try:
+            sentence_end = self._make_sentence_end() if self._make_sentence_end is not None else None
+        except Exception:
+            log.exception("the sentence-end model did not load; the sound of a pause alone decides")
+            sentence_end = None
+        return end_of_turn, sentence_end
 
     def _configure_vad(self) -> None:
         vad = self.options.turn_detection
@@ -327,6 +345,7 @@ class AudioInput:
             self._resampler = StreamResampler(options.input_sample_rate, STT_SAMPLE_RATE)
         self.options = options
         self._configure_vad()
+        self._load_turn_models()
 
     async def append(self, pcm16: bytes, received_at: float | None = None) -> None:
         """Accept client audio at the session's input rate (already validated PCM16 mono)."""
@@ -399,21 +418,22 @@ class AudioInput:
                 assert_never(event.kind)
 
     async def _judge_pause(self, pause: int, audio: bytes, utterance: Utterance | None) -> None:
-        """Ask the end-of-turn model about this pause (and, if it sounds finished, whether the words
-        before it can end a sentence), then set how long it may last."""
+        """Ask the end-of-turn model about this pause (and, unless it is already in doubt, whether the
+        words before it can end a sentence), then set how long it may last."""
         vad = self.options.turn_detection
         if vad is None or vad.eagerness is None:
             return
+        self._load_turn_models()
+        assert self._turn_models is not None
         try:
-            if self._end_of_turn is None:
-                self._end_of_turn = self._make_end_of_turn()
-            probability = await asyncio.to_thread(self._end_of_turn.probability_complete, audio)
+            end_of_turn, sentence_end = await asyncio.shield(self._turn_models)
+            probability = await asyncio.to_thread(end_of_turn.probability_complete, audio)
         except Exception:
             # Without a verdict the pause lasts the eagerness cap: slow, but the turn still ends.
             log.exception("the end-of-turn model failed; this pause waits the full window")
             return
-        if probability >= COMPLETE_THRESHOLD and utterance is not None:
-            probability = with_words(probability, await self._sentence_end_after(utterance))
+        if words_can_matter(probability) and utterance is not None and sentence_end is not None:
+            probability = with_words(probability, await self._sentence_end_after(utterance, sentence_end))
         async with self._vad_lock:
             endpointer = self._endpointer
             if endpointer is None or pause != self._pauses or not endpointer.paused:
@@ -423,11 +443,9 @@ class AudioInput:
             if event is not None:
                 await self._on_vad_event(event, clock())
 
-    async def _sentence_end_after(self, utterance: Utterance) -> float | None:
+    async def _sentence_end_after(self, utterance: Utterance, model: SentenceEndModel) -> float | None:
         """The probability that a sentence ends after the words said before this pause; None when
-        they are not known in time (or the words are not consulted)."""
-        if self._make_sentence_end is None:
-            return None
+        they are not known in time."""
         words = utterance.interim_text
         if utterance.checkpointed:  # the segment before the pause is being transcribed: its final words
             try:
@@ -435,15 +453,12 @@ class AudioInput:
                     words = await utterance.heard_so_far()
             except Exception:  # late or failed: the turn's own transcription reports a failure
                 return None
-        if not words.strip():
+        if len(words.split()) < WORDS_MIN:
             return None
         try:
-            if self._sentence_end is None:
-                self._sentence_end = self._make_sentence_end()
-            return await asyncio.to_thread(self._sentence_end.probability_sentence_ends, words)
+            return await asyncio.to_thread(model.probability_sentence_ends, words)
         except Exception:
             log.exception("the sentence-end model failed; the sound of the pause alone decides")
-            self._make_sentence_end = None
             return None
 
     @property
