@@ -11,6 +11,10 @@ becomes is answered as usual. Anything else — speech that ends too short, a tr
 words or none (a cough, a door, "mm-hmm"), an utterance dropped before it was committed — lets the
 reply resume where it paused, and is no turn to answer. While several utterances over one reply are
 undecided (a cough, then a question), the reply stays paused until none is.
+
+A sound too short to interrupt does not hold the reply until its turn is decided (with semantic turn
+detection that can take seconds): when it pauses (`speech_paused`, 200 ms of silence) the reply plays
+on, and pauses again if the speech goes on (`speech_resumed`).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ class _Speech:
     words: int = 0  # in its latest interim transcript
     item_id: str | None = None  # its utterance, once committed
     real: bool | None = None  # a real interruption; None while undecided
+    quiet: bool = False  # paused too short to interrupt: it no longer holds the reply
 
 
 class BargeIn:
@@ -61,7 +66,23 @@ class BargeIn:
     @property
     def holding(self) -> bool:
         """Some speech over the reply is still undecided (the reply stays paused)."""
-        return any(speech.real is None for speech in self._spoken)
+        return any(speech.real is None and not speech.quiet for speech in self._spoken)
+
+    def speech_paused(self) -> None:
+        """The speech being spoken paused: too short so far to interrupt, it lets the reply play on."""
+        speech = self._speaking
+        if speech is None or speech.real is not None or self._voiced_ms(speech) >= self._min_ms:
+            return
+        speech.quiet = True
+        if not self.holding:
+            self._resume()
+
+    def speech_resumed(self) -> None:
+        """The speech being spoken went on after a pause: the reply pauses again until it is judged."""
+        speech = self._speaking
+        if speech is not None and speech.real is None and speech.quiet:
+            speech.quiet = False
+            self._pause()
 
     async def speech_started(self, *, over_reply: bool, began: float) -> None:
         """The user started speaking, at `began` (clock time). `over_reply`: a reply is playing and may

@@ -92,8 +92,8 @@ class VoiceSession:
             sentence_end=sentence_end if self.limits.end_of_turn_words else None,
             on_speech_started=self._turns.speech_started,
             on_speech_stopped=self._turns.commit,
-            on_speech_paused=self._turns.speech_paused if self.limits.preemptive_generation else None,
-            on_speech_resumed=self._turns.speech_resumed if self.limits.preemptive_generation else None,
+            on_speech_paused=self._turns.speech_paused,
+            on_speech_resumed=self._turns.speech_resumed,
             on_interim_transcript=self._turns.barge_in.interim_transcript,
             on_speech_dropped=self._turns.barge_in.speech_dropped,
         )

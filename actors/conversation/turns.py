@@ -113,6 +113,7 @@ class TurnStateMachine:
     ) -> None:
         self.options = options
         self.conversation = conversation
+        self._limits = limits or SessionLimits()
         self._replies = replies
         self._emit = emit
         self._input_ms = input_ms  # how much input audio has arrived (for `InputTimedOut`)
@@ -126,7 +127,7 @@ class TurnStateMachine:
             pause=replies.pause,
             resume=replies.resume,
             cancel=lambda: replies.cancel("turn_detected"),
-            limits=limits or SessionLimits(),
+            limits=self._limits,
             speech_ms=speech_ms,  # how long the speech being spoken has been voiced (input's VAD)
         )
 
@@ -163,10 +164,14 @@ class TurnStateMachine:
         return self._pending
 
     async def speech_paused(self, utterance: Utterance) -> None:
-        """The user paused mid-utterance: transcribe what they said so far and start the reply to it,
-        unheard until the turn is confirmed with the same transcript (preemptive generation)."""
+        """The user paused mid-utterance: speech over a reply too short to interrupt lets it play on;
+        with preemptive generation, transcribe what they said so far and start the reply to it,
+        unheard until the turn is confirmed with the same transcript."""
+        self.barge_in.speech_paused()
         vad = self.options.turn_detection
         await self.discard_early()
+        if not self._limits.preemptive_generation:
+            return
         if vad is None or not vad.create_response or self._replies.responding:
             return  # no reply would start at the end of this turn anyway
         utterance.checkpoint()
@@ -180,7 +185,9 @@ class TurnStateMachine:
         return self._replies.prepare(text) if text else None
 
     async def speech_resumed(self) -> None:
-        """The user went on after a pause: the reply prepared for part of the turn is wasted."""
+        """The user went on after a pause: speech over a reply pauses it again, and the reply prepared
+        for part of the turn is wasted."""
+        self.barge_in.speech_resumed()
         await self.discard_early()
 
     async def discard_early(self) -> None:
