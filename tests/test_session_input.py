@@ -323,7 +323,9 @@ async def test_semantic_words_are_not_consulted_when_the_sound_is_in_doubt_or_th
     i = Input(semantic=ScriptedTurnModel([0.1]), sentence_end=words, transcript=WORDS)
     await i.stream(tone(1500, RATE) + silence(4500, RATE))
     assert len(i.stopped) == 1 and words.asked == []  # the model's own doubt already waits longer
-    # "hello there": two words say little about where a sentence ends; the sound decides at once.
-    i = Input(semantic=ScriptedTurnModel([0.9]), sentence_end=words, checkpoint_at_pauses=True)
+    # One word says little about where a sentence ends; the sound decides at once.
+    i = Input(
+        semantic=ScriptedTurnModel([0.9]), sentence_end=words, checkpoint_at_pauses=True, transcript="okay"
+    )
     await i.stream(tone(1500, RATE) + silence(400, RATE))
     assert len(i.stopped) == 1 and words.asked == []

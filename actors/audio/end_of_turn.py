@@ -37,11 +37,11 @@ COMPLETE_THRESHOLD = 0.5
 # sentence ends on (a language model's probability of a sentence end after them below
 # `WORDS_OPEN_BELOW`: "to", "the", "and", "have been"; `actors.llm.sentence_end`), the pause is waited
 # for as if the model were in doubt: half the eagerness cap. Words never shorten a wait: a sentence that
-# can end may still go on. Only turns of `WORDS_MIN` words or more: one or two words ("yes", "mm-hmm",
-# a name) say little about where a sentence ends, and are judged by their sound.
+# can end may still go on. Only turns of `WORDS_MIN` words or more: one word ("yes", "thanks", a name)
+# says little about where a sentence ends, and is judged by its sound.
 WORDS_OPEN_BELOW = 0.05
 WORDS_OPEN_PROBABILITY = COMPLETE_THRESHOLD / 2
-WORDS_MIN = 3
+WORDS_MIN = 2
 
 
 def words_can_matter(probability: float) -> bool:
