@@ -14,8 +14,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from actors.audio.encode import SpeechFormat
 from actors.llm.base import FinishReason
 from actors.memory.journal import USER_ID
+from actors.tts.voices import MAX_SPEED, MIN_SPEED, OPENAI_VOICES
 
 # ------------------------------------------------------------------------------------------ errors
 
@@ -209,17 +211,26 @@ class SpeechRequest(BaseModel):
 
     model: str = Field(min_length=1, max_length=256, description="Any value: the TTS engine is fixed.")
     input: str = Field(description="1 to `rest_max_speech_chars` characters.")
-    voice: str | VoiceRef = Field(description="The configured voice (see GET /v1/models).")
-    response_format: Literal["pcm", "wav"] = Field(
-        default="wav", description="24 kHz mono PCM16, raw or in a streamed WAV. Default: wav."
+    voice: str | VoiceRef = Field(
+        description="An OpenAI voice name (" + ", ".join(OPENAI_VOICES) + "), each a distinct voice of "
+        "the offline engine, or the configured voice (see GET /v1/models). Custom voice ids are refused."
     )
-    speed: float | None = Field(default=None, description="Only 1.0.")
+    response_format: SpeechFormat = Field(
+        default="mp3",
+        description="mp3, opus (in Ogg), aac (ADTS), flac, wav (streamed header) or pcm (raw); "
+        "24 kHz mono. Default: mp3.",
+    )
+    speed: float | None = Field(default=None, ge=MIN_SPEED, le=MAX_SPEED, description="0.25 to 4.0.")
     stream_format: Literal["audio", "sse"] | None = Field(
         default=None,
         description="audio (default): the raw byte stream; sse: `speech.audio.delta` events carrying the "
         "same bytes base64-encoded, then `speech.audio.done`.",
     )
-    instructions: str | None = Field(default=None, description="Accepted and ignored.")
+    instructions: str | None = Field(
+        default=None,
+        max_length=4096,
+        description="Passed to the OpenAI TTS engine; the offline engine (eSpeak) cannot act on it.",
+    )
 
     def voice_name(self) -> str:
         return self.voice.id if isinstance(self.voice, VoiceRef) else self.voice
