@@ -305,7 +305,7 @@ BAD_REQUESTS: list[tuple[str, str, dict[str, Any], int, str]] = [
         "/v1/audio/transcriptions",
         {
             "files": {"file": ("a.wav", wav_bytes(tone(100), 24_000))},
-            "data": {"model": "x", "response_format": "srt"},
+            "data": {"model": "x", "response_format": "ass"},
         },
         400,
         "not supported",
