@@ -176,13 +176,15 @@ def test_streaming_response_arrives_in_pieces(api: Harness) -> None:
         ({"voice": "alloy", "speed": 0.2}, "speed", "greater than or equal to 0.25"),
         ({"voice": "alloy", "speed": 4.5}, "speed", "less than or equal to 4"),
         ({"voice": "alloy", "response_format": "ogg"}, "response_format", "'mp3', 'opus', 'aac'"),
+        ({"voice": "alloy", "input": "   "}, "input", "input is empty"),
+        ({"voice": "alloy", "input": "x" * 4097}, "input", "the limit is 4096"),
     ],
 )
 def test_bad_values_get_openai_errors(
     api: Harness, kwargs: dict[str, object], param: str, words: str
 ) -> None:
     with pytest.raises(openai.BadRequestError) as caught:
-        api.client.audio.speech.create(model="tts-1", input="Hi", **kwargs)  # type: ignore[arg-type]
+        api.client.audio.speech.create(model="tts-1", **{"input": "Hi", **kwargs})  # type: ignore[arg-type]
     error = caught.value.body
     assert isinstance(error, dict)
     assert error["param"] == param and words in error["message"], error

@@ -131,6 +131,7 @@ def test_language_prompt_and_temperature_are_accepted(api: Harness) -> None:
         language="fr",
         prompt="Names: Ada, Bob.",
         temperature=0.4,
+        chunking_strategy="auto",
         response_format="verbose_json",
     )
     assert verbose.language == "fr"  # echoed; the engine transcribes its own language
