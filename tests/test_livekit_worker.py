@@ -20,7 +20,7 @@ from livekit.agents import AgentSession, metrics
 from livekit.agents import stt as stt_events
 from livekit.agents.llm import ChatMessage
 from livekit.agents.utils import http_context
-from livekit.agents.voice.events import ConversationItemAddedEvent
+from livekit.agents.voice.events import ConversationItemAddedEvent, UserInputTranscribedEvent
 from livekit.agents.voice.io import AudioInput, AudioOutput, AudioOutputCapabilities
 from livekit.plugins import silero
 
@@ -310,7 +310,8 @@ async def test_spoken_turn_through_the_whole_session(served_cfg: WorkerConfig, v
     replied: asyncio.Future[ChatMessage] = asyncio.get_running_loop().create_future()
     heard: list[str] = []
     speaker = CapturingOutput()
-    async with build_session(served_cfg, user="livekit-voice", vad=vad) as session:
+    # A worker's job gives the streaming STT its HTTP session; outside one, this context does.
+    async with http_context.open(), build_session(served_cfg, user="livekit-voice", vad=vad) as session:
 
         @session.on("conversation_item_added")
         def _added(ev: ConversationItemAddedEvent) -> None:
@@ -330,3 +331,48 @@ async def test_spoken_turn_through_the_whole_session(served_cfg: WorkerConfig, v
     assert spoken > 0.3, spoken
     grew = {name for name in HISTOGRAMS if _sum(name) > before[name]}
     assert {"end_of_turn_delay", "transcription_delay", "llm_ttft", "tts_ttfb", "e2e_latency"} <= grew, grew
+
+
+async def test_spoken_turn_with_streaming_stt_in_process(vad: silero.VAD) -> None:
+    """The whole session with the router in process (pocketsphinx streaming through the transcription
+    session, a scripted LLM, simulated TTS): LiveKit shows interim transcripts while the recording plays,
+    takes the final one as the user's turn, and the reply is spoken."""
+    settings = Settings(
+        stt_engine="pocketsphinx", llm_engine="openai", tts_engine="espeak", api_keys=KEY, stage_timeout_s=30
+    ).resolved()
+    deps = RouterDeps(
+        settings=settings,
+        stt=PocketsphinxEngine(),
+        llm=LLMStage(FakeLLMEngine("He was a fine young man.", ttft_ms=5, tokens_per_s=500)),
+        tts=TTSStage(SimulatedTTSEngine(ttfb_ms=5, realtime_factor=50)),
+    )
+    pcm, reference = librivox("0880", rate=24_000)
+    replied: asyncio.Future[ChatMessage] = asyncio.get_running_loop().create_future()
+    transcripts: list[tuple[bool, str]] = []
+    speaker = CapturingOutput()
+    # A worker's job gives the streaming STT its HTTP session; outside one, this context does.
+    async with served(build_router_app(deps)) as url, http_context.open():
+        cfg = await WorkerConfig.from_env({"VOICE_AGENT_URL": url, "VOICE_AGENT_API_KEY": KEY}).resolve()
+        async with build_session(cfg, user="livekit-voice", vad=vad) as session:
+
+            @session.on("user_input_transcribed")
+            def _transcribed(ev: UserInputTranscribedEvent) -> None:
+                transcripts.append((ev.is_final, ev.transcript))
+
+            @session.on("conversation_item_added")
+            def _added(ev: ConversationItemAddedEvent) -> None:
+                item = ev.item
+                if isinstance(item, ChatMessage) and item.role == "assistant" and not replied.done():
+                    replied.set_result(item)
+
+            session.input.audio = RecordingInput(pcm, 24_000)
+            session.output.audio = speaker
+            await session.start(VoiceAgent())
+            reply = await asyncio.wait_for(replied, 120)
+    interim = [text for final, text in transcripts if not final]
+    final = [text for is_final, text in transcripts if is_final]
+    assert interim, transcripts  # LiveKit saw the words while they were spoken
+    assert transcripts.index((False, interim[0])) < transcripts.index((True, final[0]))
+    assert word_error_rate(reference, final[0]) < 0.5, final
+    assert reply.text_content == "He was a fine young man."
+    assert sum(f.duration for f in speaker.frames) > 0.3
