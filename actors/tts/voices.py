@@ -34,7 +34,7 @@ MIN_SPEED, MAX_SPEED = 0.25, 4.0  # OpenAI's range for `speed`
 
 
 class VoiceError(ValueError):
-    """A voice or speed this server cannot speak with; the message says what it can."""
+    """A voice this server cannot speak with; the message says which it can."""
 
 
 def check_voice(voice: str, configured: str) -> str:
@@ -46,13 +46,6 @@ def check_voice(voice: str, configured: str) -> str:
         f"voice {voice[:60]!r} is not available: use one of {', '.join(OPENAI_VOICES)} "
         f"or the server's voice {configured!r}"
     )
-
-
-def check_speed(speed: float) -> float:
-    """`speed` if it is in OpenAI's range (0.25–4.0), else VoiceError."""
-    if not MIN_SPEED <= speed <= MAX_SPEED:
-        raise VoiceError(f"speed {speed:g} is out of range: use {MIN_SPEED} to {MAX_SPEED:g} (1.0 is normal)")
-    return speed
 
 
 def espeak_voice(voice: str) -> str:
