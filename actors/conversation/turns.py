@@ -141,6 +141,8 @@ class TurnStateMachine:
         vad = self.options.turn_detection
         if vad is None or vad.idle_timeout_ms is None or self._replies.responding:
             return
+        if self.options.transcription_only:  # switched to transcribing since the reply: nothing to say
+            return
         self._idle = None
         end_ms = self._input_ms()
         item_id = new_id("item")
@@ -300,12 +302,12 @@ class TurnStateMachine:
         if transcript:
             self.conversation.add_user(utterance.item_id, transcript, spoken=True)
         await self._emit(TranscriptCompleted(utterance.item_id, transcript, utterance.audio_seconds))
-        if self.options.transcription_only:
-            return  # a transcription session: transcripts are all it gives
         if not await self.barge_in.transcribed(utterance.item_id, transcript, timeline.speech_end):
             return  # spoken over a reply, and no interruption (a cough, "mm-hmm"): the reply resumed
         if not transcript:
             return  # nothing recognisable: no response, like a cough
+        if self.options.transcription_only:
+            return  # a transcription session: transcripts are all it gives
         turn = UserTurn(utterance.item_id, transcript, spoken=True)
         vad = self.options.turn_detection
         if vad is None or not vad.create_response:
