@@ -20,6 +20,7 @@ from actors.llm.stage import LLMStage
 from actors.memory.sink import RecentTurnsSink
 from actors.probe import problems
 from actors.stt.stage import FeedResult, FinishResult, STTStage
+from actors.tts.base import DEFAULT_STYLE, SpeechStyle
 from actors.tts.stage import TTSStage
 from serve_app.api.deps import RouterDeps
 from serve_app.api.router_app import build_router_app
@@ -121,8 +122,10 @@ class TTSDeployment:
         """None when the engine's provider answers, else what is wrong (cached in the engine)."""
         return await self.stage.engine.probe()
 
-    async def synthesize(self, text: str, sample_rate: int) -> AsyncGenerator[bytes, None]:
-        async for chunk in self.stage.synthesize(text, sample_rate):
+    async def synthesize(
+        self, text: str, sample_rate: int, style: SpeechStyle = DEFAULT_STYLE
+    ) -> AsyncGenerator[bytes, None]:
+        async for chunk in self.stage.synthesize(text, sample_rate, style):
             yield chunk
 
 

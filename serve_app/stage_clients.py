@@ -20,6 +20,7 @@ from ray.serve.handle import DeploymentHandle, DeploymentResponse, DeploymentRes
 from actors.conversation.session import new_id
 from actors.llm.base import LLMEvent, LLMFinish, LLMRequest
 from actors.stt.base import STTStream
+from actors.tts.base import DEFAULT_STYLE, SpeechStyle
 
 
 class RemoteSTTStream(STTStream):
@@ -85,9 +86,11 @@ class RemoteTTSStage:
     def __init__(self, handle: DeploymentHandle) -> None:
         self._handle = handle.options(stream=True)
 
-    def synthesize(self, text: str, sample_rate: int) -> AsyncGenerator[bytes, None]:
+    def synthesize(
+        self, text: str, sample_rate: int, style: SpeechStyle = DEFAULT_STYLE
+    ) -> AsyncGenerator[bytes, None]:
         """`TTSStage.synthesize` on a replica; closing the stream cancels it there."""
-        return _cancelled_on_close(self._handle.synthesize.remote(text, sample_rate))
+        return _cancelled_on_close(self._handle.synthesize.remote(text, sample_rate, style))
 
 
 async def _cancelled_on_close(

@@ -20,6 +20,7 @@ from actors.llm.stage import LLMStage
 from actors.memory.sink import RecentTurnsSink
 from actors.stt.base import STTClient
 from actors.stt.simulated import SimulatedSTTEngine
+from actors.tts.base import TTSClient
 from actors.tts.simulated import SimulatedTTSEngine
 from actors.tts.stage import TTSStage
 from serve_app.api.deps import RouterDeps
@@ -41,7 +42,10 @@ MEMORIES = {"ada": "Ada's cat is called Miso.", "bob": "Bob plays the cello."}
 
 
 class Harness:
-    def __init__(self, **overrides: Any) -> None:
+    """The router app in process (Starlette TestClient), with the official `openai` client on it: simulated
+    STT, a scripted LLM, and simulated TTS unless `tts` says otherwise."""
+
+    def __init__(self, *, tts: TTSClient | None = None, **overrides: Any) -> None:
         base: dict[str, Any] = {
             "stt_engine": "simulated",
             "llm_engine": "openai",
@@ -62,7 +66,7 @@ class Harness:
             settings=settings,
             stt=SimulatedSTTEngine("hello world", finalize_delay_ms=1),
             llm=LLMStage(self.llm),
-            tts=TTSStage(SimulatedTTSEngine(ttfb_ms=1, realtime_factor=1000)),
+            tts=tts or TTSStage(SimulatedTTSEngine(ttfb_ms=1, realtime_factor=1000)),
             memory_sink=self.sink,
             memory_context=memory_context,
         )

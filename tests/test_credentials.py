@@ -242,8 +242,11 @@ def test_minting_validates_its_request(api: Harness) -> None:
         server.realtime.client_secrets.create(expires_after={"anchor": "created_at", "seconds": 7201})
     with pytest.raises(openai.BadRequestError, match="max_output_tokens"):
         server.realtime.client_secrets.create(session={"type": "realtime", "max_output_tokens": 0})
-    with pytest.raises(openai.BadRequestError, match="realtime"):
-        server.realtime.client_secrets.create(session={"type": "transcription"})
+    with pytest.raises(openai.BadRequestError, match="'realtime' or 'transcription'"):
+        server.realtime.client_secrets.create(session={"type": "speech"})  # type: ignore[arg-type,misc]
+    # A transcription session's secret (a browser streaming speech to text) is a secret like any other.
+    transcribing = server.realtime.client_secrets.create(session={"type": "transcription"})
+    assert transcribing.session is not None and transcribing.session.type == "transcription"
     revoke = api.http.post(
         "/v1/realtime/client_secrets/revoke", headers={"Authorization": f"Bearer {KEY}"}, json={"value": "x"}
     )

@@ -12,6 +12,7 @@ import pytest
 from actors.audio.pcm import duration_ms, rms_dbfs
 from actors.config import Settings
 from actors.engines import create_tts_engine
+from actors.tts.base import SpeechStyle
 from actors.tts.espeak_engine import EspeakEngine
 from actors.tts.openai_engine import OpenAITTSEngine
 from testkit.sim_openai_server import SimOpenAIConfig, SimOpenAIServer, start_sim_openai_server
@@ -185,3 +186,12 @@ def test_create_tts_engine() -> None:
     engine = create_tts_engine(settings)
     assert isinstance(engine, OpenAITTSEngine) and (engine.model, engine.voice) == ("tts-1", "nova")
     assert engine.sample_rate == 24_000
+
+
+async def test_openai_tts_passes_voice_speed_and_instructions(fake_openai: SimOpenAIServer) -> None:
+    """OpenAI's own voice, speed and instructions mean what they say there: passed through as sent."""
+    engine = OpenAITTSEngine(base_url=fake_openai.base_url, voice="verse")
+    style = SpeechStyle(voice="onyx", speed=1.5, instructions="Whisper.")
+    assert [chunk async for chunk in engine.synthesize("Hi.", style)]
+    body = fake_openai.requests[-1]["body"]
+    assert (body["voice"], body["speed"], body["instructions"]) == ("onyx", 1.5, "Whisper.")

@@ -17,13 +17,22 @@ import numpy as np
 import pytest
 from livekit import rtc
 from livekit.agents import AgentSession, metrics
+from livekit.agents import stt as stt_events
 from livekit.agents.llm import ChatMessage
-from livekit.agents.voice.events import ConversationItemAddedEvent
+from livekit.agents.utils import http_context
+from livekit.agents.voice.events import ConversationItemAddedEvent, UserInputTranscribedEvent
 from livekit.agents.voice.io import AudioInput, AudioOutput, AudioOutputCapabilities
 from livekit.plugins import silero
 
 from actors.audio.pcm import rms_dbfs
+from actors.config import Settings
 from actors.conversation.metrics import HISTOGRAMS
+from actors.llm.stage import LLMStage
+from actors.stt.pocketsphinx_engine import PocketsphinxEngine
+from actors.tts.simulated import SimulatedTTSEngine
+from actors.tts.stage import TTSStage
+from serve_app.api.deps import RouterDeps
+from serve_app.api.router_app import build_router_app
 from serve_app.programs.livekit_worker import (
     VoiceAgent,
     WorkerConfig,
@@ -35,7 +44,7 @@ from serve_app.programs.livekit_worker import (
     user_id_for,
     worker_options,
 )
-from testkit.fakes import served
+from testkit.fakes import FakeLLMEngine, served
 from testkit.harness import KEY, MEMORIES, Harness
 from testkit.recordings import LIBRIVOX, librivox, word_error_rate
 from testkit.serve_cluster import ServeRun
@@ -130,6 +139,66 @@ async def test_chat_turn_carries_the_participant_to_memory(vad: silero.VAD) -> N
     )
 
 
+def frames_of(pcm: bytes, rate: int, ms: int = 20) -> list[rtc.AudioFrame]:
+    step = rate * ms // 1000 * 2
+    return [
+        rtc.AudioFrame(
+            data=pcm[i : i + step], sample_rate=rate, num_channels=1, samples_per_channel=step // 2
+        )
+        for i in range(0, len(pcm) - step + 1, step)
+    ]
+
+
+async def test_streaming_stt_gets_interim_transcripts_from_a_transcription_session() -> None:
+    """The stock plugin's streaming STT (`use_realtime=True`) against the router's Realtime transcription
+    session, with real recognition: a LibriVox recording streamed like a microphone gives interim
+    transcripts while it plays, then the final one, and LiveKit's speech start and end."""
+    settings = Settings(
+        stt_engine="pocketsphinx", llm_engine="openai", tts_engine="espeak", api_keys=KEY, stage_timeout_s=30
+    ).resolved()
+    deps = RouterDeps(
+        settings=settings,
+        stt=PocketsphinxEngine(),
+        llm=LLMStage(FakeLLMEngine("Hi.", ttft_ms=1, tokens_per_s=1000)),
+        tts=TTSStage(SimulatedTTSEngine(ttfb_ms=1, realtime_factor=1000)),
+    )
+    pcm, reference = librivox("0880", rate=24_000)  # "he was not an ill disposed young man"
+    silence = b"\x00\x00" * 24_000 * 2
+    # Outside a worker's job, LiveKit's plugins take their HTTP session from this context.
+    async with served(build_router_app(deps)) as url, http_context.open():
+        cfg = await WorkerConfig.from_env({"VOICE_AGENT_URL": url, "VOICE_AGENT_API_KEY": KEY}).resolve()
+        stt = build_stt(cfg)
+        assert stt.capabilities.streaming and stt.capabilities.interim_results
+        stream = stt.stream()
+        events: list[tuple[float, stt_events.SpeechEvent]] = []
+
+        async def listen() -> None:
+            async for event in stream:
+                events.append((time.monotonic(), event))
+                if event.type == stt_events.SpeechEventType.FINAL_TRANSCRIPT:
+                    return
+
+        listener = asyncio.create_task(listen())
+        try:
+            for frame in frames_of(pcm + silence, 24_000):
+                stream.push_frame(frame)
+                await asyncio.sleep(0.02)  # a microphone's pace
+            speech_ended = time.monotonic() - len(silence) / 2 / 24_000
+            await asyncio.wait_for(listener, 60)
+        finally:
+            await stream.aclose()
+            await stt.aclose()
+    kinds = [event.type for _, event in events]
+    assert kinds[0] == stt_events.SpeechEventType.START_OF_SPEECH
+    interims = [
+        (at, event) for at, event in events if event.type == stt_events.SpeechEventType.INTERIM_TRANSCRIPT
+    ]
+    assert interims and interims[0][0] < speech_ended  # interim results while the speaker was still talking
+    final = events[-1][1].alternatives[0].text
+    assert word_error_rate(reference, final) < 0.5, final
+    assert final.startswith(interims[0][1].alternatives[0].text.split()[0])
+
+
 # ----------------------------------------------------------------- the running agent, offline engines
 
 
@@ -156,16 +225,6 @@ async def test_text_turn_answered_by_our_llm(served_cfg: WorkerConfig, vad: sile
     reply = result.expect[0].event().item
     assert isinstance(reply, ChatMessage) and (reply.text_content or "").strip()
     assert _sum("llm_ttft") > before  # LiveKit's LLM metrics reached our histogram
-
-
-def frames_of(pcm: bytes, rate: int, ms: int = 20) -> list[rtc.AudioFrame]:
-    step = rate * ms // 1000 * 2
-    return [
-        rtc.AudioFrame(
-            data=pcm[i : i + step], sample_rate=rate, num_channels=1, samples_per_channel=step // 2
-        )
-        for i in range(0, len(pcm) - step + 1, step)
-    ]
 
 
 @pytest.mark.slow
@@ -251,7 +310,8 @@ async def test_spoken_turn_through_the_whole_session(served_cfg: WorkerConfig, v
     replied: asyncio.Future[ChatMessage] = asyncio.get_running_loop().create_future()
     heard: list[str] = []
     speaker = CapturingOutput()
-    async with build_session(served_cfg, user="livekit-voice", vad=vad) as session:
+    # A worker's job gives the streaming STT its HTTP session; outside one, this context does.
+    async with http_context.open(), build_session(served_cfg, user="livekit-voice", vad=vad) as session:
 
         @session.on("conversation_item_added")
         def _added(ev: ConversationItemAddedEvent) -> None:
@@ -271,3 +331,48 @@ async def test_spoken_turn_through_the_whole_session(served_cfg: WorkerConfig, v
     assert spoken > 0.3, spoken
     grew = {name for name in HISTOGRAMS if _sum(name) > before[name]}
     assert {"end_of_turn_delay", "transcription_delay", "llm_ttft", "tts_ttfb", "e2e_latency"} <= grew, grew
+
+
+async def test_spoken_turn_with_streaming_stt_in_process(vad: silero.VAD) -> None:
+    """The whole session with the router in process (pocketsphinx streaming through the transcription
+    session, a scripted LLM, simulated TTS): LiveKit shows interim transcripts while the recording plays,
+    takes the final one as the user's turn, and the reply is spoken."""
+    settings = Settings(
+        stt_engine="pocketsphinx", llm_engine="openai", tts_engine="espeak", api_keys=KEY, stage_timeout_s=30
+    ).resolved()
+    deps = RouterDeps(
+        settings=settings,
+        stt=PocketsphinxEngine(),
+        llm=LLMStage(FakeLLMEngine("He was a fine young man.", ttft_ms=5, tokens_per_s=500)),
+        tts=TTSStage(SimulatedTTSEngine(ttfb_ms=5, realtime_factor=50)),
+    )
+    pcm, reference = librivox("0880", rate=24_000)
+    replied: asyncio.Future[ChatMessage] = asyncio.get_running_loop().create_future()
+    transcripts: list[tuple[bool, str]] = []
+    speaker = CapturingOutput()
+    # A worker's job gives the streaming STT its HTTP session; outside one, this context does.
+    async with served(build_router_app(deps)) as url, http_context.open():
+        cfg = await WorkerConfig.from_env({"VOICE_AGENT_URL": url, "VOICE_AGENT_API_KEY": KEY}).resolve()
+        async with build_session(cfg, user="livekit-voice", vad=vad) as session:
+
+            @session.on("user_input_transcribed")
+            def _transcribed(ev: UserInputTranscribedEvent) -> None:
+                transcripts.append((ev.is_final, ev.transcript))
+
+            @session.on("conversation_item_added")
+            def _added(ev: ConversationItemAddedEvent) -> None:
+                item = ev.item
+                if isinstance(item, ChatMessage) and item.role == "assistant" and not replied.done():
+                    replied.set_result(item)
+
+            session.input.audio = RecordingInput(pcm, 24_000)
+            session.output.audio = speaker
+            await session.start(VoiceAgent())
+            reply = await asyncio.wait_for(replied, 120)
+    interim = [text for final, text in transcripts if not final]
+    final = [text for is_final, text in transcripts if is_final]
+    assert interim, transcripts  # LiveKit saw the words while they were spoken
+    assert transcripts.index((False, interim[0])) < transcripts.index((True, final[0]))
+    assert word_error_rate(reference, final[0]) < 0.5, final
+    assert reply.text_content == "He was a fine young man."
+    assert sum(f.duration for f in speaker.frames) > 0.3

@@ -260,23 +260,23 @@ BAD_REQUESTS: list[tuple[str, str, dict[str, Any], int, str]] = [
     (
         "POST",
         "/v1/audio/speech",
-        {"json": {"model": "t", "input": "hi", "voice": "alloy"}},
+        {"json": {"model": "t", "input": "hi", "voice": "robot"}},
         400,
-        "not available",
+        "not available: use one of alloy, ash",
     ),
     (
         "POST",
         "/v1/audio/speech",
-        {"json": {"model": "t", "input": "hi", "voice": "en-us", "response_format": "mp3"}},
+        {"json": {"model": "t", "input": "hi", "voice": "en-us", "response_format": "ogg"}},
         400,
-        "'pcm' or 'wav'",
+        "response_format: Input should be 'mp3', 'opus', 'aac', 'flac', 'wav' or 'pcm'",
     ),
     (
         "POST",
         "/v1/audio/speech",
-        {"json": {"model": "t", "input": "hi", "voice": "en-us", "speed": 2}},
+        {"json": {"model": "t", "input": "hi", "voice": "en-us", "speed": 4.5}},
         400,
-        "speed",
+        "speed: Input should be less than or equal to 4",
     ),
     ("POST", "/v1/audio/transcriptions", {"json": {"model": "x"}}, 400, "multipart/form-data"),
     (
@@ -305,7 +305,7 @@ BAD_REQUESTS: list[tuple[str, str, dict[str, Any], int, str]] = [
         "/v1/audio/transcriptions",
         {
             "files": {"file": ("a.wav", wav_bytes(tone(100), 24_000))},
-            "data": {"model": "x", "response_format": "srt"},
+            "data": {"model": "x", "response_format": "ass"},
         },
         400,
         "not supported",

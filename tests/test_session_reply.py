@@ -141,10 +141,8 @@ async def test_a_failed_reply_apologises_and_ends_as_failed() -> None:
 
 async def test_a_text_only_reply_sends_phrases_as_text_and_no_audio() -> None:
     p = Player("Sure. Paris is the capital.", audio=False)
-    p.conversation.history += [
-        {"role": "user", "content": "Hi."},
-        {"role": "assistant", "content": "Hello."},
-    ]
+    p.conversation.add_message("user", "Hi.")
+    p.conversation.add_message("assistant", "Hello.")
     p.player.start(UserTurn("item_1", "What is the capital of France?"), TurnTimeline())
     await p.wait_for(ResponseFinished)
     assert not p.of(ResponseAudioDelta)

@@ -156,7 +156,7 @@ async def test_a_committed_turn_is_transcribed_and_answered_at_once() -> None:
     [done] = t.of(TranscriptCompleted)
     assert (done.transcript, done.audio_seconds) == (QUESTION, pytest.approx(0.8))
     [(user, timeline)] = t.replies.started
-    assert user == UserTurn(utterance.item_id, QUESTION)
+    assert user == UserTurn(utterance.item_id, QUESTION, spoken=True)
     assert timeline.transcript == pytest.approx(committed_at + 0.15)  # the reply's metrics include STT
     assert t.conversation.last_item_id == utterance.item_id
 
@@ -171,7 +171,7 @@ async def test_a_pause_prepares_the_reply_and_the_confirmed_turn_takes_it_over()
     await t.turns.commit(utterance, TurnTimeline())
     await t.settle()
     [(user, _)] = t.replies.started
-    assert user == UserTurn(utterance.item_id, QUESTION) and t.replies.took_over == [early]
+    assert user == UserTurn(utterance.item_id, QUESTION, spoken=True) and t.replies.took_over == [early]
 
 
 async def test_speech_after_the_pause_discards_what_was_prepared() -> None:
@@ -219,9 +219,9 @@ async def test_push_to_talk_waits_for_the_client_to_ask_for_the_reply() -> None:
     utterance = await t.utterance()
     await t.turns.commit_buffer(utterance)
     await t.settle()
-    assert not t.replies.started and t.turns.pending == UserTurn(utterance.item_id, QUESTION)
+    assert not t.replies.started and t.turns.pending == UserTurn(utterance.item_id, QUESTION, spoken=True)
     await t.turns.create_response()
-    assert t.replies.started[0][0] == UserTurn(utterance.item_id, QUESTION)
+    assert t.replies.started[0][0] == UserTurn(utterance.item_id, QUESTION, spoken=True)
     assert t.turns.pending is None
     await t.turns.create_response()  # one reply at a time
     assert t.of(SessionError)[-1].code == "conversation_already_has_active_response"
@@ -294,7 +294,9 @@ async def test_speech_with_enough_words_and_long_enough_cancels_the_reply_and_is
     utterance = await t.utterance(600)
     await t.turns.commit(utterance, TurnTimeline(speech_end=clock(), committed=clock()))
     await t.settle()
-    assert t.replies.started[-1][0] == UserTurn(utterance.item_id, QUESTION)  # the new turn is answered
+    assert t.replies.started[-1][0] == UserTurn(
+        utterance.item_id, QUESTION, spoken=True
+    )  # the new turn is answered
     assert t.replies.resumes == 0
 
 
@@ -343,7 +345,7 @@ async def test_without_interim_words_the_final_transcript_proves_the_interruptio
     assert t.replies.paused and t.replies.cancelled == []
     await t.settle()
     assert t.replies.cancelled == ["turn_detected"] and t.replies.resumes == 0
-    assert t.replies.started[-1][0] == UserTurn(utterance.item_id, QUESTION)
+    assert t.replies.started[-1][0] == UserTurn(utterance.item_id, QUESTION, spoken=True)
 
 
 async def test_without_minimums_speech_over_a_reply_cancels_it_at_once() -> None:
@@ -366,7 +368,9 @@ async def test_create_response_off_a_real_interruption_cancels_and_waits_and_a_c
     utterance = await t.speak_over_reply(1500)
     await t.settle()
     assert t.replies.cancelled == ["turn_detected"] and len(t.replies.started) == 1
-    assert t.turns.pending == UserTurn(utterance.item_id, QUESTION)  # for the client's response.create
+    assert t.turns.pending == UserTurn(
+        utterance.item_id, QUESTION, spoken=True
+    )  # for the client's response.create
 
     c = Turns(create_response=False, transcript="")
     await c.speak_over_reply(800)

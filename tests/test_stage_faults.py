@@ -20,6 +20,7 @@ from actors.llm.stage import LLMStage
 from actors.probe import problems
 from actors.stt.base import STTEngine, STTStream
 from actors.stt.simulated import SimulatedSTTEngine
+from actors.tts.base import DEFAULT_STYLE, SpeechStyle
 from actors.tts.simulated import SimulatedTTSEngine
 from actors.tts.stage import TTSStage
 from serve_app.api.deps import RouterDeps
@@ -70,10 +71,12 @@ class SwitchableTTS(TTSStage):
         super().__init__(SimulatedTTSEngine(ttfb_ms=5, realtime_factor=1000))
         self.dead = False
 
-    async def synthesize(self, text: str, sample_rate: int) -> AsyncIterator[bytes]:
+    async def synthesize(
+        self, text: str, sample_rate: int, style: SpeechStyle = DEFAULT_STYLE
+    ) -> AsyncIterator[bytes]:
         if self.dead:
             raise ReplicaDied()
-        async for chunk in super().synthesize(text, sample_rate):
+        async for chunk in super().synthesize(text, sample_rate, style):
             yield chunk
 
 

@@ -1,63 +1,58 @@
-"""Audio files in and out of the REST API: decoding uploads, and a WAV header for streamed audio.
+"""Uploaded audio files for the REST API, decoded to the PCM the STT stage takes.
 
-Uploads are decoded by libsndfile (through `soundfile`): WAV, FLAC, OGG/Vorbis, Opus, MP3 and the
-other formats it reads, at any sample rate and channel count; they are mixed down to mono and
-resampled with soxr to the rate STT works at.
+PyAV (FFmpeg, bundled in its wheels) reads what OpenAI's transcription endpoint takes: WAV, FLAC, MP3,
+MP4/M4A (AAC), WebM and Ogg (Opus, Vorbis), MPEG/MPGA, at any sample rate and channel count; FFmpeg's
+resampler mixes it down to mono at the rate STT works at.
 """
 
 from __future__ import annotations
 
 import io
-import struct
 
-import numpy as np
-import soundfile as sf
+import av
 
-from actors.audio.pcm import STT_SAMPLE_RATE, AudioFormatError, resample
+from actors.audio.pcm import STT_SAMPLE_RATE, AudioFormatError
 
-# A streamed WAV's length is unknown when its header is sent: the RIFF and data sizes say "as long
-# as the stream", the value OpenAI's streamed WAV and ffmpeg's piped output use.
-UNKNOWN_LENGTH = 0xFFFFFFFF
+SUPPORTED = "WAV, FLAC, MP3, M4A/MP4, WebM, Ogg (Opus or Vorbis)"
 
 
 def decode_upload(data: bytes, max_seconds: float) -> tuple[bytes, float]:
     """An uploaded audio file as 16 kHz mono PCM16, and its duration in seconds.
 
-    Raises AudioFormatError for anything libsndfile cannot read, an empty recording, or one longer
-    than `max_seconds` (checked from the header, before decoding).
+    Raises AudioFormatError for anything FFmpeg cannot read or that has no audio, an empty recording,
+    or one longer than `max_seconds` (checked from the header where it says, else while decoding).
     """
     if not data:
         raise AudioFormatError("the audio file is empty")
+    limit = int(max_seconds * STT_SAMPLE_RATE)
+    out = bytearray()
     try:
-        with sf.SoundFile(io.BytesIO(data)) as f:
-            rate, frames = f.samplerate, f.frames
-            if rate <= 0:
-                raise AudioFormatError("the audio file has no sample rate")
-            if frames > max_seconds * rate:
-                raise AudioFormatError(
-                    f"the recording is {frames / rate:.1f} s long; the limit is {max_seconds:g} s"
-                )
-            samples = f.read(dtype="int16", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
-        detail = getattr(exc, "error_string", None) or str(exc)  # libsndfile's words, without the repr
-        raise AudioFormatError(
-            f"could not decode the audio file ({detail}); send WAV, FLAC, OGG, Opus or MP3"
-        ) from exc
-    if samples.shape[0] == 0:
+        with av.open(io.BytesIO(data), mode="r") as container:
+            if not container.streams.audio:
+                raise AudioFormatError(f"the file has no audio stream; send {SUPPORTED}")
+            stream = container.streams.audio[0]
+            if container.duration is not None and container.duration / av.time_base > max_seconds + 1:
+                raise _too_long(container.duration / av.time_base, max_seconds)
+            resampler = av.AudioResampler(format="s16", layout="mono", rate=STT_SAMPLE_RATE)
+            for frame in container.decode(stream):
+                for piece in resampler.resample(frame):
+                    out += piece.to_ndarray().tobytes()
+                if len(out) // 2 > limit:
+                    raise _too_long(len(out) / 2 / STT_SAMPLE_RATE, max_seconds)
+            for piece in resampler.resample(None):
+                out += piece.to_ndarray().tobytes()
+    except AudioFormatError:
+        raise
+    except (av.FFmpegError, ValueError, OSError) as exc:
+        detail = getattr(exc, "strerror", None) or str(exc)  # FFmpeg's words, without the file name
+        raise AudioFormatError(f"could not decode the audio file ({detail}); send {SUPPORTED}") from exc
+    if not out:
         raise AudioFormatError("the audio file has no samples")
-    mono = samples[:, 0] if samples.shape[1] == 1 else samples.mean(axis=1).astype(np.int16)
-    pcm = resample(mono.astype("<i2").tobytes(), rate, STT_SAMPLE_RATE)
-    return pcm, samples.shape[0] / rate
+    seconds = len(out) / 2 / STT_SAMPLE_RATE
+    if seconds > max_seconds:
+        raise _too_long(seconds, max_seconds)
+    return bytes(out), seconds
 
 
-def streaming_wav_header(sample_rate: int, channels: int = 1, sample_width: int = 2) -> bytes:
-    """A 44-byte PCM WAV header for a stream of unknown length."""
-    byte_rate = sample_rate * channels * sample_width
-    return (
-        b"RIFF"
-        + struct.pack("<I", UNKNOWN_LENGTH)
-        + b"WAVEfmt "
-        + struct.pack("<IHHIIHH", 16, 1, channels, sample_rate, byte_rate, channels * sample_width, 16)
-        + b"data"
-        + struct.pack("<I", UNKNOWN_LENGTH)
-    )
+def _too_long(seconds: float, max_seconds: float) -> AudioFormatError:
+    return AudioFormatError(f"the recording is {seconds:.1f} s long; the limit is {max_seconds:g} s")

@@ -19,7 +19,7 @@ from prometheus_client import Counter
 from actors.conversation.metrics import clock
 from actors.llm.base import LLMEvent
 from actors.tasks import cancel_and_wait, close_quietly
-from actors.tts.base import TTSClient
+from actors.tts.base import DEFAULT_STYLE, SpeechStyle, TTSClient
 
 PREEMPTIVE_REPLIES = Counter(
     "voice_preemptive_replies",
@@ -38,6 +38,7 @@ class EarlyReply:
         open_stream: Callable[[], Awaitable[AsyncGenerator[LLMEvent, None]]],
         tts: TTSClient | None = None,
         sample_rate: int = 24_000,
+        style: SpeechStyle = DEFAULT_STYLE,
     ) -> None:
         self.text = text  # the transcript it answers
         self.llm_start = clock()
@@ -45,6 +46,7 @@ class EarlyReply:
         self._open = open_stream
         self._tts = tts
         self.sample_rate = sample_rate  # of the audio synthesised ahead
+        self.style = style  # the voice it is synthesised in
         self._first_phrase: str | None = None
         self._first_audio: asyncio.Queue[bytes | Exception | None] = asyncio.Queue()
         self._synthesis: asyncio.Task[None] | None = None
@@ -70,7 +72,7 @@ class EarlyReply:
                 await close_quietly(stream)
 
     async def _synthesize(self, tts: TTSClient, text: str) -> None:
-        chunks = tts.synthesize(text, self.sample_rate)
+        chunks = tts.synthesize(text, self.sample_rate, self.style)
         try:
             async for chunk in chunks:
                 self._first_audio.put_nowait(chunk)
@@ -80,12 +82,14 @@ class EarlyReply:
         finally:
             await close_quietly(chunks)
 
-    def first_audio(self, text: str, sample_rate: int) -> AsyncGenerator[bytes, None] | None:
-        """The audio of the first phrase synthesised ahead, if `text` at `sample_rate` is what it was
-        made for (once); else None and the caller synthesises it."""
+    def first_audio(
+        self, text: str, sample_rate: int, style: SpeechStyle = DEFAULT_STYLE
+    ) -> AsyncGenerator[bytes, None] | None:
+        """The audio of the first phrase synthesised ahead, if `text` at `sample_rate` in `style` is
+        what it was made for (once); else None and the caller synthesises it."""
         if self._synthesis is None or self._audio_taken:
             return None
-        if (text, sample_rate) != (self._first_phrase, self.sample_rate):
+        if (text, sample_rate, style) != (self._first_phrase, self.sample_rate, self.style):
             return None
         self._audio_taken = True
         return self._replay_first_audio()

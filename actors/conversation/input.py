@@ -526,14 +526,17 @@ class AudioInput:
 
     def _open_utterance(self) -> Utterance:
         chunk_bytes = STT_SAMPLE_RATE * PCM_SAMPLE_WIDTH * self._limits.stt_chunk_ms // 1000
-        holder: dict[str, str] = {}
+        sent: list[str] = []  # words already sent as deltas
 
         async def on_interim(text: str) -> None:
-            previous = holder.get("text", "")
-            delta = text[len(previous) :] if text.startswith(previous) else text
-            holder["text"] = text
-            if delta:
-                await self._emit(TranscriptDelta(utterance.item_id, delta))
+            # Clients append the deltas (OpenAI's contract; LiveKit's STT plugin does), so a word once
+            # sent cannot be taken back: send the hypothesis's words but its last (the likeliest to
+            # change), only while they extend what was sent. The completed event has the final text.
+            stable = text.split()[:-1]
+            if len(stable) > len(sent) and stable[: len(sent)] == sent:
+                delta = " ".join(stable[len(sent) :])
+                await self._emit(TranscriptDelta(utterance.item_id, " " + delta if sent else delta))
+                sent.extend(stable[len(sent) :])
             if self._on_interim_transcript is not None:
                 await self._on_interim_transcript(text)
 

@@ -19,6 +19,12 @@ class SessionOptions:
     max_tokens: int = 120
     temperature: float = 0.7
     output_audio: bool = True  # False: text-only replies, no TTS
+    voice: str | None = None  # an OpenAI voice name or the configured one; None: the configured one
+    speed: float = 1.0  # of the reply's speech
+    # A transcription session (OpenAI's session type "transcription"): turns are transcribed, never
+    # answered.
+    transcription_only: bool = False
+    transcription_model: str = ""  # what transcribes (echoed to the client; the STT stage decides)
 
 
 @dataclass(frozen=True)

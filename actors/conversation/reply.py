@@ -30,6 +30,7 @@ from actors.conversation.events import (
     new_id,
 )
 from actors.conversation.faults import PublicError, StageError, public_error
+from actors.conversation.items import ConversationItem
 from actors.conversation.metrics import TurnTimeline, clock, observe_turn
 from actors.conversation.options import SessionLimits, SessionOptions
 from actors.conversation.prompt import with_memory
@@ -38,6 +39,7 @@ from actors.conversation.turns import CancelReason, Conversation, UserTurn
 from actors.llm.base import ChatMessage, FinishReason
 from actors.memory.sink import MemorySink
 from actors.tasks import cancel_and_wait, close_quietly
+from actors.tts.base import SpeechStyle
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +107,16 @@ class ReplyPlayer:
 
         speaking = self.options.output_audio
         return EarlyReply(
-            user_text, open_stream, self._tts if speaking else None, self.options.output_sample_rate
+            user_text,
+            open_stream,
+            self._tts if speaking else None,
+            self.options.output_sample_rate,
+            self._style(),
         )
+
+    def _style(self) -> SpeechStyle:
+        """The session's voice and speed (`session.update`)."""
+        return SpeechStyle(voice=self.options.voice, speed=self.options.speed)
 
     @property
     def paused(self) -> bool:
@@ -168,7 +178,15 @@ class ReplyPlayer:
         item_id = new_id("item")
         user_item, user_text = (user.item_id, user.text) if user else (None, None)
         started_wall = time.time()
-        spoken: list[str] = []  # phrases whose audio started playing
+        # The turn's items exist from now on (a client may read or truncate them while the reply
+        # plays); the LLM sees them once the turn has ended.
+        if user is not None:
+            self._conversation.add_user(user.item_id, user.text, user.spoken)
+        reply = ConversationItem(
+            item_id, "assistant", audio=self.options.output_audio, status="in_progress", in_dialogue=False
+        )
+        self._conversation.items.append(reply)
+        spoken = reply.phrases  # phrases whose audio started playing
         heard: list[str] = []  # what the client got: the spoken reply, then any apology
         status: ResponseStatus = "completed"
         reason: str | None = None
@@ -178,7 +196,7 @@ class ReplyPlayer:
             await self._emit(ResponseStarted(response_id, item_id))
             try:
                 finish = await self._run_pipeline(
-                    response_id, item_id, user_text, timeline, spoken, early, early_events
+                    response_id, reply, user_text, timeline, early, early_events
                 )
                 if finish != "stop":  # the LLM was cut short: OpenAI calls that reply incomplete
                     status = "incomplete"
@@ -199,13 +217,12 @@ class ReplyPlayer:
                 task.uncancel()
         if early is not None:  # however the reply ended, its early LLM call ends with it
             await early.close()
-        text = " ".join(spoken)
+        text = reply.text  # what was said (or heard, if the client truncated it meanwhile)
         metrics = timeline.metrics_ms()
-        history = self._conversation.history
-        if user_text is not None:
-            history.append({"role": "user", "content": user_text})
-        if text:
-            history.append({"role": "assistant", "content": text})
+        for item in self._conversation.items:
+            if item.id in (user_item, item_id):
+                item.in_dialogue = True
+        reply.status = "completed" if status == "completed" else "incomplete"
         observe_turn(metrics, status)
         await self._emit(
             ResponseFinished(
@@ -252,7 +269,7 @@ class ReplyPlayer:
         if isinstance(exc, StageError) and exc.stage == "tts":
             await self._emit(SessionError(failure.code, failure.message))
             return
-        chunks = self._tts.synthesize(apology, self.options.output_sample_rate)
+        chunks = self._tts.synthesize(apology, self.options.output_sample_rate, self._style())
         first = True
         try:
             while True:
@@ -275,14 +292,14 @@ class ReplyPlayer:
     async def _run_pipeline(
         self,
         response_id: str,
-        item_id: str,
+        reply: ConversationItem,
         user_text: str | None,
         timeline: TurnTimeline,
-        spoken: list[str],
         early: EarlyReply | None,
         early_events: AsyncGenerator[tuple[LLMEvent, float], None] | None,
     ) -> FinishReason:
-        """Play the reply; returns why the LLM stopped."""
+        """Play the reply (its phrases go into `reply` as they are said); returns why the LLM stopped."""
+        item_id, spoken = reply.id, reply.phrases
         if early is None or early_events is None:
             request = await self._request(user_text)
             timeline.llm_start = clock()
@@ -319,7 +336,7 @@ class ReplyPlayer:
         # (a dead TTS must not wait for the whole LLM reply, nor a dead LLM for the audio queued).
         tasks = [asyncio.create_task(produce(self.options.output_audio))]
         if self.options.output_audio:
-            speak = self._speak(response_id, item_id, phrases, timeline, spoken, early)
+            speak = self._speak(response_id, reply, phrases, timeline, early)
             tasks.append(asyncio.create_task(speak))
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
@@ -334,15 +351,15 @@ class ReplyPlayer:
     async def _speak(
         self,
         response_id: str,
-        item_id: str,
+        reply: ConversationItem,
         phrases: asyncio.Queue[str | None],
         timeline: TurnTimeline,
-        spoken: list[str],
         early: EarlyReply | None = None,
     ) -> None:
         """Synthesise phrases in order, one phrase ahead of the one playing, and send the audio paced
         to real time plus `audio_lead_ms`, so a barge-in can still stop what has not been heard."""
-        rate = self.options.output_sample_rate
+        item_id, spoken = reply.id, reply.phrases
+        rate, style = self.options.output_sample_rate, self._style()
         lead_s = self._limits.audio_lead_ms / 1000
         # The next chunk of a phrase: the provider's own timeout plus the hop's.
         chunk_timeout_s = self._limits.tts_timeout_s + self._limits.stage_timeout_s
@@ -352,8 +369,8 @@ class ReplyPlayer:
 
         async def synthesize(text: str, out: asyncio.Queue[bytes | Exception | None]) -> None:
             # The first phrase of a reply prepared at a pause was synthesised then.
-            ahead = early.first_audio(text, rate) if early is not None else None
-            chunks = ahead if ahead is not None else self._tts.synthesize(text, rate)
+            ahead = early.first_audio(text, rate, style) if early is not None else None
+            chunks = ahead if ahead is not None else self._tts.synthesize(text, rate, style)
             try:
                 async for chunk in chunks:
                     out.put_nowait(chunk)
@@ -397,6 +414,7 @@ class ReplyPlayer:
                     if first_chunk:
                         first_chunk = False
                         spoken.append(text)
+                        reply.starts_s.append(audio_sent_s)
                         delta = text if len(spoken) == 1 else " " + text
                         await self._emit(ResponseTextDelta(response_id, item_id, delta))
                     await self._emit(ResponseAudioDelta(response_id, item_id, chunk))
@@ -405,6 +423,7 @@ class ReplyPlayer:
                     if origin is None:
                         origin = timeline.first_audio_sent
                     audio_sent_s += duration_ms(chunk, rate) / 1000
+                    reply.audio_s = audio_sent_s
                     self._played_until = origin + audio_sent_s
                 slots.release()
             await asyncio.gather(*synth_tasks)

@@ -20,6 +20,7 @@ from actors.audio.end_of_turn import EndOfTurnModel, SmartTurnModel
 from actors.audio.vad import SpeechDetector
 from actors.conversation.events import Emit, new_id
 from actors.conversation.input import AudioInput
+from actors.conversation.items import ConversationItem
 from actors.conversation.options import SessionLimits, SessionOptions
 from actors.conversation.reply import ReplyPlayer
 from actors.conversation.stages import PhraseLLMClient, SynthesizerClient, TranscriberClient
@@ -59,7 +60,7 @@ class VoiceSession:
         self.options = options
         self.limits = limits or SessionLimits()
         self._sink = memory_sink
-        conversation = Conversation()
+        conversation = self.conversation = Conversation()
         self._reply = ReplyPlayer(
             llm=llm,
             tts=tts,
@@ -135,6 +136,18 @@ class VoiceSession:
     async def cancel_response(self) -> None:
         """Stop the reply in progress; it ends with `ResponseFinished(status="cancelled")`."""
         await self._turns.cancel_response()
+
+    def item(self, item_id: str) -> ConversationItem:
+        """A conversation item by id (`ItemError` if there is none)."""
+        return self.conversation.get(item_id)
+
+    def delete_item(self, item_id: str) -> None:
+        """Remove an item from the conversation: the LLM no longer sees it."""
+        self.conversation.delete(item_id)
+
+    def truncate_item(self, item_id: str, audio_end_ms: int) -> ConversationItem:
+        """Cut an assistant reply's text to the audio the user heard (its first `audio_end_ms`)."""
+        return self.conversation.truncate(item_id, audio_end_ms)
 
     async def close(self) -> None:
         """The client left: cancel the reply, the transcription and every turn task, end the session."""

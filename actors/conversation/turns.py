@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from actors.conversation.barge_in import BargeIn
@@ -35,9 +35,9 @@ from actors.conversation.events import (
 )
 from actors.conversation.faults import public_error
 from actors.conversation.input import Utterance
+from actors.conversation.items import Conversation
 from actors.conversation.metrics import TurnTimeline, clock
 from actors.conversation.options import SessionLimits, SessionOptions
-from actors.llm.base import ChatMessage
 from actors.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
@@ -52,15 +52,7 @@ class UserTurn:
 
     item_id: str
     text: str
-
-
-@dataclass
-class Conversation:
-    """What outlives a turn: the dialogue the LLM sees, and the last item's id (each new item names the
-    one before it)."""
-
-    history: list[ChatMessage] = field(default_factory=list)
-    last_item_id: str | None = None
+    spoken: bool = False  # a transcribed utterance, not typed text
 
 
 class Replies(Protocol):
@@ -150,6 +142,8 @@ class TurnStateMachine:
         vad = self.options.turn_detection
         if vad is None or vad.idle_timeout_ms is None or self._replies.responding:
             return
+        if self.options.transcription_only:  # switched to transcribing since the reply: nothing to say
+            return
         self._idle = None
         end_ms = self._input_ms()
         item_id = new_id("item")
@@ -174,6 +168,8 @@ class TurnStateMachine:
             return
         if vad is None or not vad.create_response or self._replies.responding:
             return  # no reply would start at the end of this turn anyway
+        if self.options.transcription_only:
+            return
         utterance.checkpoint()
         self._early = asyncio.create_task(self._prepare(utterance))
 
@@ -248,12 +244,22 @@ class TurnStateMachine:
         self._disarm_idle()
         item_id = new_id("item")
         self._pending = UserTurn(item_id, text)
+        self.conversation.add_user(item_id, text, spoken=False)
         await self._emit(UserItemAdded(item_id, self.conversation.last_item_id, text))
         self.conversation.last_item_id = item_id
         return item_id
 
     async def create_response(self) -> None:
         """Answer the pending user turn (or continue the conversation); one reply at a time."""
+        if self.options.transcription_only:
+            await self._emit(
+                SessionError(
+                    "transcription_session",
+                    "a transcription session transcribes and never responds: response.create is not "
+                    "available (update session.type to 'realtime' for replies)",
+                )
+            )
+            return
         if self._replies.responding:
             await self._emit(
                 SessionError(
@@ -300,12 +306,16 @@ class TurnStateMachine:
             await self._emit(SessionError("transcription_failed", failure.message))
             return
         timeline.transcript = clock()
+        if transcript:
+            self.conversation.add_user(utterance.item_id, transcript, spoken=True)
         await self._emit(TranscriptCompleted(utterance.item_id, transcript, utterance.audio_seconds))
         if not await self.barge_in.transcribed(utterance.item_id, transcript, timeline.speech_end):
             return  # spoken over a reply, and no interruption (a cough, "mm-hmm"): the reply resumed
         if not transcript:
             return  # nothing recognisable: no response, like a cough
-        turn = UserTurn(utterance.item_id, transcript)
+        if self.options.transcription_only:
+            return  # a transcription session: transcripts are all it gives
+        turn = UserTurn(utterance.item_id, transcript, spoken=True)
         vad = self.options.turn_detection
         if vad is None or not vad.create_response:
             self._pending = turn

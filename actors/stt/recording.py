@@ -22,7 +22,8 @@ import asyncio
 import contextlib
 import heapq
 import itertools
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -138,6 +139,46 @@ class LaneTurn:
         self.held = True
 
 
+@dataclass(frozen=True)
+class RecordedSegment:
+    """One transcribed piece of a recording: seconds from its start, and its text ('' for none)."""
+
+    start_s: float
+    end_s: float
+    text: str
+
+
+async def transcribe_segments(
+    stt: STTClient,
+    pcm16: bytes,
+    lane: TranscriptionLane,
+    *,
+    chunk_s: float,
+    search_s: float = 3.0,
+    client_gone: Callable[[], Awaitable[bool]] | None = None,
+) -> AsyncGenerator[RecordedSegment, None]:
+    """The segments of a whole 16 kHz recording, each as soon as it is transcribed: the chunks cut at
+    pauses (see the module docstring), one for a recording of one chunk. Raises `ClientGone` when
+    `client_gone` says the client left, checked before each chunk of a long recording but the first."""
+    chunks = split_at_pauses(pcm16, chunk_s, search_s)
+    bytes_per_s = STT_SAMPLE_RATE * PCM_SAMPLE_WIDTH
+    if len(chunks) <= 1:
+        chunk = chunks[0] if chunks else b""
+        yield RecordedSegment(0.0, len(chunk) / bytes_per_s, await _transcribe(stt, chunk))
+        return
+    remaining = len(pcm16)
+    async with lane.slot(remaining / bytes_per_s) as turn:
+        for n, chunk in enumerate(chunks):
+            if n:
+                if client_gone is not None and await client_gone():
+                    raise ClientGone(f"{len(pcm16) - remaining} of {len(pcm16)} bytes transcribed")
+                await turn.pass_to_shorter(remaining / bytes_per_s)
+            start = len(pcm16) - remaining
+            text = await _transcribe(stt, chunk)
+            remaining -= len(chunk)
+            yield RecordedSegment(start / bytes_per_s, (start + len(chunk)) / bytes_per_s, text)
+
+
 async def transcribe_recording(
     stt: STTClient,
     pcm16: bytes,
@@ -147,24 +188,11 @@ async def transcribe_recording(
     search_s: float = 3.0,
     client_gone: Callable[[], Awaitable[bool]] | None = None,
 ) -> str:
-    """The transcript of a whole 16 kHz recording (see the module docstring). Raises `ClientGone`
-    when `client_gone` says the client left, checked before each chunk of a long recording but the
-    first."""
-    chunks = split_at_pauses(pcm16, chunk_s, search_s)
-    if len(chunks) <= 1:
-        return await _transcribe(stt, chunks[0] if chunks else b"")
-    bytes_per_s = STT_SAMPLE_RATE * PCM_SAMPLE_WIDTH
-    remaining = len(pcm16)
-    texts = []
-    async with lane.slot(remaining / bytes_per_s) as turn:
-        for n, chunk in enumerate(chunks):
-            if n:
-                if client_gone is not None and await client_gone():
-                    raise ClientGone(f"{len(pcm16) - remaining} of {len(pcm16)} bytes transcribed")
-                await turn.pass_to_shorter(remaining / bytes_per_s)
-            texts.append(await _transcribe(stt, chunk))
-            remaining -= len(chunk)
-    return " ".join(t for t in texts if t)
+    """The transcript of a whole 16 kHz recording: its segments' texts joined."""
+    segments = transcribe_segments(
+        stt, pcm16, lane, chunk_s=chunk_s, search_s=search_s, client_gone=client_gone
+    )
+    return " ".join([s.text async for s in segments if s.text])
 
 
 async def _transcribe(stt: STTClient, pcm16: bytes) -> str:

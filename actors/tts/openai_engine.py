@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator
 from functools import partial
+from typing import Any
 
 from openai import AsyncOpenAI, Timeout
 
 from actors.audio.pcm import PCM_SAMPLE_WIDTH
 from actors.probe import CachedProbe, openai_server_problem
-from actors.tts.base import TTSEngine
+from actors.tts.base import DEFAULT_STYLE, SpeechStyle, TTSEngine
 
 
 class OpenAITTSEngine(TTSEngine):
@@ -40,13 +41,19 @@ class OpenAITTSEngine(TTSEngine):
     async def probe(self) -> str | None:
         return await self._probe.check()
 
-    async def synthesize(self, text: str) -> AsyncGenerator[bytes, None]:
+    async def synthesize(self, text: str, style: SpeechStyle = DEFAULT_STYLE) -> AsyncGenerator[bytes, None]:
         if not text.strip():
             return
+        # OpenAI's own voice names, speed and instructions mean what they say there.
+        extra: dict[str, Any] = {}
+        if style.speed != 1.0:
+            extra["speed"] = style.speed
+        if style.instructions:
+            extra["instructions"] = style.instructions
         # The streaming response is an HTTP body read as it arrives; leaving the `async with`
         # (also when the consumer closes us early) closes the connection and stops the transfer.
         async with self._client.audio.speech.with_streaming_response.create(
-            model=self.model, voice=self.voice, input=text, response_format="pcm"
+            model=self.model, voice=style.voice or self.voice, input=text, response_format="pcm", **extra
         ) as response:
             carry = b""
             async for chunk in response.iter_bytes():

@@ -12,7 +12,7 @@ from collections.abc import AsyncGenerator
 import numpy as np
 
 from actors.audio.pcm import float_to_pcm
-from actors.tts.base import TTSEngine
+from actors.tts.base import DEFAULT_STYLE, SpeechStyle, TTSEngine
 
 _CHUNK_MS = 20
 
@@ -34,9 +34,9 @@ class SimulatedTTSEngine(TTSEngine):
         self.realtime_factor = realtime_factor
         self.sample_rate = sample_rate
 
-    async def synthesize(self, text: str) -> AsyncGenerator[bytes, None]:
+    async def synthesize(self, text: str, style: SpeechStyle = DEFAULT_STYLE) -> AsyncGenerator[bytes, None]:
         await asyncio.sleep(self.ttfb_ms / 1000)
-        chunks = max(1, round(len(text) * self.ms_per_char / _CHUNK_MS))
+        chunks = max(1, round(len(text) * self.ms_per_char / _CHUNK_MS / style.speed))
         n = self.sample_rate * _CHUNK_MS // 1000
         t = np.arange(n) / self.sample_rate
         for i in range(chunks):

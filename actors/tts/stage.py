@@ -12,7 +12,7 @@ from collections.abc import AsyncGenerator
 
 from actors.audio.pcm import PCM_SAMPLE_WIDTH, StreamResampler
 from actors.load_meter import LoadMeter
-from actors.tts.base import TTSEngine
+from actors.tts.base import DEFAULT_STYLE, SpeechStyle, TTSEngine
 
 
 class TTSStage:
@@ -24,13 +24,16 @@ class TTSStage:
         # Phrases being synthesised, over time: this stage's autoscaling signal.
         self.load = LoadMeter()
 
-    async def synthesize(self, text: str, sample_rate: int) -> AsyncGenerator[bytes, None]:
-        """`text` as PCM16 mono at `sample_rate`: the first chunk at once, then ≥ `coalesce_ms` each."""
+    async def synthesize(
+        self, text: str, sample_rate: int, style: SpeechStyle = DEFAULT_STYLE
+    ) -> AsyncGenerator[bytes, None]:
+        """`text` spoken in `style` as PCM16 mono at `sample_rate`: the first chunk at once, then
+        ≥ `coalesce_ms` each."""
         resampler = StreamResampler(self.engine.sample_rate, sample_rate)
         min_bytes = sample_rate * PCM_SAMPLE_WIDTH * self.coalesce_ms // 1000
         pending = bytearray()
         sent_any = False
-        chunks = self.engine.synthesize(text)
+        chunks = self.engine.synthesize(text, style)
         self.load.begin()
         try:
             async for chunk in chunks:

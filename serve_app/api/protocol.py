@@ -37,7 +37,9 @@ from actors.conversation.events import (
     TranscriptDelta,
     UserItemAdded,
 )
+from actors.conversation.items import ConversationItem
 from actors.conversation.session import SessionOptions
+from actors.tts.voices import MIN_SPEED, VoiceError, check_voice
 from serve_app.api import json_input
 
 CLIENT_EVENTS = frozenset(
@@ -49,9 +51,13 @@ CLIENT_EVENTS = frozenset(
         "conversation.item.create",
         "response.create",
         "response.cancel",
+        "conversation.item.retrieve",
+        "conversation.item.delete",
+        "conversation.item.truncate",
     }
 )
 OUTPUT_RATES = (16_000, 24_000)
+REALTIME_MAX_SPEED = 1.5  # OpenAI's Realtime range for audio.output.speed is 0.25-1.5
 
 
 class ProtocolError(Exception):
@@ -67,13 +73,18 @@ class ProtocolError(Exception):
 
 @dataclass(frozen=True)
 class ProtocolLimits:
+    """What a client event may carry: sizes, and the voices (OpenAI's names and `tts_voice`)."""
+
     max_event_bytes: int
     max_append_bytes: int
     max_text_chars: int
+    tts_voice: str = "en-us"
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ProtocolLimits:
-        return cls(settings.max_event_bytes, settings.max_append_bytes, settings.max_text_chars)
+        return cls(
+            settings.max_event_bytes, settings.max_append_bytes, settings.max_text_chars, settings.tts_voice
+        )
 
 
 @dataclass(frozen=True)
@@ -217,8 +228,28 @@ class AudioInput(_Strict):
     turn_detection: TurnDetection | None = None  # null turns server VAD off (push to talk)
 
 
+class VoiceRef(_Strict):
+    id: str
+
+
 class AudioOutput(_Strict):
+    """`audio.output` (the SDK's `RealtimeAudioConfigOutput`): format, voice, speed. Validate with
+    `context={"tts_voice": ...}`."""
+
     format: OutputFormat | None = None
+    voice: str | VoiceRef | None = None
+    speed: float | None = Field(default=None, ge=MIN_SPEED, le=REALTIME_MAX_SPEED)
+
+    @field_validator("voice")
+    @classmethod
+    def _known_voice(cls, voice: str | VoiceRef | None, info: ValidationInfo) -> str | None:
+        if voice is None:
+            return None
+        name = voice.id if isinstance(voice, VoiceRef) else voice
+        try:
+            return check_voice(name, (info.context or {})["tts_voice"])
+        except VoiceError as exc:
+            raise PydanticCustomError("unsupported_voice", str(exc)) from None
 
 
 class Audio(_Strict):
@@ -231,6 +262,7 @@ class SessionConfig(_Strict):
     present changes the session, an absent one does not. Unlike the SDK we do not require `type`.
     Validate with `context={"max_text_chars": ...}`."""
 
+    type: Literal["realtime", "transcription"] = "realtime"
     instructions: str = ""
     max_output_tokens: Annotated[int, Field(ge=1, le=4096)] | Literal["inf"] = "inf"
     # The SDK's list, which may not ask for both at once.
@@ -326,6 +358,9 @@ def _vad_refusal(kind: str, wire: str, wanted: str) -> _Refusal:
 # the first of them.
 _SESSION_REFUSALS = (
     _Refusal((), "invalid_session", "session.update needs a 'session' object", "session"),
+    _Refusal(
+        ("type",), "invalid_session", "session.type must be 'realtime' or 'transcription'", "session.type"
+    ),
     _Refusal(("instructions",), "invalid_session", "instructions must be a string", "session.instructions"),
     _Refusal(("instructions",), "text_too_long", "{msg}", "session.instructions", kind="text_too_long"),
     _Refusal(
@@ -343,6 +378,25 @@ _SESSION_REFUSALS = (
     *(_object_refusal(path) for path in (("audio",), ("audio", "input"), ("audio", "output"))),
     *_format_refusals("input", SUPPORTED_INPUT_RATES),
     *_format_refusals("output", OUTPUT_RATES),
+    _Refusal(
+        ("audio", "output", "voice"),
+        "invalid_session",
+        "voice must be a voice name",
+        "session.audio.output.voice",
+    ),
+    _Refusal(
+        ("audio", "output", "voice"),
+        "unsupported_voice",
+        "{msg}",
+        "session.audio.output.voice",
+        kind="unsupported_voice",
+    ),
+    _Refusal(
+        ("audio", "output", "speed"),
+        "invalid_session",
+        f"speed must be a number from {MIN_SPEED} to {REALTIME_MAX_SPEED}, not {{value}}",
+        "session.audio.output.speed",
+    ),
     _Refusal(
         ("audio", "input", "turn_detection"),
         "unsupported_turn_detection",
@@ -393,6 +447,90 @@ def text_of_item(event: ClientEvent, limits: ProtocolLimits) -> str:
     return text
 
 
+class ItemRef(_Strict):
+    """conversation.item.retrieve and .delete (the SDK's `ConversationItemRetrieveEvent` and
+    `ConversationItemDeleteEvent`)."""
+
+    item_id: str = Field(min_length=1)
+
+
+class ItemTruncate(ItemRef):
+    """conversation.item.truncate (the SDK's `ConversationItemTruncateEvent`): an assistant audio reply
+    cut to its first `audio_end_ms`; its one content part is index 0."""
+
+    content_index: Literal[0]
+    audio_end_ms: int = Field(ge=0)
+
+
+_ITEM_REF_REFUSALS = (
+    _Refusal((), "invalid_event", "the event needs 'item_id': the id of a conversation item", "item_id"),
+    _Refusal(("item_id",), "invalid_event", "item_id must be a non-empty string, not {value}", "item_id"),
+    _Refusal(
+        ("content_index",),
+        "invalid_event",
+        "content_index must be 0 (an assistant reply has one content part), not {value}",
+        "content_index",
+    ),
+    _Refusal(
+        ("audio_end_ms",),
+        "invalid_event",
+        "audio_end_ms must be a non-negative integer (milliseconds of the reply heard), not {value}",
+        "audio_end_ms",
+    ),
+)
+
+
+def item_ref(event: ClientEvent) -> ItemRef:
+    """The payload of a conversation.item.retrieve, .delete or .truncate."""
+    model = ItemTruncate if event.type == "conversation.item.truncate" else ItemRef
+    try:
+        return model.model_validate(event.body)
+    except ValidationError as exc:
+        raise _refusal(exc, _ITEM_REF_REFUSALS, event.event_id, by_order=True) from None
+
+
+def item_object(item: ConversationItem) -> dict[str, Any]:
+    """A conversation item as the SDK's `ConversationItem` models it."""
+    if item.role == "user":
+        part = (
+            {"type": "input_audio", "transcript": item.text}
+            if item.audio
+            else {"type": "input_text", "text": item.text}
+        )
+    else:
+        part = (
+            {"type": "output_audio", "transcript": item.text}
+            if item.audio
+            else {"type": "output_text", "text": item.text}
+        )
+    return {
+        "id": item.id,
+        "object": "realtime.item",
+        "type": "message",
+        "role": item.role,
+        "status": item.status,
+        "content": [part],
+    }
+
+
+def item_retrieved(item: ConversationItem) -> dict[str, Any]:
+    return {"type": "conversation.item.retrieved", "event_id": event_id(), "item": item_object(item)}
+
+
+def item_deleted(item_id: str) -> dict[str, Any]:
+    return {"type": "conversation.item.deleted", "event_id": event_id(), "item_id": item_id}
+
+
+def item_truncated(item_id: str, audio_end_ms: int) -> dict[str, Any]:
+    return {
+        "type": "conversation.item.truncated",
+        "event_id": event_id(),
+        "item_id": item_id,
+        "content_index": 0,
+        "audio_end_ms": audio_end_ms,
+    }
+
+
 def default_options(settings: Settings) -> SessionOptions:
     return SessionOptions(
         instructions=settings.system_prompt,
@@ -404,6 +542,8 @@ def default_options(settings: Settings) -> SessionOptions:
         ),
         max_tokens=settings.llm_max_tokens,
         temperature=settings.llm_temperature,
+        voice=settings.tts_voice,
+        transcription_model=settings.stt_model,
     )
 
 
@@ -413,13 +553,6 @@ def initial_options(settings: Settings, session: dict[str, Any] | None) -> Sessi
     options = default_options(settings)
     if not session:
         return options
-    if session.get("type", "realtime") != "realtime":
-        raise ProtocolError(
-            "invalid_session",
-            "only realtime sessions are supported (session.type 'realtime')",
-            None,
-            "session.type",
-        )
     update = ClientEvent("session.update", None, {"session": session})
     return apply_session_update(options, update, ProtocolLimits.from_settings(settings))
 
@@ -430,12 +563,15 @@ def apply_session_update(
     """Validate a session.update and return the new options (all-or-nothing)."""
     try:
         session = SessionConfig.model_validate(
-            event.body.get("session"), context={"max_text_chars": limits.max_text_chars}
+            event.body.get("session"),
+            context={"max_text_chars": limits.max_text_chars, "tts_voice": limits.tts_voice},
         )
     except ValidationError as exc:
         raise _refusal(exc, _SESSION_REFUSALS, event.event_id, by_order=True) from None
     sent = session.model_fields_set
     changes: dict[str, Any] = {}
+    if "type" in sent:
+        changes["transcription_only"] = session.type == "transcription"
     if "instructions" in sent:
         changes["instructions"] = session.instructions
     if "max_output_tokens" in sent:
@@ -449,6 +585,10 @@ def apply_session_update(
         changes["input_sample_rate"] = audio_in.format.rate
     if audio_out is not None and audio_out.format is not None:
         changes["output_sample_rate"] = audio_out.format.rate
+    if audio_out is not None and isinstance(audio_out.voice, str):  # the validator named it
+        changes["voice"] = audio_out.voice
+    if audio_out is not None and audio_out.speed is not None:
+        changes["speed"] = audio_out.speed
     if audio_in is not None and "turn_detection" in audio_in.model_fields_set:
         changes["turn_detection"] = _vad_config(audio_in.turn_detection, options)
     return SessionOptions(**{**options.__dict__, **changes})
@@ -518,6 +658,19 @@ def _turn_detection_object(vad: VadConfig | None) -> dict[str, Any] | None:
 
 
 def session_object(session_id: str, options: SessionOptions, model: str) -> dict[str, Any]:
+    audio_input = {
+        "format": {"type": "audio/pcm", "rate": options.input_sample_rate},
+        "transcription": {"model": options.transcription_model},
+        "turn_detection": _turn_detection_object(options.turn_detection),
+    }
+    if options.transcription_only:
+        # OpenAI's transcription session (the SDK's RealtimeTranscriptionSessionCreateRequest).
+        return {
+            "type": "transcription",
+            "object": "realtime.transcription_session",
+            "id": session_id,
+            "audio": {"input": audio_input},
+        }
     return {
         "type": "realtime",
         "object": "realtime.session",
@@ -527,11 +680,12 @@ def session_object(session_id: str, options: SessionOptions, model: str) -> dict
         "output_modalities": ["audio"] if options.output_audio else ["text"],
         "max_output_tokens": options.max_tokens,
         "audio": {
-            "input": {
-                "format": {"type": "audio/pcm", "rate": options.input_sample_rate},
-                "turn_detection": _turn_detection_object(options.turn_detection),
+            "input": audio_input,
+            "output": {
+                "format": {"type": "audio/pcm", "rate": options.output_sample_rate},
+                "voice": options.voice,
+                "speed": options.speed,
             },
-            "output": {"format": {"type": "audio/pcm", "rate": options.output_sample_rate}},
         },
     }
 

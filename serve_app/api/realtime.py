@@ -15,17 +15,24 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from actors.audio.pcm import PCM_SAMPLE_WIDTH
 from actors.config import Settings
 from actors.conversation.events import SessionEvent
+from actors.conversation.items import ItemError
 from actors.conversation.metrics import ERRORS
 from actors.conversation.session import VoiceSession
 from actors.tasks import cancel_and_wait
 from serve_app.api.admission import TokenBucket
 from serve_app.api.auth import POLICY_VIOLATION, close_reason
 from serve_app.api.protocol import (
+    ClientEvent,
+    ItemTruncate,
     ProtocolError,
     ProtocolLimits,
     apply_session_update,
     audio_of_append,
     error_event,
+    item_deleted,
+    item_ref,
+    item_retrieved,
+    item_truncated,
     parse_client_event,
     server_events,
     session_created,
@@ -181,6 +188,21 @@ class RealtimeConnection:
                 break
         await self._close("revoked_client_secret", "the client secret has been revoked")
 
+    async def _item_command(self, event: ClientEvent) -> None:
+        """Read, delete or truncate a conversation item; its server event, or an error naming the item."""
+        ref = item_ref(event)
+        try:
+            if isinstance(ref, ItemTruncate):
+                self.session.truncate_item(ref.item_id, ref.audio_end_ms)
+                await self._send(item_truncated(ref.item_id, ref.audio_end_ms))
+            elif event.type == "conversation.item.delete":
+                self.session.delete_item(ref.item_id)
+                await self._send(item_deleted(ref.item_id))
+            else:
+                await self._send(item_retrieved(self.session.item(ref.item_id)))
+        except ItemError as exc:
+            raise ProtocolError(exc.code, exc.message, event.event_id, "item_id") from exc
+
     async def _handle(self, raw: str | bytes) -> None:
         event = parse_client_event(raw, self.limits)
         session = self.session
@@ -207,6 +229,8 @@ class RealtimeConnection:
                 await session.create_response()
             case "response.cancel":
                 await session.cancel_response()
+            case "conversation.item.retrieve" | "conversation.item.delete" | "conversation.item.truncate":
+                await self._item_command(event)
             case "session.update":
                 session.update_options(apply_session_update(session.options, event, self.limits))
                 await self._send(

@@ -13,7 +13,9 @@ import base64
 import contextlib
 import logging
 import time
+import zlib
 from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, FastAPI, Request, Security
@@ -28,15 +30,18 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from actors.audio.files import decode_upload, streaming_wav_header
+from actors.audio.encode import MEDIA_TYPES, SpeechEncoder
+from actors.audio.files import decode_upload
 from actors.audio.pcm import DEFAULT_OUTPUT_RATE, AudioFormatError
 from actors.conversation.chat_turn import ChatTurn
 from actors.conversation.faults import public_error
 from actors.conversation.metrics import HISTOGRAMS
 from actors.conversation.session import new_id
 from actors.llm.base import ChatMessage
-from actors.stt.recording import ClientGone, TranscriptionLane, transcribe_recording
-from serve_app.api import json_input
+from actors.stt.recording import ClientGone, RecordedSegment, TranscriptionLane, transcribe_segments
+from actors.tts.base import SpeechStyle
+from actors.tts.voices import VoiceError, check_voice
+from serve_app.api import captions, json_input
 from serve_app.api.admission import Admission, Refused
 from serve_app.api.auth import bearer_token, credential_error_response, refused_response
 from serve_app.api.credentials import (
@@ -52,6 +57,7 @@ from serve_app.api.protocol import ProtocolError, initial_options, session_objec
 from serve_app.api.rest_models import (
     TRANSCRIPTION_FORM_SCHEMA,
     TRANSCRIPTION_FORMATS,
+    TRANSCRIPTION_LANGUAGE,
     AssistantMessage,
     ChatCompletion,
     ChatCompletionChunk,
@@ -72,8 +78,11 @@ from serve_app.api.rest_models import (
     SpeechRequest,
     SpeechUsage,
     Transcription,
+    TranscriptionSegment,
     TranscriptionUsage,
     TranscriptionVerbose,
+    TranscriptTextDelta,
+    TranscriptTextDone,
     Usage,
 )
 
@@ -267,7 +276,13 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 
 REF = "#/components/schemas/{model}"
 # The JSON in server-sent events: no route field names these models, so `Api.openapi` adds them.
-STREAM_EVENTS: tuple[type[BaseModel], ...] = (ChatCompletionChunk, SpeechAudioDelta, SpeechAudioDone)
+STREAM_EVENTS: tuple[type[BaseModel], ...] = (
+    ChatCompletionChunk,
+    SpeechAudioDelta,
+    SpeechAudioDone,
+    TranscriptTextDelta,
+    TranscriptTextDone,
+)
 
 
 def _sse_events(description: str, *events: type[BaseModel], last: str | None = None) -> dict[str, Any]:
@@ -364,7 +379,18 @@ class RestApi:
             operation_id="createTranscription",
             summary="Transcribe an uploaded recording with the STT stage",
             response_model=Transcription | TranscriptionVerbose,
-            responses=_ok({"text/plain": {"schema": {"type": "string"}}}),
+            responses=_ok(
+                {
+                    "text/plain": {"schema": {"type": "string"}},
+                    "text/vtt": {"schema": {"type": "string"}},
+                    "text/event-stream": _sse_events(
+                        "With stream true: TranscriptTextDelta events as JSON, then one TranscriptTextDone "
+                        "(or an ErrorResponse if the stage fails mid-stream)",
+                        TranscriptTextDelta,
+                        TranscriptTextDone,
+                    ),
+                }
+            ),
             # The handler parses the form itself: FastAPI's form validation would answer in its own words.
             openapi_extra={
                 "requestBody": {
@@ -379,12 +405,11 @@ class RestApi:
             self.speech,
             methods=["POST"],
             operation_id="createSpeech",
-            summary="Speech from text, streamed while it is synthesised (24 kHz mono PCM16)",
+            summary="Speech from text, encoded and streamed while it is synthesised (24 kHz mono)",
             response_class=StreamingResponse,
             responses=_ok(
                 {
-                    "audio/wav": BINARY,
-                    "audio/pcm": BINARY,
+                    **{media: BINARY for media in MEDIA_TYPES.values()},
                     "text/event-stream": _sse_events(
                         "With stream_format sse: SpeechAudioDelta events as JSON, then one SpeechAudioDone "
                         "(or an ErrorResponse if the stage fails mid-stream)",
@@ -685,31 +710,37 @@ class RestApi:
                 f"input has {len(body.input)} characters; the limit is {s.rest_max_speech_chars}",
                 param="input",
             )
-        if body.voice_name() != s.tts_voice:
-            raise ApiError(
-                400,
-                f"voice {body.voice_name()[:60]!r} is not available: this server speaks with {s.tts_voice!r}",
-                param="voice",
-                code="unsupported_voice",
-            )
-        if body.speed is not None and body.speed != 1.0:
-            raise ApiError(400, "speed is not supported by this server: omit it or send 1.0", param="speed")
+        try:
+            voice = check_voice(body.voice_name(), s.tts_voice)
+        except VoiceError as exc:
+            raise ApiError(400, str(exc), param="voice", code="unsupported_voice") from exc
+        style = SpeechStyle(voice=voice, speed=body.speed or 1.0, instructions=body.instructions)
         loop = asyncio.get_running_loop()
         started = loop.time()
-        chunks = self.deps.tts.synthesize(text, DEFAULT_OUTPUT_RATE)
+        chunks = self.deps.tts.synthesize(text, DEFAULT_OUTPUT_RATE, style)
         first = await _first(chunks, "TTS")
         HISTOGRAMS["tts_ttfb"].observe((loop.time() - started) * 1000)
-        wav = body.response_format == "wav"
+        encoder = SpeechEncoder(body.response_format, DEFAULT_OUTPUT_RATE)
+
+        async def encode(pcm: bytes) -> bytes:
+            # Compressed formats cost ~1 ms of CPU per 100 ms of audio: off the event loop.
+            return await asyncio.to_thread(encoder.encode, pcm) if encoder.compressed else encoder.encode(pcm)
 
         async def audio() -> AsyncGenerator[bytes, None]:
+            finished = False
             try:
-                if wav:
-                    yield streaming_wav_header(DEFAULT_OUTPUT_RATE)
                 if first is not None:
-                    yield first
+                    if data := await encode(first):
+                        yield data
                     async for piece in chunks:
-                        yield piece
+                        if data := await encode(piece):
+                            yield data
+                finished = True
+                if tail := await asyncio.to_thread(encoder.finish):
+                    yield tail
             finally:
+                if not finished:
+                    encoder.close()
                 await chunks.aclose()
 
         if body.stream_format == "sse":
@@ -718,7 +749,7 @@ class RestApi:
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
-        return StreamingResponse(audio(), media_type="audio/wav" if wav else "audio/pcm")
+        return StreamingResponse(audio(), media_type=MEDIA_TYPES[body.response_format])
 
     async def _speech_events(self, audio: AsyncGenerator[bytes, None]) -> AsyncGenerator[str, None]:
         """OpenAI's SSE speech stream: the same bytes, base64 in `speech.audio.delta` events."""
@@ -754,22 +785,7 @@ class RestApi:
             raise ApiError(
                 400, "the form has no `model` field", param="model", code="missing_required_parameter"
             )
-        fmt = form.get("response_format") or "json"
-        if fmt not in TRANSCRIPTION_FORMATS:
-            raise ApiError(
-                400,
-                f"response_format {str(fmt)[:40]!r} is not supported: use "
-                + ", ".join(TRANSCRIPTION_FORMATS),
-                param="response_format",
-            )
-        if str(form.get("stream", "false")).lower() not in ("false", "0"):
-            raise ApiError(400, "streamed transcription is not supported: omit `stream`", param="stream")
-        temperature = form.get("temperature")
-        if temperature is not None and not (isinstance(temperature, str) and _is_number(temperature)):
-            raise ApiError(400, "temperature must be a number", param="temperature")
-        language = form.get("language")
-        if language is not None and not isinstance(language, str):
-            raise ApiError(400, "language must be a string", param="language")
+        options = _transcription_options(form)
         data = await upload.read()
         try:
             pcm, seconds = await asyncio.to_thread(decode_upload, data, self.settings.rest_max_audio_s)
@@ -777,14 +793,22 @@ class RestApi:
             raise ApiError(400, str(exc), param="file", code="invalid_audio") from exc
         loop = asyncio.get_running_loop()
         started = loop.time()  # the whole recording is here: its end is "end of speech"
-        try:
-            text = await transcribe_recording(
-                self.deps.stt,
-                pcm,
-                self.transcription_lane,
-                chunk_s=self.settings.rest_transcription_chunk_s,
-                client_gone=client_gone,
+        segments = transcribe_segments(
+            self.deps.stt,
+            pcm,
+            self.transcription_lane,
+            chunk_s=self.settings.rest_transcription_chunk_s,
+            client_gone=client_gone,
+        )
+        if options.stream:
+            first = await _first(segments, "STT")
+            return StreamingResponse(
+                self._transcript_events(first, segments, started),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
+        try:
+            done = [segment async for segment in segments]
         except ClientGone as exc:  # nobody is left to read an answer: stop, and say so in the log
             log.info("transcription abandoned by its client: %s", exc)
             raise ApiError(400, "the client went away", code="client_gone") from exc
@@ -792,15 +816,118 @@ class RestApi:
             log.exception("STT failed")
             raise _stage_failed(exc, "STT") from exc
         HISTOGRAMS["transcription_delay"].observe((loop.time() - started) * 1000)
+        spoken = [segment for segment in done if segment.text]
+        text = " ".join(segment.text for segment in spoken)
         usage = TranscriptionUsage(seconds=round(seconds, 3))
-        if fmt == "text":
+        if options.response_format == "text":
             return PlainTextResponse(text)
-        if fmt == "verbose_json":
+        if options.response_format == "srt":
+            return PlainTextResponse(captions.srt(spoken))
+        if options.response_format == "vtt":
+            return PlainTextResponse(captions.vtt(spoken), media_type="text/vtt")
+        if options.response_format == "verbose_json":
             verbose = TranscriptionVerbose(
-                language=language or "en", duration=round(seconds, 3), text=text, usage=usage
+                language=options.language or "en",
+                duration=round(seconds, 3),
+                text=text,
+                segments=[
+                    TranscriptionSegment(
+                        id=n,
+                        seek=round(segment.start_s * 100),
+                        start=round(segment.start_s, 3),
+                        end=round(segment.end_s, 3),
+                        text=segment.text,
+                        temperature=options.temperature,
+                        compression_ratio=_compression_ratio(segment.text),
+                    )
+                    for n, segment in enumerate(spoken)
+                ],
+                usage=usage,
             )
             return JSONResponse(verbose.model_dump())
         return JSONResponse(Transcription(text=text, usage=usage).model_dump())
+
+    async def _transcript_events(
+        self, first: RecordedSegment | None, rest: AsyncGenerator[RecordedSegment, None], started: float
+    ) -> AsyncGenerator[str, None]:
+        """OpenAI's streamed transcription: a `transcript.text.delta` per segment as it is transcribed
+        (appending them gives the text), then `transcript.text.done` with the whole text."""
+        texts: list[str] = []
+        try:
+            segment = first
+            while segment is not None:
+                if segment.text:
+                    yield _sse(TranscriptTextDelta(delta=(" " if texts else "") + segment.text))
+                    texts.append(segment.text)
+                segment = await anext(rest, None)
+        except ClientGone as exc:
+            log.info("streamed transcription abandoned by its client: %s", exc)
+            return
+        except Exception as exc:
+            yield _stage_failed_event("STT", exc)
+            return
+        finally:
+            await rest.aclose()
+        HISTOGRAMS["transcription_delay"].observe((asyncio.get_running_loop().time() - started) * 1000)
+        yield _sse(TranscriptTextDone(text=" ".join(texts)))
+
+
+@dataclass(frozen=True)
+class TranscriptionOptions:
+    """The form fields of a transcription request besides the file and the model, validated."""
+
+    response_format: str
+    stream: bool
+    language: str | None
+    temperature: float
+
+
+def _transcription_options(form: FormData) -> TranscriptionOptions:
+    """The options a transcription form asks for; a 400 naming the field for a value we cannot honour."""
+    fields: dict[str, str] = {}
+    for name in ("response_format", "stream", "language", "temperature", "prompt", "chunking_strategy"):
+        value = form.get(name)
+        if value is not None and not isinstance(value, str):
+            raise ApiError(400, f"{name} must be a form field, not a file", param=name)
+        if value is not None:
+            fields[name] = value
+    fmt = fields.get("response_format", "json")
+    if fmt not in TRANSCRIPTION_FORMATS:
+        raise ApiError(
+            400,
+            f"response_format {fmt[:40]!r} is not supported: use " + ", ".join(TRANSCRIPTION_FORMATS),
+            param="response_format",
+        )
+    stream = fields.get("stream", "false").lower()
+    if stream not in ("true", "false", "1", "0"):
+        raise ApiError(400, "stream must be true or false", param="stream")
+    streamed = stream in ("true", "1")
+    if streamed and fmt not in ("json", "text"):
+        raise ApiError(400, f"a streamed transcription is json or text, not {fmt}", param="response_format")
+    temperature = fields.get("temperature", "0")
+    if not _is_number(temperature) or not 0 <= float(temperature) <= 1:
+        raise ApiError(400, "temperature must be a number from 0 to 1", param="temperature")
+    language = fields.get("language")
+    if language is not None and not TRANSCRIPTION_LANGUAGE.fullmatch(language):
+        raise ApiError(
+            400, f"language {language[:20]!r} is not an ISO-639-1 code such as 'en'", param="language"
+        )
+    for granularity in form.getlist("timestamp_granularities[]"):
+        if granularity != "segment":
+            raise ApiError(
+                400,
+                f"timestamp granularity {str(granularity)[:20]!r} is not available: only segment",
+                param="timestamp_granularities",
+            )
+    if any(item != "" for item in form.getlist("include[]")):
+        raise ApiError(400, "include: the engines report no log probabilities", param="include")
+    return TranscriptionOptions(fmt, streamed, language, float(temperature))
+
+
+def _compression_ratio(text: str) -> float:
+    """As Whisper reports it: the text's bytes over their zlib-compressed bytes (repetition scores high)."""
+    raw = text.encode("utf-8")
+    return round(len(raw) / len(zlib.compress(raw)), 3) if raw else 0.0
 
 
 def rest_routes(deps: RouterDeps, credentials: Credentials, admission: Admission) -> list[BaseRoute]:

@@ -9,13 +9,16 @@ fields that would change the answer in a way we cannot honour are rejected with 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from actors.audio.encode import SpeechFormat
 from actors.llm.base import FinishReason
 from actors.memory.journal import USER_ID
+from actors.tts.voices import MAX_SPEED, MIN_SPEED, OPENAI_VOICES
 
 # ------------------------------------------------------------------------------------------ errors
 
@@ -209,17 +212,26 @@ class SpeechRequest(BaseModel):
 
     model: str = Field(min_length=1, max_length=256, description="Any value: the TTS engine is fixed.")
     input: str = Field(description="1 to `rest_max_speech_chars` characters.")
-    voice: str | VoiceRef = Field(description="The configured voice (see GET /v1/models).")
-    response_format: Literal["pcm", "wav"] = Field(
-        default="wav", description="24 kHz mono PCM16, raw or in a streamed WAV. Default: wav."
+    voice: str | VoiceRef = Field(
+        description="An OpenAI voice name (" + ", ".join(OPENAI_VOICES) + "), each a distinct voice of "
+        "the offline engine, or the configured voice (see GET /v1/models). Custom voice ids are refused."
     )
-    speed: float | None = Field(default=None, description="Only 1.0.")
+    response_format: SpeechFormat = Field(
+        default="mp3",
+        description="mp3, opus (in Ogg), aac (ADTS), flac, wav (streamed header) or pcm (raw); "
+        "24 kHz mono. Default: mp3.",
+    )
+    speed: float | None = Field(default=None, ge=MIN_SPEED, le=MAX_SPEED, description="0.25 to 4.0.")
     stream_format: Literal["audio", "sse"] | None = Field(
         default=None,
         description="audio (default): the raw byte stream; sse: `speech.audio.delta` events carrying the "
         "same bytes base64-encoded, then `speech.audio.done`.",
     )
-    instructions: str | None = Field(default=None, description="Accepted and ignored.")
+    instructions: str | None = Field(
+        default=None,
+        max_length=4096,
+        description="Passed to the OpenAI TTS engine; the offline engine (eSpeak) cannot act on it.",
+    )
 
     def voice_name(self) -> str:
         return self.voice.id if isinstance(self.voice, VoiceRef) else self.voice
@@ -255,15 +267,47 @@ class Transcription(BaseModel):
     usage: TranscriptionUsage | None = None
 
 
+class TranscriptionSegment(BaseModel):
+    """One segment of a verbose transcription, with OpenAI's fields. The engines report no token ids
+    or probabilities: `tokens` is empty and `avg_logprob` and `no_speech_prob` are 0."""
+
+    id: int
+    seek: int = Field(description="Where the segment starts, in 10 ms frames.")
+    start: float
+    end: float
+    text: str
+    tokens: list[int] = Field(default_factory=list)
+    temperature: float = 0.0
+    avg_logprob: float = 0.0
+    compression_ratio: float = Field(description="Bytes of the text over its zlib-compressed bytes.")
+    no_speech_prob: float = 0.0
+
+
 class TranscriptionVerbose(BaseModel):
     task: Literal["transcribe"] = "transcribe"
     language: str
     duration: float
     text: str
+    segments: list[TranscriptionSegment]
     usage: TranscriptionUsage | None = None
 
 
-TRANSCRIPTION_FORMATS = ("json", "text", "verbose_json")
+class TranscriptTextDelta(BaseModel):
+    """One `data:` event of a streamed transcription: the next segment's text (append it)."""
+
+    type: Literal["transcript.text.delta"] = "transcript.text.delta"
+    delta: str
+
+
+class TranscriptTextDone(BaseModel):
+    """The last event of a streamed transcription: the whole text."""
+
+    type: Literal["transcript.text.done"] = "transcript.text.done"
+    text: str
+
+
+TRANSCRIPTION_FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
+TRANSCRIPTION_LANGUAGE = re.compile(r"[a-z]{2,3}(-[A-Za-z]{2,4})?")
 
 # The multipart form of POST /v1/audio/transcriptions, written out: its handler parses the form itself.
 TRANSCRIPTION_FORM_SCHEMA: dict[str, Any] = {
@@ -273,13 +317,30 @@ TRANSCRIPTION_FORM_SCHEMA: dict[str, Any] = {
         "file": {
             "type": "string",
             "format": "binary",
-            "description": "WAV, FLAC, OGG/Vorbis, Opus or MP3; any sample rate; mixed down to mono.",
+            "description": "WAV, FLAC, MP3, MP4/M4A, WebM or Ogg (Opus, Vorbis); any sample rate; mixed "
+            "down to mono.",
         },
         "model": {"type": "string", "minLength": 1, "description": "Any value: the STT engine is fixed."},
         "response_format": {"type": "string", "enum": list(TRANSCRIPTION_FORMATS), "default": "json"},
-        "language": {"type": "string", "description": "Echoed in verbose_json; the engine's language."},
-        "prompt": {"type": "string", "description": "Accepted and ignored."},
-        "temperature": {"type": "number", "description": "Accepted and ignored."},
+        "stream": {
+            "type": "boolean",
+            "default": False,
+            "description": "Server-sent `transcript.text.delta` events (one per segment), then "
+            "`transcript.text.done`; with response_format json or text.",
+        },
+        "language": {
+            "type": "string",
+            "pattern": TRANSCRIPTION_LANGUAGE.pattern,
+            "description": "ISO-639-1 code; echoed in verbose_json. The engine transcribes its own language.",
+        },
+        "prompt": {"type": "string", "description": "Accepted and ignored (the engines take no prompt)."},
+        "temperature": {"type": "number", "minimum": 0, "maximum": 1, "description": "Accepted and ignored."},
+        "timestamp_granularities[]": {
+            "type": "array",
+            "items": {"type": "string", "enum": ["segment"]},
+            "description": "Only segment (word timestamps are not available).",
+        },
+        "chunking_strategy": {"description": "Accepted and ignored: long recordings are cut at pauses."},
     },
 }
 

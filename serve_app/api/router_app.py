@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
@@ -100,6 +101,8 @@ def build_router_app(deps: RouterDeps) -> Starlette:
                 if (problem := user_id_problem(user_id)) is not None:
                     raise CredentialError(403, "invalid_user", problem)
                 options = initial_options(settings, principal.session)
+                if query.get("intent") == "transcription":  # as OpenAI's transcription clients connect
+                    options = replace(options, transcription_only=True)
                 place.enter_context(admission.session(principal))
             except (CredentialError, ProtocolError, Refused) as exc:
                 await refuse_websocket(websocket, exc, offered)

@@ -141,13 +141,16 @@ def user_id_for(identity: str) -> str:
 
 
 def build_stt(cfg: WorkerConfig) -> openai.STT:
-    # POST /v1/audio/transcriptions per utterance; AgentSession segments the audio with the VAD.
+    # Streaming: the plugin opens a Realtime transcription session on /v1/realtime (?intent=transcription)
+    # and streams the microphone; the router's VAD cuts utterances and its STT stage sends interim
+    # transcripts while the user speaks, then the final one. `recognize` (a whole recording) still
+    # goes to POST /v1/audio/transcriptions.
     return openai.STT(
         base_url=cfg.base_url,
         api_key=cfg.api_key,
         model=cfg.stt_model,
         language=cfg.language,
-        use_realtime=False,
+        use_realtime=True,
     )
 
 
