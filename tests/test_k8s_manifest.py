@@ -276,32 +276,42 @@ def test_requests_equal_limits_and_one_image_everywhere(overlay: str) -> None:
     assert len(images) == 1 and ":" in images.pop()
 
 
-def test_readiness_is_the_apps_readyz_on_the_pods_that_take_connections() -> None:
+def test_clients_enter_only_through_worker_pods_whose_readyz_answers() -> None:
     for overlay in OVERLAYS:
-        pods = groups(voice_agent(overlay))
-        for name in ("head", "routers"):
+        service = voice_agent(overlay)
+        assert service["spec"]["excludeHeadPodFromServeSvc"] is True
+        pods = groups(service)
+        for name in ("routers", "stages"):
             probe = container(pods[name])["readinessProbe"]["httpGet"]
             ports = {p["name"]: p["containerPort"] for p in container(pods[name])["ports"]}
             assert probe["path"] == "/readyz" and ports[probe["port"]] == SERVE_CONFIG["http_options"]["port"]
-            # No liveness of ours: a provider outage must not restart pods (KubeRay's own stays).
-            assert "livenessProbe" not in container(pods[name])
+        for group in pods.values():
+            # No liveness of ours: a provider outage must not restart pods (KubeRay's own stays); and the
+            # head keeps KubeRay's readiness, which KubeRay waits for before it deploys the app.
+            assert "livenessProbe" not in container(group)
+        assert "readinessProbe" not in container(pods["head"])
     router_routes = (ROOT / "serve_app" / "api" / "router_app.py").read_text()
     assert 'Route("/readyz"' in router_routes
 
 
-def _prestop_deadline(group: dict[str, Any]) -> int:
+def _prestop(group: dict[str, Any]) -> tuple[str, int]:
     command = container(group)["lifecycle"]["preStop"]["exec"]["command"]
     assert command[0] == "/app/scripts/k8s-prestop.sh"
-    return int(command[1])
+    return command[1], int(command[2])
 
 
 def test_drains_match_serves_graceful_shutdown_and_the_grace_periods_outlast_them() -> None:
     deployments = {d["name"]: d for d in SERVE_CONFIG["applications"][0]["deployments"]}
     for overlay in OVERLAYS:
         pods = groups(voice_agent(overlay))
-        placement = {"routers": ["Router"], "stages": ["STTDeployment", "LLMDeployment", "TTSDeployment"]}
+        placement = {
+            "head": ["Router"],  # waits for the routers' sessions cluster-wide
+            "routers": ["Router"],
+            "stages": ["STTDeployment", "LLMDeployment", "TTSDeployment"],
+        }
         for group, names in placement.items():
-            deadline = _prestop_deadline(pods[group])
+            mode, deadline = _prestop(pods[group])
+            assert mode == ("cluster" if group == "head" else "node")
             for name in names:
                 drain = deployments[name].get(
                     "graceful_shutdown_timeout_s", DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT_S
@@ -364,15 +374,17 @@ def test_the_self_hosted_llm_is_a_gpu_rayservice_the_llm_stage_points_at() -> No
 
 
 # ------------------------------------------------------------------------------ preStop and image
-def test_prestop_drains_the_node_and_waits_for_its_replicas(tmp_path: Path) -> None:
+def _stubbed_path(tmp_path: Path, busy_checks: int) -> tuple[dict[str, str], Path]:
+    """PATH with `ray`, `pgrep` and `sleep` stand-ins that log their calls; the replicas (pgrep) or the
+    router actors (`ray list actors`) are there for `busy_checks` checks, then gone."""
     calls = tmp_path / "calls"
-    replicas_left = tmp_path / "replicas"
-    replicas_left.write_text("2")
+    left = tmp_path / "left"
+    left.write_text(str(busy_checks))
+    busy = f'n=$(cat {left}); if [ "$n" -gt 0 ]; then echo $((n-1)) > {left}; BUSY=1; else BUSY=0; fi\n'
+    actors = '[ $BUSY = 1 ] && echo \'[{"actor_id": "a1"}]\' || echo "[]"'
     stub = {
-        "ray": f'echo "ray $*" >> {calls}\n',
-        # Replica processes are still there for two checks, then gone.
-        "pgrep": f'n=$(cat {replicas_left}); echo "pgrep $*" >> {calls}\n'
-        f'if [ "$n" -gt 0 ]; then echo $((n-1)) > {replicas_left}; exit 0; fi; exit 1\n',
+        "ray": f'echo "ray $*" >> {calls}\nif [ "$1" = list ]; then {busy} {actors}; fi\n',
+        "pgrep": f'echo "pgrep $*" >> {calls}\n{busy} [ $BUSY = 1 ]\n',
         "sleep": "exit 0\n",
     }
     bin_dir = tmp_path / "bin"
@@ -381,19 +393,41 @@ def test_prestop_drains_the_node_and_waits_for_its_replicas(tmp_path: Path) -> N
         path = bin_dir / name
         path.write_text("#!/bin/bash\n" + body)
         path.chmod(path.stat().st_mode | stat.S_IEXEC)
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
-    done = subprocess.run(
-        [str(ROOT / "scripts" / "k8s-prestop.sh"), "3660"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}, calls
+
+
+def _prestop_script(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    script = str(ROOT / "scripts" / "k8s-prestop.sh")
+    return subprocess.run([script, *args], env=env, capture_output=True, text=True, timeout=30)
+
+
+def test_prestop_drains_the_node_and_waits_for_its_replicas(tmp_path: Path) -> None:
+    env, calls = _stubbed_path(tmp_path, busy_checks=2)
+    done = _prestop_script("node", "3660", env=env)
     assert done.returncode == 0, done.stderr
     lines = calls.read_text().splitlines()
     assert lines[0].startswith("ray drain-node --reason DRAIN_NODE_REASON_PREEMPTION")
     assert "--deadline-remaining-seconds 3660" in lines[0]
     assert lines[1:] == ["pgrep -f ServeReplica:"] * 3
+
+
+def test_prestop_on_the_head_waits_for_the_clusters_routers(tmp_path: Path) -> None:
+    env, calls = _stubbed_path(tmp_path, busy_checks=2)
+    done = _prestop_script("cluster", "3660", env=env)
+    assert done.returncode == 0, done.stderr
+    lines = calls.read_text().splitlines()
+    assert len(lines) == 3 and all(line.startswith("ray list actors") for line in lines)
+    assert "class_name=ServeReplica:voice-agent:Router" in lines[0] and "state=ALIVE" in lines[0]
+    # Nothing drained: the head is not a worker node.
+    assert not any("drain-node" in line for line in lines)
+
+
+def test_prestop_gives_up_at_its_deadline_and_refuses_an_unknown_mode(tmp_path: Path) -> None:
+    env, calls = _stubbed_path(tmp_path, busy_checks=10**6)
+    done = _prestop_script("node", "0", env=env)
+    assert done.returncode == 0
+    assert "pgrep" not in calls.read_text()  # the deadline had passed before the first wait
+    assert _prestop_script("everything", "30", env=env).returncode == 2
 
 
 def test_the_dockerfile_builds_from_the_lock_with_what_the_pods_run() -> None:
