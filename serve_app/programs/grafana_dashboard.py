@@ -186,11 +186,32 @@ def _rows() -> list[tuple[str, list[tuple[str, str, list[tuple[str, str]], str]]
             "Size of the journal on the head pod's volume.",
         ),
     ]
+    # What breaks first as the cluster grows (README "Capacity plan").
+    limits = [
+        (
+            "Serve controller loop",
+            "s",
+            [
+                ("max(ray_serve_controller_control_loop_duration_s)", "last control loop"),
+                ("max(rate(ray_serve_controller_num_control_loops[$__rate_interval]))", "loops / s"),
+            ],
+            "One controller runs every deployment's autoscaling and health checks; its loop slows first "
+            "as replicas grow.",
+        ),
+        (
+            "HAProxy processes",
+            "short",
+            [("max by (node_id) (ray_serve_haproxy_process_count)", "{{node_id}}")],
+            "Each router replica added or removed reloads HAProxy on every node; the old process keeps its "
+            "WebSockets until they end (RAY_SERVE_HAPROXY_HARD_STOP_AFTER_S).",
+        ),
+    ]
     return [
         ("Turn latency", turn),
         ("Stages", stages),
         ("Load, replicas and queues", load),
         ("Memory", memory),
+        ("Capacity limits", limits),
     ]
 
 

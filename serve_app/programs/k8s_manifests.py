@@ -50,8 +50,8 @@ PLACEMENT = {
     "TTSDeployment": STAGES_RESOURCE,
 }
 REPLICA_CPUS = 0.5
-# Production bounds: the 1,000-session plan of README "Capacity plan" with a quarter of headroom
-# (router 50, STT 17, LLM 4, TTS 4 replicas at their targets), and at least two of each, on two pods.
+# Production bounds: the 1,000-session plan of README "Capacity plan" (router 50, STT 17, LLM 4, TTS 4
+# replicas at their targets) with about a quarter of headroom, and at least two of each (two pods).
 PROD_REPLICAS = {
     "Router": (2, 64),
     "STTDeployment": (2, 24),
