@@ -33,6 +33,7 @@ RAYSERVICE_CRD = K8S / "crd" / "ray.io_rayservices.v1.7.0.yaml"
 PODMONITOR_CRD = K8S / "crd" / "monitoring.coreos.com_podmonitors.v0.93.0.yaml"
 OVERLAYS = ("base", "overlays/dev", "overlays/prod", "overlays/prod-self-hosted-llm")
 SERVE_CONFIG = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
+IMAGE_UID = 1000  # the Dockerfile's USER
 
 
 def kustomize_command() -> list[str]:
@@ -331,6 +332,8 @@ def test_the_memory_journal_lives_on_the_head_pods_persistent_volume() -> None:
         claim = volumes[volume]["persistentVolumeClaim"]["claimName"]
         (pvc,) = objects(overlay, "PersistentVolumeClaim", claim)
         assert pvc["spec"]["accessModes"] == ["ReadWriteOnce"]
+        # The image's user can write the journal there.
+        assert head["template"]["spec"]["securityContext"]["fsGroup"] == IMAGE_UID
 
 
 def test_the_podmonitors_select_the_agents_pods_and_ports() -> None:
@@ -446,6 +449,7 @@ def test_the_dockerfile_builds_from_the_lock_with_what_the_pods_run() -> None:
     assert text.count("uv sync --frozen --no-dev") == 2
     # The preStop script the manifests call is where they call it.
     assert "COPY scripts/k8s-prestop.sh /app/scripts/" in text
+    assert f"useradd --create-home --uid {IMAGE_UID}" in text and f"USER {IMAGE_UID}" in text
     # procps for pgrep (preStop), wget for KubeRay's probes.
     assert all(tool in text for tool in ("procps", "wget"))
     pyproject = (ROOT / "pyproject.toml").read_text()
