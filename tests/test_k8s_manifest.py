@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -236,8 +237,9 @@ def test_every_pod_gets_the_serve_environment_and_the_secret(overlay: str) -> No
 
 
 def _example_secret_keys() -> list[str]:
-    lines = (K8S / "secret.example.env").read_text().splitlines()
-    return [line.split("=", 1)[0] for line in lines if line.strip() and not line.startswith("#")]
+    """The keys k8s/secret.example.env lists (commented out: a copy used as is sets nothing)."""
+    text = (K8S / "secret.example.env").read_text()
+    return re.findall(r"^#([A-Z][A-Z0-9_]*)=$", text, flags=re.MULTILINE)
 
 
 def test_the_secrets_keys_are_the_settings_the_app_reads(monkeypatch: pytest.MonkeyPatch) -> None:
