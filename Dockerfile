@@ -22,11 +22,11 @@ WORKDIR /app
 # Dependencies first (their layer survives code changes), exactly as locked.
 COPY pyproject.toml uv.lock README.md ./
 RUN uv sync --frozen --no-dev --no-install-project --no-editable \
-      $(for extra in $EXTRAS; do printf -- '--extra %s ' "$extra"; done)
+      $(for extra in $EXTRAS; do printf '%s %s ' --extra "$extra"; done)
 COPY actors ./actors
 COPY serve_app ./serve_app
 RUN uv sync --frozen --no-dev --no-editable \
-      $(for extra in $EXTRAS; do printf -- '--extra %s ' "$extra"; done)
+      $(for extra in $EXTRAS; do printf '%s %s ' --extra "$extra"; done)
 
 FROM ${PYTHON_IMAGE}
 RUN apt-get update && apt-get install -y --no-install-recommends wget procps libgomp1 && \
