@@ -53,8 +53,14 @@ def app_metric_names() -> set[str]:
         registries += [v for v in vars(loaded).values() if isinstance(v, CollectorRegistry)]
     names: set[str] = set()
     for registry in registries:
-        for family in registry.collect():
-            names |= _sample_names(family.type, family.name)
+        # Described, not collected: collecting runs callback gauges (the router's loop-task count needs
+        # its event loop). The registry keeps its collectors in `_collector_to_names`.
+        for collector, registered in list(registry._collector_to_names.items()):
+            if not hasattr(collector, "describe"):  # Python's own (gc, process): the names it registered
+                names |= set(registered)
+                continue
+            for family in collector.describe():
+                names |= _sample_names(family.type, family.name)
     return names
 
 
