@@ -22,7 +22,7 @@ from playwright.sync_api import Page, expect
 from testkit.browser import CHROMIUM, artefacts_dir, chromium, write_wav
 from testkit.harness import make_app
 from testkit.recordings import librivox, silence, word_error_rate
-from testkit.serve_cluster import ROOT, free_port
+from testkit.serve_cluster import ROOT, ServeRun, free_port
 from testkit.sim_openai_server import SimOpenAIConfig, SimOpenAIServer, start_sim_openai_server
 
 pytestmark = pytest.mark.skipif(
@@ -214,6 +214,26 @@ def test_speaking_over_the_reply_stops_it_and_starts_a_new_turn(
         page.screenshot(path=str(artefacts_dir() / "barge-in.png"))
 
 
+def test_interrupt_button_with_semantic_turn_detection(local_agent: LocalAgent, tmp_path: Path) -> None:
+    speech, _ = librivox("0920", RATE)
+    with chromium(microphone(tmp_path, speech, silence(8000))) as browser:
+        page = browser.new_page()
+        start(page, local_agent.url, turn_detection="semantic_vad")
+        wait_for(page, "window.voiceAgent.stats().playback.audible > 12000")
+        detection = stats(page)["session"]["audio"]["input"]["turn_detection"]
+        assert detection["type"] == "semantic_vad", detection
+        page.click("#interrupt")
+        stopped_at = stats(page)["playback"]
+        expect(page.locator("#log li.agent.cut")).to_have_count(1, timeout=20_000)
+        assert page.locator("#log li.agent").get_attribute("data-status") == "cancelled"
+        page.wait_for_timeout(300)
+        after = stats(page)
+        assert after["playback"]["played"] - stopped_at["played"] < RATE // 10
+        assert after["playback"]["queued"] == 0 and after["playback"]["flushed"] > 0
+        assert after["interrupts"] == 1
+        assert page.locator("#notice").is_hidden()  # a cancel the server accepted: no error
+
+
 def test_push_to_talk(local_agent: LocalAgent, tmp_path: Path) -> None:
     speech, reference = librivox("0920", RATE)
     with chromium(microphone(tmp_path, speech, silence(3000))) as browser:
@@ -245,6 +265,22 @@ def test_text_only_replies_with_a_typed_message(local_agent: LocalAgent) -> None
         assert final_texts(page, "agent")[0].startswith("Jane Austen wrote")
         assert stats(page)["playback"]["played"] == 0
         assert stats(page)["events"].get("response.output_audio.delta", 0) == 0
+
+
+def test_a_client_secret_opens_the_session(local_agent: LocalAgent) -> None:
+    # What a backend hands the page instead of a long-lived key: a secret minted with the server key.
+    minted = httpx.post(
+        f"{local_agent.url}v1/realtime/client_secrets",
+        headers={"Authorization": f"Bearer {KEY}"},
+        json={"expires_after": {"anchor": "created_at", "seconds": 60}, "user": "ada"},
+    )
+    minted.raise_for_status()
+    secret = minted.json()["value"]
+    with chromium() as browser:
+        page = browser.new_page()
+        start(page, local_agent.url, key=secret)
+        wait_for(page, "window.voiceAgent.stats().events['session.updated'] >= 1", 20)
+        expect(page.locator("#connection-text")).to_have_text("Connected")
 
 
 def test_a_wrong_key_is_refused_in_plain_words(local_agent: LocalAgent) -> None:
@@ -294,3 +330,22 @@ def test_server_down_and_connection_lost(llm: SimOpenAIServer, tmp_path: Path) -
             page.screenshot(path=str(artefacts_dir() / "server-down.png"))
     finally:
         agent.stop()
+
+
+# ---- the Ray Serve application -------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_spoken_turn_on_the_served_cluster(agent: ServeRun, tmp_path: Path) -> None:
+    """The page as `serve run serve_config.yaml` serves it (offline engines, no key), one spoken turn."""
+    speech, reference = librivox("0920", RATE)
+    with chromium(microphone(tmp_path, speech, silence(3000))) as browser:
+        page = browser.new_page()
+        start(page, f"{agent.base_url}/", key="")
+        wait_for(page, "document.querySelector('#log li.agent:not(.interim)') !== null", 120)
+        heard = final_texts(page, "user")
+        assert len(heard) == 1 and word_error_rate(reference, heard[0]) <= 0.5, heard
+        assert final_texts(page, "agent")[0].strip()
+        wait_for(page, "window.voiceAgent.stats().playback.audible > 4800", 30)  # reply audio heard
+        expect(page.locator("#latency-bar .part")).to_have_count(len(PARTS))
+        page.screenshot(path=str(artefacts_dir() / "served-cluster.png"))

@@ -33,7 +33,7 @@ const stats = {
   turns: [], // metrics of finished responses
 };
 window.voiceAgent = {
-  stats: () => ({ ...stats, playback: { ...audio.playback }, connected: connection.isOpen }),
+  stats: () => ({ ...stats, playback: { ...audio.playback }, connected: connection.isOpen, session: state.session }),
 };
 
 // ---- what the user sees ------------------------------------------------------------------------
