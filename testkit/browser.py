@@ -30,9 +30,9 @@ def write_wav(path: Path, pcm16: bytes, rate: int) -> Path:
 
 
 @contextlib.contextmanager
-def chromium(microphone_wav: Path | None = None) -> Iterator[BrowserContext]:
+def chromium(microphone_wav: Path | None = None, allow_microphone: bool = True) -> Iterator[BrowserContext]:
     """A headless Chromium (fresh profile) whose microphone plays `microphone_wav` once, or Chromium's
-    beep without one."""
+    beep without one; with `allow_microphone` false, the user refuses the permission."""
     flags = [
         "--no-sandbox",
         "--disable-gpu",
@@ -41,10 +41,11 @@ def chromium(microphone_wav: Path | None = None) -> Iterator[BrowserContext]:
         "--disable-background-networking",
         "--disable-component-update",
         "--disable-sync",
-        "--use-fake-ui-for-media-stream",
         "--use-fake-device-for-media-stream",
         "--autoplay-policy=no-user-gesture-required",
     ]
+    # Grant the microphone as a user would at the prompt, or refuse it.
+    flags.append("--use-fake-ui-for-media-stream" if allow_microphone else "--deny-permission-prompts")
     if microphone_wav is not None:
         flags.append(f"--use-file-for-fake-audio-capture={microphone_wav}%noloop")
     with sync_playwright() as playwright:

@@ -67,8 +67,8 @@ def test_page_fetches_nothing_from_elsewhere() -> None:
 class LocalAgent:
     """`uvicorn --factory serve_app.programs.local:create_app` in its own process group."""
 
-    def __init__(self, workdir: Path, llm_base_url: str) -> None:
-        self.port = free_port()
+    def __init__(self, workdir: Path, llm_base_url: str, port: int | None = None) -> None:
+        self.port = port or free_port()
         env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("VOICE_")},
             "OPENAI_API_KEY": "sim",
@@ -131,11 +131,15 @@ def microphone(tmp_path: Path, *pieces: bytes) -> Path:
     return write_wav(tmp_path / "microphone.wav", silence(1000) + b"".join(pieces), RATE)
 
 
-def start(page: Page, url: str, key: str = KEY, **settings: Any) -> None:
-    """Open the page, enter the key, switch the microphone's processing off (the recording arrives
-    sample-exact: echo cancellation, noise suppression and auto gain are for real rooms), press Start."""
-    page.goto(url)
-    page.fill("#api-key", key)
+def start(page: Page, url: str | None, key: str = KEY, **settings: Any) -> None:
+    """Open the page (None: it is open), enter the key, switch the microphone's processing off (the
+    recording arrives sample-exact: echo cancellation, noise suppression and auto gain are for real
+    rooms), choose the settings, press Start."""
+    if url is not None:
+        page.goto(url)
+        page.fill("#api-key", key)
+    if "instructions" in settings:
+        page.fill("#instructions", settings["instructions"])
     for box in ("#echo-cancellation", "#noise-suppression", "#auto-gain"):
         page.uncheck(box)
     if "turn_detection" in settings:
@@ -253,10 +257,10 @@ def test_push_to_talk(local_agent: LocalAgent, tmp_path: Path) -> None:
         assert stats(page)["events"].get("input_audio_buffer.speech_started", 0) == 0  # no server VAD
 
 
-def test_text_only_replies_with_a_typed_message(local_agent: LocalAgent) -> None:
+def test_text_only_replies_with_a_typed_message(local_agent: LocalAgent, llm: SimOpenAIServer) -> None:
     with chromium() as browser:
         page = browser.new_page()
-        start(page, local_agent.url, text_only=True)
+        start(page, local_agent.url, text_only=True, instructions="Answer like a librarian.")
         wait_for(page, "window.voiceAgent.stats().events['session.updated'] >= 1", 20)
         page.fill("#typed-text", "Who wrote Sense and Sensibility?")
         page.press("#typed-text", "Enter")
@@ -265,10 +269,14 @@ def test_text_only_replies_with_a_typed_message(local_agent: LocalAgent) -> None
         assert final_texts(page, "agent")[0].startswith("Jane Austen wrote")
         assert stats(page)["playback"]["played"] == 0
         assert stats(page)["events"].get("response.output_audio.delta", 0) == 0
+        # The instructions typed in Settings are the LLM's system prompt.
+        system = llm.requests[-1]["body"]["messages"][0]
+        assert system["role"] == "system" and "Answer like a librarian." in system["content"]
 
 
-def test_a_client_secret_opens_the_session(local_agent: LocalAgent) -> None:
-    # What a backend hands the page instead of a long-lived key: a secret minted with the server key.
+def test_a_client_secret_handed_over_in_the_fragment(local_agent: LocalAgent) -> None:
+    # What a backend gives the page instead of a long-lived key: a secret minted with the server key,
+    # in the URL's fragment (never sent to a server), which the page takes off the address at once.
     minted = httpx.post(
         f"{local_agent.url}v1/realtime/client_secrets",
         headers={"Authorization": f"Bearer {KEY}"},
@@ -278,9 +286,20 @@ def test_a_client_secret_opens_the_session(local_agent: LocalAgent) -> None:
     secret = minted.json()["value"]
     with chromium() as browser:
         page = browser.new_page()
-        start(page, local_agent.url, key=secret)
+        page.goto(f"{local_agent.url}#client_secret={secret}")
+        assert secret not in page.url
+        start(page, None)
         wait_for(page, "window.voiceAgent.stats().events['session.updated'] >= 1", 20)
         expect(page.locator("#connection-text")).to_have_text("Connected")
+
+
+def test_a_refused_microphone_is_explained(local_agent: LocalAgent) -> None:
+    with chromium(allow_microphone=False) as browser:
+        page = browser.new_page()
+        start(page, local_agent.url)
+        expect(page.locator("#notice")).to_contain_text("Microphone permission was refused", timeout=20_000)
+        expect(page.locator("#start")).to_be_enabled()  # try again after allowing it
+        assert not stats(page)["connected"]
 
 
 def test_a_wrong_key_is_refused_in_plain_words(local_agent: LocalAgent) -> None:
@@ -312,7 +331,7 @@ def test_server_errors_reach_the_page(local_agent: LocalAgent) -> None:
         assert stats(page)["connected"]
 
 
-def test_server_down_and_connection_lost(llm: SimOpenAIServer, tmp_path: Path) -> None:
+def test_server_down_then_back(llm: SimOpenAIServer, tmp_path: Path) -> None:
     agent = LocalAgent(tmp_path, llm.base_url)
     try:
         with chromium() as browser:
@@ -328,6 +347,13 @@ def test_server_down_and_connection_lost(llm: SimOpenAIServer, tmp_path: Path) -
                 "data-state", re.compile("waiting|connecting")
             )
             page.screenshot(path=str(artefacts_dir() / "server-down.png"))
+            # Back on the same address: the page reconnects by itself and the conversation goes on.
+            agent = LocalAgent(tmp_path, llm.base_url, port=agent.port)
+            expect(page.locator("#connection-text")).to_have_text("Connected", timeout=40_000)
+            expect(notice).to_be_hidden()
+            page.fill("#typed-text", "Are you back?")
+            page.press("#typed-text", "Enter")
+            wait_for(page, "document.querySelector('#log li.agent:not(.interim)') !== null")
     finally:
         agent.stop()
 

@@ -390,4 +390,16 @@ $("typed").addEventListener("submit", (e) => {
   connection.send({ type: "response.create" });
   $("typed-text").value = "";
 });
+// A backend may open this page as `/#client_secret=ek_…` with a short-lived secret it minted for the
+// user. The fragment never reaches any server; it is taken off the address at once. Long-lived keys
+// are typed in Settings only, never put in a URL.
+function takeSecretFromFragment() {
+  const secret = new URLSearchParams(window.location.hash.slice(1)).get("client_secret");
+  if (!window.location.hash) return;
+  history.replaceState(null, "", window.location.pathname + window.location.search);
+  if (secret && secret.startsWith("ek_")) $("api-key").value = secret;
+  else if (secret) notice("Only a client secret (ek_…) is taken from the address; type a key in Settings.");
+}
+
+takeSecretFromFragment();
 showModeControls();
