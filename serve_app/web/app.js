@@ -225,6 +225,7 @@ function onServerEvent(event) {
 
 function finishResponse(response) {
   if (state.activeResponse === response.id) state.activeResponse = null;
+  state.dropAudioOf.delete(response.id); // no audio of it comes after its end
   const item = bubble(response.id, "agent");
   item.classList.remove("interim");
   item.dataset.status = response.status;
