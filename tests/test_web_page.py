@@ -307,8 +307,16 @@ def test_a_wrong_key_is_refused_in_plain_words(local_agent: LocalAgent) -> None:
         page = browser.new_page()
         start(page, local_agent.url, key="not-the-key")
         notice = page.locator("#notice")
-        expect(notice).to_contain_text("The server refused the key", timeout=20_000)
+        expect(notice).to_have_text(
+            "The server refused the key. Check it in Settings and press Start.", timeout=20_000
+        )
         expect(page.locator("#connection-text")).to_have_text("Key refused")
+        expect(page.locator("#start")).to_be_enabled()
+        assert not stats(page)["connected"]
+        # No key at all: the page says one is needed.
+        page.fill("#api-key", "")
+        page.click("#start")
+        expect(notice).to_have_text("This server needs a key. Enter one in Settings and press Start.")
         assert "not-the-key" not in page.url  # never in the address
         page.screenshot(path=str(artefacts_dir() / "wrong-key.png"))
 

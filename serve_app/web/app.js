@@ -324,6 +324,8 @@ connection.addEventListener("state", (e) => {
   if (e.detail.name === "connected") {
     notice("");
     activity(settings().turnDetection === "push_to_talk" ? "Hold the button (or Space) to talk." : "Listening for you…");
+  } else if (e.detail.name === "waiting" || e.detail.name === "connecting") {
+    activity("Waiting for the server…");
   }
 });
 connection.addEventListener("problem", (e) => {

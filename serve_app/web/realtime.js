@@ -8,6 +8,27 @@ const POLICY_VIOLATION = 1008; // the server refused the key or the session
 const TRY_AGAIN_LATER = 1013; // the server is full
 const RETRY_DELAYS_S = [1, 2, 4, 8, 15];
 
+// What a refused session (close 1008, after one `error` event) means to the user: [state, message].
+function refusal(error, key) {
+  const retry = "and press Start.";
+  switch (error.code) {
+    case "invalid_api_key":
+      return key
+        ? ["Key refused", `The server refused the key. Check it in Settings ${retry}`]
+        : ["Key needed", `This server needs a key. Enter one in Settings ${retry}`];
+    case "expired_client_secret":
+      return ["Key refused", `The server refused the key: the client secret has expired. Get a new one ${retry}`];
+    case "revoked_client_secret":
+      return ["Key refused", `The server refused the key: the client secret was revoked. Get a new one ${retry}`];
+    case "user_mismatch":
+    case "invalid_user":
+    case "permission_denied":
+      return ["Key refused", `The server refused the key for this user: ${error.message}`];
+    default:
+      return ["Closed by the server", `The server closed the session: ${error.message} (${error.code})`];
+  }
+}
+
 export class RealtimeConnection extends EventTarget {
   constructor(url) {
     super();
@@ -85,14 +106,9 @@ export class RealtimeConnection extends EventTarget {
       if (close.code === POLICY_VIOLATION) {
         this.wanted = false;
         const error = this.lastError || { code: "refused", message: close.reason };
-        const keyProblem = /api_key|client_secret|user_mismatch/.test(error.code || "");
-        this.state("refused", keyProblem ? "Key refused" : "Refused");
-        this.problem(
-          keyProblem
-            ? `The server refused the key: ${error.message} Enter a valid key in Settings and press Start.`
-            : `The server closed the session: ${error.message || close.reason}`,
-          "refused",
-        );
+        const [state, message] = refusal(error, this.key);
+        this.state("refused", state);
+        this.problem(message, "refused");
         return;
       }
       const delay = RETRY_DELAYS_S[Math.min(this.attempt, RETRY_DELAYS_S.length - 1)];
