@@ -8,6 +8,7 @@ grants the microphone without a prompt; autoplay is allowed so reply audio rende
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import wave
@@ -50,10 +51,26 @@ def chromium(microphone_wav: Path | None = None, allow_microphone: bool = True) 
         flags.append(f"--use-file-for-fake-audio-capture={microphone_wav}%noloop")
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=flags)
+        context = browser.new_context(viewport={"width": 1200, "height": 820})
         try:
-            yield browser.new_context(viewport={"width": 1200, "height": 820})
+            yield context
         finally:
+            leave_evidence(context)
             browser.close()
+
+
+def leave_evidence(context: BrowserContext) -> None:
+    """Each page as it was at the end (screenshot, and the page's counters as JSON), named after the
+    running test: what to look at when a test fails."""
+    test = os.environ.get("PYTEST_CURRENT_TEST", "browser").split("::")[-1].split(" ")[0]
+    for i, page in enumerate(context.pages):
+        stem = artefacts_dir() / f"{test}-end{i or ''}"
+        try:
+            page.screenshot(path=f"{stem}.png")
+            counters = page.evaluate("() => window.voiceAgent ? window.voiceAgent.stats() : null")
+            Path(f"{stem}.json").write_text(json.dumps(counters, indent=1))
+        except Exception as exc:  # a crashed page: nothing to keep
+            Path(f"{stem}.txt").write_text(repr(exc))
 
 
 def artefacts_dir() -> Path:

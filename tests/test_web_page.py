@@ -67,7 +67,7 @@ def test_page_fetches_nothing_from_elsewhere() -> None:
 class LocalAgent:
     """`uvicorn --factory serve_app.programs.local:create_app` in its own process group."""
 
-    def __init__(self, workdir: Path, llm_base_url: str, port: int | None = None) -> None:
+    def __init__(self, llm_base_url: str, port: int | None = None) -> None:
         self.port = port or free_port()
         env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("VOICE_")},
@@ -78,7 +78,8 @@ class LocalAgent:
             "VOICE_LLM_BASE_URL": llm_base_url,
             "VOICE_API_KEYS": KEY,
         }
-        self.log = workdir / f"agent-{self.port}.log"
+        # Beside the screenshots, where it outlives the test's temporary directory.
+        self.log = artefacts_dir() / f"agent-{self.port}.log"
         self.process = subprocess.Popen(
             [
                 *(sys.executable, "-m", "uvicorn", "--factory", "serve_app.programs.local:create_app"),
@@ -120,8 +121,8 @@ def llm() -> Iterator[SimOpenAIServer]:
 
 
 @pytest.fixture(scope="module")
-def local_agent(llm: SimOpenAIServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalAgent]:
-    agent = LocalAgent(tmp_path_factory.mktemp("agent"), llm.base_url)
+def local_agent(llm: SimOpenAIServer) -> Iterator[LocalAgent]:
+    agent = LocalAgent(llm.base_url)
     yield agent
     agent.stop()
 
@@ -340,7 +341,7 @@ def test_server_errors_reach_the_page(local_agent: LocalAgent) -> None:
 
 
 def test_server_down_then_back(llm: SimOpenAIServer, tmp_path: Path) -> None:
-    agent = LocalAgent(tmp_path, llm.base_url)
+    agent = LocalAgent(llm.base_url)
     try:
         with chromium() as browser:
             page = browser.new_page()
@@ -356,7 +357,7 @@ def test_server_down_then_back(llm: SimOpenAIServer, tmp_path: Path) -> None:
             )
             page.screenshot(path=str(artefacts_dir() / "server-down.png"))
             # Back on the same address: the page reconnects by itself and the conversation goes on.
-            agent = LocalAgent(tmp_path, llm.base_url, port=agent.port)
+            agent = LocalAgent(llm.base_url, port=agent.port)
             expect(page.locator("#connection-text")).to_have_text("Connected", timeout=40_000)
             expect(notice).to_be_hidden()
             page.fill("#typed-text", "Are you back?")
