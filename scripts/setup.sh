@@ -27,11 +27,14 @@ if [[ "${1:-}" == "--dev" ]] && ! command -v kustomize >/dev/null && ! command -
   echo "setup: no kustomize or kubectl on PATH: tests/test_k8s_manifest.py will fail" >&2
 fi
 
-if [[ "${1:-}" == "--dev" && ! -d /usr/share/pocketsphinx/test/data/librivox ]]; then
-  # Real human recordings with transcripts (LibriVox) used by the speech tests.
-  if [[ $(id -u) -eq 0 ]]; then
-    apt-get update -qq && apt-get install -y -qq pocketsphinx-testdata >/dev/null
-  else
-    sudo apt-get update -qq && sudo apt-get install -y -qq pocketsphinx-testdata >/dev/null
+if [[ "${1:-}" == "--dev" ]]; then
+  # Debian packages the tests use: real human recordings with transcripts (LibriVox) for the speech
+  # tests, and Chromium for the browser-page tests (Playwright drives it; it downloads no browser).
+  missing=()
+  [[ -d /usr/share/pocketsphinx/test/data/librivox ]] || missing+=(pocketsphinx-testdata)
+  command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+  if (( ${#missing[@]} )); then
+    sudo=(); [[ $(id -u) -eq 0 ]] || sudo=(sudo)
+    "${sudo[@]}" apt-get update -qq && "${sudo[@]}" apt-get install -y -qq "${missing[@]}" >/dev/null
   fi
 fi

@@ -1,5 +1,6 @@
-"""The router's Starlette app: `WS /v1/realtime`, `GET /healthz`, `GET /readyz`, `GET /metrics`, and the
-OpenAI-compatible REST endpoints of `serve_app.api.rest` (a FastAPI app behind them).
+"""The router's Starlette app: `WS /v1/realtime`, `GET /healthz`, `GET /readyz`, `GET /metrics`, the
+OpenAI-compatible REST endpoints of `serve_app.api.rest` (a FastAPI app behind them), and the talk page
+at `/` (`serve_app.api.web_page`).
 
 Plain ASGI with no Ray imports, so it runs under Serve (see `serve_app.deployments.Router`), under
 uvicorn, or in Starlette's TestClient with in-process stages.
@@ -41,6 +42,7 @@ from serve_app.api.deps import RouterDeps
 from serve_app.api.protocol import ProtocolError, ProtocolLimits, initial_options
 from serve_app.api.realtime import ConnectionLimits, RealtimeConnection
 from serve_app.api.rest import rest_routes
+from serve_app.api.web_page import page_routes
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +68,8 @@ async def _problems(
 
 def build_router_app(deps: RouterDeps) -> Starlette:
     """The router's ASGI app: `WS /v1/realtime` (one VoiceSession per connection), the REST API,
-    `/healthz`, `/readyz` and `/metrics`, with credentials and admission checked at the door."""
+    `/healthz`, `/readyz`, `/metrics` and the talk page, with credentials and admission checked at the
+    door."""
     settings = deps.settings
     limits = ProtocolLimits.from_settings(settings)
     session_limits = SessionLimits(
@@ -210,6 +213,7 @@ def build_router_app(deps: RouterDeps) -> Starlette:
             Route("/healthz", healthz),
             Route("/readyz", readyz),
             Route("/metrics", metrics),
+            *page_routes(),
             # OpenAI-compatible REST; after the WebSocket route it must not shadow
             *rest_routes(deps, credentials, admission),
         ],
