@@ -152,7 +152,8 @@ class LocalCluster:
             ],
         )
         self.wait_dashboard()
-        for name in workers:
+        # One at a time: nodes starting together on two busy cores can miss Ray's start-up deadline.
+        for joined, name in enumerate(workers, start=2):
             self._start(
                 name,
                 [
@@ -161,7 +162,7 @@ class LocalCluster:
                     f"--resources={json.dumps({WORKER_RESOURCE: 100})}",
                 ],
             )
-        self.wait_nodes(1 + len(workers))
+            self.wait_nodes(joined)
 
     def check_alive(self) -> None:
         for node in self.nodes:

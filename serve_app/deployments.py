@@ -187,7 +187,7 @@ class Router:
                 extra_metrics=extra_metrics,
                 revocations=router_state,
                 metrics_hub=router_state,
-                replaced=replaced,
+                replaced=replaced if settings.drain_sessions else None,
             )
         )
 
