@@ -194,9 +194,12 @@ class SessionLog:
     close_code: int | None = None  # the server's close code, if it closed the connection
     completed: list[str] = field(default_factory=list)  # response ids of the replies that completed
     errors: list[tuple[float, str]] = field(default_factory=list)  # (time, code) of each error event
-    failed_turns: int = 0  # replies that ended failed, cancelled or incomplete
-    cut_turns: int = 0  # questions whose reply never came because the connection ended
-    timed_out_turns: int = 0  # questions with no reply within TURN_TIMEOUT_S on an open connection
+    # When each question ended without a completed reply: the reply failed (an error event or a reply
+    # that ended failed, cancelled or incomplete), the connection ended, or nothing came within
+    # TURN_TIMEOUT_S on an open connection.
+    failed_turns: list[float] = field(default_factory=list)
+    cut_turns: list[float] = field(default_factory=list)
+    timed_out_turns: list[float] = field(default_factory=list)
 
 
 class Microphone:
@@ -307,20 +310,20 @@ async def run_client(
                     done = state.get("done")
                     if done is None and "failed" in state:
                         if log is not None:  # the error event says it: no reply follows
-                            log.failed_turns += 1
+                            log.failed_turns.append(time.monotonic())
                     elif done is None:
                         out.error("no response.done" if not receiver.done() else "connection lost")
                         if log is not None:
                             if receiver.done():
-                                log.cut_turns += 1
+                                log.cut_turns.append(time.monotonic())
                             else:
-                                log.timed_out_turns += 1
+                                log.timed_out_turns.append(time.monotonic())
                         if receiver.done():
                             return
                     elif done.get("status") != "completed":
                         out.error(f"turn {done.get('status')}: {done.get('status_details')}")
                         if log is not None:
-                            log.failed_turns += 1
+                            log.failed_turns.append(time.monotonic())
                     else:
                         if log is not None:
                             log.completed.append(done["id"])
@@ -342,7 +345,7 @@ async def run_client(
     except websockets.ConnectionClosed as exc:
         in_turn = "asking" in state and not {"done", "failed"} & state.keys()
         if log is not None and in_turn:
-            log.cut_turns += 1
+            log.cut_turns.append(time.monotonic())
         if log is None or exc.rcvd is None or in_turn:
             out.error(f"session failed: {exc!r}")
         # else: the server closed the connection between turns (a restart notice): the caller decides

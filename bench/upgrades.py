@@ -346,6 +346,13 @@ def window_of(run: Run, t: float) -> str:
     return name
 
 
+def in_window(run: Run, outcome: str, start: float, end: float) -> int:
+    """How many questions of every caller ended with `outcome` (a `SessionLog` list) in [start, end)."""
+    return sum(
+        start <= run.t(at) < end for logs in run.callers for log in logs for at in getattr(log, outcome)
+    )
+
+
 def event_rows(run: Run) -> list[dict[str, Any]]:
     all_gaps = gaps(run)
     errors = [(run.t(at), code) for logs in run.callers for log in logs for at, code in log.errors]
@@ -356,12 +363,6 @@ def event_rows(run: Run) -> list[dict[str, Any]]:
         end = bounds[k + 1][1] if k + 1 < len(bounds) else run.ended
         event = next((e for e in run.events if e.name == name), None)
         mine = [g for g in all_gaps if window_of(run, g.lost_at) == name]
-        logs = [
-            log
-            for caller_logs in run.callers
-            for log in caller_logs
-            if log.closed_at is not None and window_of(run, run.t(log.closed_at)) == name
-        ]
         reconnects = [g.reconnect_s for g in mine if g.reconnect_s is not None]
         rows.append(
             {
@@ -374,9 +375,9 @@ def event_rows(run: Run) -> list[dict[str, Any]]:
                 "errors": dict(Counter(code for t, code in errors if start <= t < end)),
                 "notices": sum(g.notice for g in mine),
                 "cut": sum(not g.notice for g in mine),
-                "cut_turns": sum(log.cut_turns for log in logs),
-                "failed_turns": sum(log.failed_turns for log in logs),
-                "hanging_turns": sum(log.timed_out_turns for log in logs),
+                "cut_turns": in_window(run, "cut_turns", start, end),
+                "failed_turns": in_window(run, "failed_turns", start, end),
+                "hanging_turns": in_window(run, "timed_out_turns", start, end),
                 "reconnect_p50_s": statistics.median(reconnects) if reconnects else None,
                 "reconnect_max_s": max(reconnects) if reconnects else None,
                 "not_reconnected": sum(g.reconnect_s is None for g in mine),
@@ -400,9 +401,9 @@ def caller_rows(run: Run) -> list[dict[str, Any]]:
                 "errors": dict(Counter(code for log in logs for _, code in log.errors)),
                 "notices": sum(g.notice for g in mine),
                 "cut": sum(not g.notice for g in mine),
-                "cut_turns": sum(log.cut_turns for log in logs),
-                "failed_turns": sum(log.failed_turns for log in logs),
-                "hanging_turns": sum(log.timed_out_turns for log in logs),
+                "cut_turns": sum(len(log.cut_turns) for log in logs),
+                "failed_turns": sum(len(log.failed_turns) for log in logs),
+                "hanging_turns": sum(len(log.timed_out_turns) for log in logs),
                 "reconnect_max_s": max(reconnects) if reconnects else None,
             }
         )
