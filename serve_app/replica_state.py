@@ -32,7 +32,7 @@ ABSENT_POLLS = 2  # a replica missing from its deployment this many times in a r
 # Longest wait for a newer replica once this one is stopping. With POLL_S and the drain's grace (20 s)
 # it stays within the 30 s Serve's HAProxy ingress keeps a draining replica reachable.
 HANDOVER_S = 8.0
-RECENT_S = 60.0  # a replica started this close before the drain began counts as its replacement
+RECENT_S = 10.0  # a replica started this close before the drain began counts as its replacement
 
 
 async def replica_replaced(
