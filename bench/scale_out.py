@@ -3,6 +3,8 @@
     .venv/bin/python -m bench.scale_out    # the measured run (~8 min) → bench/results/scale_out.*
     .venv/bin/python -m bench.scale_out --sessions 4 --ramp-s 20 --hold-s 30 --tail-s 40   # a smoke run
 
+`bench.upgrades` runs upgrades and a node failure under live sessions on the same cluster.
+
 The cluster is three `ray start --block` nodes on this machine, each on free ports and its own temp dir:
 a head with no CPUs (GCS, dashboard, Serve controller and the HAProxy ingress; no replica can land
 there) and two worker nodes that offer the custom resource `voice_worker`, which every deployment of

@@ -6,8 +6,9 @@ never ends by itself. The controller knows: the replica's state turns `STOPPING`
 asks for its own state every `POLL_S` and returns once it is stopping, so that its sessions can end
 cleanly (`serve_app.api.drain`) well before Serve cuts them.
 
-It returns only once a replacement is running, too: a replica started at most `RECENT_S` before this
-one began stopping, or after (or `HANDOVER_S` after it began stopping, as a scale-down starts none).
+It returns only once a replacement has been running for a poll, too: a replica started at most
+`RECENT_S` before this one began stopping, or after (or `HANDOVER_S` after it began stopping, as a
+scale-down starts none).
 In a rolling update Serve starts the replacement while the old replica drains, and sessions told to
 reconnect before it runs would land on another old replica, to be moved again when that one goes.
 
@@ -44,6 +45,7 @@ async def replica_replaced(
     absent = 0
     stopping_since: float | None = None
     stopped_at_wall = 0.0  # when it began stopping, as time.time() (replica start times are)
+    seen_running: set[str] = set()  # replacements running at the previous poll
     loop = asyncio.get_running_loop()
     while True:
         await asyncio.sleep(poll_s)
@@ -64,13 +66,17 @@ async def replica_replaced(
             log.info("router replica %s is being replaced", replica_id)
         if stopping_since is None:
             continue
-        newer = [
+        running = {
             r.replica_id
             for r in details.replicas
             if r.state == ReplicaState.RUNNING
             and r.replica_id != replica_id
             and r.start_time_s >= stopped_at_wall - RECENT_S
-        ]
-        if newer or loop.time() - stopping_since >= handover_s:
-            log.info("its sessions move on (%s)", f"replica {newer[0]} runs" if newer else "no newer replica")
+        }
+        # Running at two polls in a row: the ingress (HAProxy reloads and health-checks it) has had a
+        # poll's time to take it in.
+        ready = running & seen_running
+        seen_running = running
+        if ready or loop.time() - stopping_since >= handover_s:
+            log.info("its sessions move on (%s)", f"replica {min(ready)} runs" if ready else "no replacement")
             return
