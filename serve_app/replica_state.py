@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Any
 
 import ray
 from ray.serve._private.common import ReplicaState
@@ -37,11 +38,17 @@ RECENT_S = 10.0  # a replica started this close before the drain began counts as
 
 
 async def replica_replaced(
-    app: str, deployment: str, replica_id: str, poll_s: float = POLL_S, handover_s: float = HANDOVER_S
+    app: str,
+    deployment: str,
+    replica_id: str,
+    poll_s: float = POLL_S,
+    handover_s: float = HANDOVER_S,
+    controller: Any = None,
 ) -> None:
     """Return once the controller reports replica `replica_id` of `deployment` stopping (or gone) and
-    a replacement running, or `handover_s` after it began stopping."""
-    controller = None
+    a replacement running, or `handover_s` after it began stopping. `controller`: the Serve
+    controller's actor handle (looked up by name when None)."""
+    handle = controller
     absent = 0
     stopping_since: float | None = None
     stopped_at_wall = 0.0  # when it began stopping, as time.time() (replica start times are)
@@ -50,12 +57,12 @@ async def replica_replaced(
     while True:
         await asyncio.sleep(poll_s)
         try:
-            if controller is None:
-                controller = ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
-            details = await controller.get_deployment_details.remote(app, deployment)
+            if handle is None:
+                handle = ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+            details = await handle.get_deployment_details.remote(app, deployment)
         except Exception as exc:
             log.debug("replica state unknown this time (%r): asked again in %.0f s", exc, poll_s)
-            controller = None
+            handle = controller  # looked up again, unless given
             continue
         mine = next((r for r in details.replicas if r.replica_id == replica_id), None)
         absent = absent + 1 if mine is None else 0
