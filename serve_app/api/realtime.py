@@ -152,6 +152,7 @@ class RealtimeConnection:
             if (task := asyncio.current_task()) is not None:
                 task.uncancel()
         finally:
+            self._reader = None  # nothing may cancel the clean-up below
             if watcher is not None:
                 await cancel_and_wait([watcher])
             await self.session.close()
