@@ -150,6 +150,13 @@ class Settings(BaseSettings):
     idle_timeout_s: float = Field(default=300.0, ge=5.0)  # no client event and no reply in progress
     max_session_s: float = Field(default=3600.0, ge=60.0)
     send_timeout_s: float = Field(default=10.0, ge=1.0)  # a client that reads nothing for this long
+    # A router replica being replaced (an upgrade, a scale-down) lets each session finish the turn in
+    # progress for up to this long, then tells it to reconnect (README "Upgrades and failures"). Under
+    # Serve's HAProxy ingress the replica stops serving 30 s after it starts draining: keep it below.
+    drain_grace_s: float = Field(default=20.0, ge=0.0, le=3600.0)
+    # Off: the sessions of a replica being replaced are left to Serve (HAProxy cuts them with a bare close
+    # 1012 30 s after the drain began; Serve's Python proxy keeps them up to graceful_shutdown_timeout_s).
+    drain_sessions: bool = True
     rest_body_timeout_s: float = Field(default=60.0, ge=1.0)  # the whole request body must arrive
 
     # --- credentials (README "Security"); with none of them set, anyone may act as any user (local use) ---

@@ -66,6 +66,7 @@ QUESTIONS = (
     "Remind me to call my sister on Sunday.",
 )
 TURN_TIMEOUT_S = 30.0  # a reply that has not ended by then counts as an error
+TURN_ENDING_ERRORS = {"transcription_failed"}  # error events after which no reply follows a question
 PAUSE_AFTER_REPLY_S = (0.6, 1.4)  # the user's thinking time before the next question (uniform)
 PROFILE_S = 30  # py-spy records this long from the start of the profiled run
 OURS = ("single-process", "ray-serve")
@@ -182,6 +183,25 @@ class RunResult:
         self.error_times.append(time.monotonic())
 
 
+@dataclass
+class SessionLog:
+    """What one connection of a client saw, for benchmarks that follow a caller across reconnects
+    (`bench.upgrades`); times are `time.monotonic()`."""
+
+    connected_at: float  # the connection attempt began
+    opened_at: float | None = None  # session.created arrived
+    closed_at: float | None = None  # the connection ended (or failed to open)
+    close_code: int | None = None  # the server's close code, if it closed the connection
+    completed: list[str] = field(default_factory=list)  # response ids of the replies that completed
+    errors: list[tuple[float, str]] = field(default_factory=list)  # (time, code) of each error event
+    # When each question ended without a completed reply: the reply failed (an error event or a reply
+    # that ended failed, cancelled or incomplete), the connection ended, or nothing came within
+    # TURN_TIMEOUT_S on an open connection.
+    failed_turns: list[float] = field(default_factory=list)
+    cut_turns: list[float] = field(default_factory=list)
+    timed_out_turns: list[float] = field(default_factory=list)
+
+
 class Microphone:
     """One session's client: frames at a fixed real-time schedule, never paused."""
 
@@ -220,18 +240,24 @@ async def run_client(
     until: float | None = None,
     turn_detection: dict[str, Any] | None = None,
     start_after_s: float | None = None,
+    log: SessionLog | None = None,
 ) -> None:
     """One session: `turns` questions, or (with `until`, a `time.monotonic()` deadline) question after
     question until then; a turn that started before the deadline is still awaited. It opens after
     `start_after_s`, by default `index` × 0.29 s (staggered starts, as real callers arrive).
-    `turn_detection`: set with `session.update` first (our targets only)."""
+    `turn_detection`: set with `session.update` first (our targets only). `log`: what this connection
+    saw, filled in as it goes."""
     rng = random.Random(index)
     await asyncio.sleep(index * 0.29 if start_after_s is None else start_after_s)
+    ws = None
+    state: dict[str, Any] = {}  # the turn in progress
     try:
         async with websockets.connect(f"{url}/realtime?user=load-{index}", max_size=None) as ws:
             created = json.loads(await ws.recv())
             if created.get("type") != "session.created":
                 raise RuntimeError(f"expected session.created, got {created.get('type')}")
+            if log is not None:
+                log.opened_at = time.monotonic()
             if turn_detection is not None:
                 audio = {"input": {"turn_detection": turn_detection}}
                 await ws.send(
@@ -241,7 +267,6 @@ async def run_client(
                 if updated.get("type") != "session.updated":
                     raise RuntimeError(f"expected session.updated, got {updated}")
             mic = Microphone(ws, noise)
-            state: dict[str, Any] = {}
 
             async def receive() -> None:
                 async for raw in ws:
@@ -261,6 +286,10 @@ async def run_client(
                             state.setdefault("done", event["response"])
                     elif kind == "error":
                         out.error(f"error event: {event['error'].get('code')}")
+                        if event["error"].get("code") in TURN_ENDING_ERRORS and "asking" in state:
+                            state.setdefault("failed", event["error"]["code"])
+                        if log is not None:
+                            log.errors.append((time.monotonic(), str(event["error"].get("code"))))
 
             receiver = asyncio.create_task(receive())
             try:
@@ -270,19 +299,34 @@ async def run_client(
                     turn += 1
                     state.clear()
                     await mic.noise_until(lambda: False, rng.uniform(0.3, 0.8))
+                    state["asking"] = True
                     for i, frame in enumerate(utterance.frames):
                         sent = await mic.send(frame)
                         if i == utterance.last_speech_frame:
                             state["speech_end"] = sent
-                    await mic.noise_until(lambda: "done" in state or receiver.done(), TURN_TIMEOUT_S)
+                    await mic.noise_until(
+                        lambda: "done" in state or "failed" in state or receiver.done(), TURN_TIMEOUT_S
+                    )
                     done = state.get("done")
-                    if done is None:
+                    if done is None and "failed" in state:
+                        if log is not None:  # the error event says it: no reply follows
+                            log.failed_turns.append(time.monotonic())
+                    elif done is None:
                         out.error("no response.done" if not receiver.done() else "connection lost")
+                        if log is not None:
+                            if receiver.done():
+                                log.cut_turns.append(time.monotonic())
+                            else:
+                                log.timed_out_turns.append(time.monotonic())
                         if receiver.done():
                             return
                     elif done.get("status") != "completed":
                         out.error(f"turn {done.get('status')}: {done.get('status_details')}")
+                        if log is not None:
+                            log.failed_turns.append(time.monotonic())
                     else:
+                        if log is not None:
+                            log.completed.append(done["id"])
                         metadata = done.get("metadata") or {}
                         out.turns.append(
                             Turn(
@@ -298,8 +342,20 @@ async def run_client(
             finally:
                 receiver.cancel()
                 out.max_send_lag_ms = max(out.max_send_lag_ms, mic.max_lag * 1000)
+    except websockets.ConnectionClosed as exc:
+        in_turn = "asking" in state and not {"done", "failed"} & state.keys()
+        if log is not None and in_turn:
+            log.cut_turns.append(time.monotonic())
+        if log is None or exc.rcvd is None or in_turn:
+            out.error(f"session failed: {exc!r}")
+        # else: the server closed the connection between turns (a restart notice): the caller decides
     except (OSError, websockets.WebSocketException, RuntimeError) as exc:
         out.error(f"session failed: {exc!r}")
+    finally:
+        if log is not None:
+            log.closed_at = time.monotonic()
+            if ws is not None and ws.protocol.close_rcvd is not None:
+                log.close_code = ws.protocol.close_rcvd.code
 
 
 def _is_number(value: Any) -> bool:

@@ -3,6 +3,8 @@
     .venv/bin/python -m bench.scale_out    # the measured run (~8 min) → bench/results/scale_out.*
     .venv/bin/python -m bench.scale_out --sessions 4 --ramp-s 20 --hold-s 30 --tail-s 40   # a smoke run
 
+`bench.upgrades` runs upgrades and a node failure under live sessions on the same cluster.
+
 The cluster is three `ray start --block` nodes on this machine, each on free ports and its own temp dir:
 a head with no CPUs (GCS, dashboard, Serve controller and the HAProxy ingress; no replica can land
 there) and two worker nodes that offer the custom resource `voice_worker`, which every deployment of
@@ -152,7 +154,8 @@ class LocalCluster:
             ],
         )
         self.wait_dashboard()
-        for name in workers:
+        # One at a time: nodes starting together on two busy cores can miss Ray's start-up deadline.
+        for joined, name in enumerate(workers, start=2):
             self._start(
                 name,
                 [
@@ -161,7 +164,7 @@ class LocalCluster:
                     f"--resources={json.dumps({WORKER_RESOURCE: 100})}",
                 ],
             )
-        self.wait_nodes(1 + len(workers))
+            self.wait_nodes(joined)
 
     def check_alive(self) -> None:
         for node in self.nodes:

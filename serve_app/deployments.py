@@ -26,6 +26,7 @@ from serve_app.api.deps import RouterDeps
 from serve_app.api.router_app import build_router_app
 from serve_app.cluster_state import SharedRouterState
 from serve_app.memory_actor import ActorMemorySink, actor_memory_context, memory_actor, memory_problem
+from serve_app.replica_state import replica_replaced
 from serve_app.stage_clients import RemoteLLMStage, RemoteSTTStage, RemoteTTSStage
 
 log = logging.getLogger("ray.serve")
@@ -157,7 +158,12 @@ class Router:
 
             log.info("long-term memory: Letta at %s", settings.letta_base_url)
 
-        router_state = SharedRouterState(serve.get_replica_context().replica_id.unique_id)
+        replica = serve.get_replica_context().replica_id
+        router_state = SharedRouterState(replica.unique_id)
+
+        async def replaced() -> None:
+            deployment = replica.deployment_id
+            await replica_replaced(deployment.app_name, deployment.name, replica.unique_id)
 
         async def readiness() -> dict[str, str]:
             # Each stage answers only after its constructor (engine load and warmup) has finished.
@@ -184,6 +190,7 @@ class Router:
                 extra_metrics=extra_metrics,
                 revocations=router_state,
                 metrics_hub=router_state,
+                replaced=replaced if settings.drain_sessions else None,
             )
         )
 

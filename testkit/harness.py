@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import jsonschema
@@ -17,7 +18,7 @@ from starlette.testclient import TestClient
 from actors.config import Settings
 from actors.conversation.session import SessionLimits
 from actors.llm.stage import LLMStage
-from actors.memory.sink import RecentTurnsSink
+from actors.memory.sink import MemorySink, RecentTurnsSink
 from actors.stt.base import STTClient
 from actors.stt.simulated import SimulatedSTTEngine
 from actors.tts.base import TTSClient
@@ -102,10 +103,12 @@ def make_app(
     *,
     stt: STTClient | None = None,
     reply: str = "Hi. Nice to meet you.",
+    replaced: Callable[[], Awaitable[None]] | None = None,
+    memory_sink: MemorySink | None = None,
     **overrides: object,
 ) -> TestClient:
     """The router app with a deterministic VAD (loud is speech), simulated STT (or `stt`), a scripted
-    LLM saying `reply`, and simulated TTS."""
+    LLM saying `reply`, and simulated TTS; `replaced` says when the replica is being replaced."""
     settings = Settings(
         stt_engine="pocketsphinx", llm_engine="openai", tts_engine="espeak", max_text_chars=200, **overrides
     ).resolved()
@@ -116,5 +119,7 @@ def make_app(
         tts=TTSStage(SimulatedTTSEngine(ttfb_ms=5, realtime_factor=1000)),
         speech_detector=EnergySpeechDetector,
         memory_context=memory_context,
+        memory_sink=memory_sink,
+        replaced=replaced,
     )
     return TestClient(build_router_app(deps))

@@ -111,6 +111,13 @@ class VoiceSession:
         """A reply is being generated or played."""
         return self._reply.responding
 
+    @property
+    def in_turn(self) -> bool:
+        """A turn is under way: the user is speaking, their utterance is being transcribed, or the
+        reply to it is being generated or played. Between turns a session can move without losing
+        anything the user said or was told."""
+        return self._input.speech_ms is not None or self._turns.transcribing or self.responding
+
     async def append_audio(self, pcm16: bytes, received_at: float | None = None) -> None:
         """Accept client audio at the session's input rate (already validated PCM16 mono)."""
         await self._input.append(pcm16, received_at)

@@ -153,6 +153,11 @@ class TurnStateMachine:
         self._replies.start(None, TurnTimeline())
 
     @property
+    def transcribing(self) -> bool:
+        """A committed utterance is still being transcribed (its reply has not started yet)."""
+        return any(not task.done() for task in self._tasks)
+
+    @property
     def pending(self) -> UserTurn | None:
         """The user turn the next `create_response` answers, if any."""
         return self._pending

@@ -22,6 +22,7 @@ from serve_app.api.protocol import ProtocolError, error_event
 
 KEY_SUBPROTOCOL = "openai-insecure-api-key."
 POLICY_VIOLATION = 1008
+SERVICE_RESTART = 1012  # this server is going away: reconnect
 TRY_AGAIN_LATER = 1013
 MAX_CLOSE_REASON_BYTES = 123  # the WebSocket protocol's limit
 

@@ -48,6 +48,9 @@ class RouterDeps:
     revocations: Revocations = field(default_factory=LocalRevocations)
     # The deployment's metrics across router replicas (serve_app.cluster_state); None: this process's.
     metrics_hub: MetricsHub | None = None
+    # Returns once this router replica is being replaced (serve_app.replica_state); its sessions then
+    # end after their turn in progress and are told to reconnect (serve_app.api.drain). None: never.
+    replaced: Callable[[], Awaitable[None]] | None = None
 
     def memory_for(self, user_id: str) -> UserMemory:
         """Where `user_id`'s finished turns go and their memory comes from; nothing for `anonymous`,

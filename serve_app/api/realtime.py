@@ -20,7 +20,7 @@ from actors.conversation.metrics import ERRORS
 from actors.conversation.session import VoiceSession
 from actors.tasks import cancel_and_wait
 from serve_app.api.admission import TokenBucket
-from serve_app.api.auth import POLICY_VIOLATION, close_reason
+from serve_app.api.auth import POLICY_VIOLATION, SERVICE_RESTART, close_reason
 from serve_app.api.protocol import (
     ClientEvent,
     ItemTruncate,
@@ -42,6 +42,11 @@ from serve_app.api.protocol import (
 log = logging.getLogger(__name__)
 
 REVOCATION_CHECK_S = 2.0
+TURN_CHECK_S = 0.05  # how often a draining connection looks whether its turn has ended
+RESTART_CODE = "server_restarting"
+RESTART_MESSAGE = (
+    "this server is being replaced (an upgrade or a scale-down): reconnect to continue the conversation"
+)
 
 SessionFactory = Callable[[Callable[[SessionEvent], Any]], VoiceSession]
 
@@ -86,6 +91,7 @@ class RealtimeConnection:
         self._send_lock = asyncio.Lock()
         self._reader: asyncio.Task[Any] | None = None
         self._client_stalled = False
+        self._ended_by_server = False  # told to reconnect: the reader stops without an error
         self.session = make_session(self._emit)
 
     async def _send(self, event: dict[str, Any]) -> None:
@@ -148,11 +154,12 @@ class RealtimeConnection:
         except WebSocketDisconnect:
             pass
         except asyncio.CancelledError:
-            if not self._client_stalled:
+            if not (self._client_stalled or self._ended_by_server):
                 raise
             if (task := asyncio.current_task()) is not None:
                 task.uncancel()
         finally:
+            self._reader = None  # nothing may cancel the clean-up below
             if watcher is not None:
                 await cancel_and_wait([watcher])
             await self.session.close()
@@ -175,10 +182,33 @@ class RealtimeConnection:
                     await self._close("idle_timeout", f"no event from the client for {idle}")
                     return None
 
-    async def _close(self, code: str, message: str) -> None:
-        await self._send(error_event(code, message))
+    async def _close(
+        self, code: str, message: str, close_code: int = POLICY_VIOLATION, kind: str = "invalid_request_error"
+    ) -> None:
+        await self._send(error_event(code, message, kind=kind))
         with contextlib.suppress(WebSocketDisconnect, RuntimeError):
-            await self.websocket.close(code=POLICY_VIOLATION, reason=close_reason(message))
+            await self.websocket.close(code=close_code, reason=close_reason(message))
+
+    async def end_for_restart(self, grace_s: float) -> None:
+        """This server is going away: let the turn in progress finish (for up to `grace_s`), then tell
+        the client to reconnect (a `server_restarting` error event and close code 1012, Service
+        Restart) and end the session. The finished turn has reached the memory sink by then."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace_s
+        # Polled: a turn spans the input, the turn machine and the reply player; no one event says
+        # when all three are done, and a drain happens once in a replica's life.
+        while self.session.in_turn and loop.time() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(TURN_CHECK_S)
+        if self.session.in_turn:
+            log.warning(
+                "session %s: its turn outlasted the %.0f s drain grace: ending it for the restart",
+                self.session.session_id,
+                grace_s,
+            )
+        self._ended_by_server = True
+        await self._close(RESTART_CODE, RESTART_MESSAGE, SERVICE_RESTART, kind="server_error")
+        if self._reader is not None:
+            self._reader.cancel()  # the client may keep streaming until it reads the close
 
     async def _watch(self, still_authorized: Callable[[], Awaitable[bool]]) -> None:
         # Polled: the list changes in other processes (serve_app.cluster_state).

@@ -39,6 +39,7 @@ from serve_app.api.credentials import (
     acting_user,
 )
 from serve_app.api.deps import RouterDeps
+from serve_app.api.drain import SessionDrain, refuse_while_draining
 from serve_app.api.protocol import ProtocolError, ProtocolLimits, initial_options
 from serve_app.api.realtime import ConnectionLimits, RealtimeConnection
 from serve_app.api.rest import rest_routes
@@ -66,6 +67,12 @@ async def _problems(
         return {name: unanswered}
 
 
+async def _drain_when(replaced: Callable[[], Awaitable[None]], drain: SessionDrain) -> None:
+    """Once `replaced` returns (this replica is being replaced), end its sessions (`SessionDrain`)."""
+    await replaced()
+    await drain.begin()
+
+
 def build_router_app(deps: RouterDeps) -> Starlette:
     """The router's ASGI app: `WS /v1/realtime` (one VoiceSession per connection), the REST API,
     `/healthz`, `/readyz`, `/metrics` and the talk page, with credentials and admission checked at the
@@ -89,6 +96,7 @@ def build_router_app(deps: RouterDeps) -> Starlette:
     connection_limits = ConnectionLimits.from_settings(settings)
     credentials = Credentials.from_settings(settings, deps.revocations)
     admission = Admission(AdmissionLimits.from_settings(settings))
+    drain = SessionDrain(settings.drain_grace_s)
     SESSIONS_OPEN.set_function(lambda: admission.sessions)
     REQUESTS_IN_FLIGHT.set_function(lambda: admission.requests)
     LOOP_TASKS.set_function(lambda: len(asyncio.all_tasks()))  # read on the loop: /metrics and reports
@@ -98,6 +106,9 @@ def build_router_app(deps: RouterDeps) -> Starlette:
         with contextlib.ExitStack() as place:
             query = websocket.query_params
             offered = websocket_subprotocols(websocket.scope)
+            if drain.draining:
+                await refuse_while_draining(websocket, offered)
+                return
             try:
                 principal = await credentials.authenticate(websocket_key(websocket.headers, query, offered))
                 user_id = acting_user(principal, query.get("user"), settings)
@@ -141,7 +152,8 @@ def build_router_app(deps: RouterDeps) -> Starlette:
         model = websocket.query_params.get("model") or settings.llm_model
         connection = RealtimeConnection(websocket, make_session, limits, model, connection_limits)
         watch = None if principal.secret_id is None else lambda: credentials.still_valid(principal)
-        await connection.run(still_authorized=watch)
+        with drain.track(connection):
+            await connection.run(still_authorized=watch)
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok", "engines": settings.describe_engines()})
@@ -202,9 +214,13 @@ def build_router_app(deps: RouterDeps) -> Starlette:
         reporter = None
         if deps.metrics_hub is not None:
             reporter = asyncio.create_task(deps.metrics_hub.report_forever(_exposition))
+        drainer = None
+        if deps.replaced is not None:
+            drainer = asyncio.create_task(_drain_when(deps.replaced, drain))
         yield
-        if reporter is not None:
-            reporter.cancel()
+        for task in (reporter, drainer):
+            if task is not None:
+                task.cancel()
 
     return Starlette(
         lifespan=lifespan,
