@@ -149,19 +149,24 @@ def frames_of(pcm: bytes, rate: int, ms: int = 20) -> list[rtc.AudioFrame]:
     ]
 
 
+def recognising_router(llm: FakeLLMEngine, tts_realtime_factor: float) -> RouterDeps:
+    """The router in process with real recognition (pocketsphinx), a scripted LLM and simulated TTS."""
+    settings = Settings(
+        stt_engine="pocketsphinx", llm_engine="openai", tts_engine="espeak", api_keys=KEY, stage_timeout_s=30
+    ).resolved()
+    return RouterDeps(
+        settings=settings,
+        stt=PocketsphinxEngine(),
+        llm=LLMStage(llm),
+        tts=TTSStage(SimulatedTTSEngine(ttfb_ms=5, realtime_factor=tts_realtime_factor)),
+    )
+
+
 async def test_streaming_stt_gets_interim_transcripts_from_a_transcription_session() -> None:
     """The stock plugin's streaming STT (`use_realtime=True`) against the router's Realtime transcription
     session, with real recognition: a LibriVox recording streamed like a microphone gives interim
     transcripts while it plays, then the final one, and LiveKit's speech start and end."""
-    settings = Settings(
-        stt_engine="pocketsphinx", llm_engine="openai", tts_engine="espeak", api_keys=KEY, stage_timeout_s=30
-    ).resolved()
-    deps = RouterDeps(
-        settings=settings,
-        stt=PocketsphinxEngine(),
-        llm=LLMStage(FakeLLMEngine("Hi.", ttft_ms=1, tokens_per_s=1000)),
-        tts=TTSStage(SimulatedTTSEngine(ttfb_ms=1, realtime_factor=1000)),
-    )
+    deps = recognising_router(FakeLLMEngine("Hi.", ttft_ms=1, tokens_per_s=1000), tts_realtime_factor=1000)
     pcm, reference = librivox("0880", rate=24_000)  # "he was not an ill disposed young man"
     silence = b"\x00\x00" * 24_000 * 2
     # Outside a worker's job, LiveKit's plugins take their HTTP session from this context.
@@ -337,15 +342,7 @@ async def test_spoken_turn_with_streaming_stt_in_process(vad: silero.VAD) -> Non
     """The whole session with the router in process (pocketsphinx streaming through the transcription
     session, a scripted LLM, simulated TTS): LiveKit shows interim transcripts while the recording plays,
     takes the final one as the user's turn, and the reply is spoken."""
-    settings = Settings(
-        stt_engine="pocketsphinx", llm_engine="openai", tts_engine="espeak", api_keys=KEY, stage_timeout_s=30
-    ).resolved()
-    deps = RouterDeps(
-        settings=settings,
-        stt=PocketsphinxEngine(),
-        llm=LLMStage(FakeLLMEngine("He was a fine young man.", ttft_ms=5, tokens_per_s=500)),
-        tts=TTSStage(SimulatedTTSEngine(ttfb_ms=5, realtime_factor=50)),
-    )
+    deps = recognising_router(FakeLLMEngine("He was a fine young man.", ttft_ms=5, tokens_per_s=500), 50)
     pcm, reference = librivox("0880", rate=24_000)
     replied: asyncio.Future[ChatMessage] = asyncio.get_running_loop().create_future()
     transcripts: list[tuple[bool, str]] = []

@@ -53,6 +53,15 @@ def streaming_wav_header(sample_rate: int, channels: int = 1, sample_width: int 
     )
 
 
+def pcm16_frame(pcm: bytes, sample_rate: int, pts: int) -> av.AudioFrame:
+    """PCM16 mono as a PyAV frame, `pts` samples into its stream."""
+    samples = np.frombuffer(pcm, dtype="<i2").reshape(1, -1)
+    frame = av.AudioFrame.from_ndarray(samples, format="s16", layout="mono")
+    frame.sample_rate = sample_rate
+    frame.pts = pts
+    return frame
+
+
 class _ByteSink:
     """A write-only file for FFmpeg's muxer (no seek: the output is a stream)."""
 
@@ -99,11 +108,8 @@ class SpeechEncoder:
                 return streaming_wav_header(self.sample_rate) + pcm
             return pcm
         if pcm:
-            samples = np.frombuffer(pcm, dtype="<i2").reshape(1, -1)
-            frame = av.AudioFrame.from_ndarray(samples, format="s16", layout="mono")
-            frame.sample_rate = self.sample_rate
-            frame.pts = self._pts
-            self._pts += samples.shape[1]
+            frame = pcm16_frame(pcm, self.sample_rate, self._pts)
+            self._pts += frame.samples
             for packet in self._stream.encode(frame):
                 self._container.mux(packet)
         return self._sink.take() if isinstance(self._sink, _ByteSink) else b""

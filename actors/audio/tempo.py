@@ -8,7 +8,8 @@ from fractions import Fraction
 
 import av
 import av.filter
-import numpy as np
+
+from actors.audio.encode import pcm16_frame
 
 # One atempo instance takes 0.5–100; slower tempos chain instances.
 _ATEMPO_MIN = 0.5
@@ -42,11 +43,8 @@ class TempoStretch:
     def process(self, pcm: bytes, last: bool = False) -> bytes:
         """Stretch the next chunk; `last` flushes what the filter still holds."""
         if pcm:
-            samples = np.frombuffer(pcm, dtype="<i2").reshape(1, -1)
-            frame = av.AudioFrame.from_ndarray(samples, format="s16", layout="mono")
-            frame.sample_rate = self.sample_rate
-            frame.pts = self._pts
-            self._pts += samples.shape[1]
+            frame = pcm16_frame(pcm, self.sample_rate, self._pts)
+            self._pts += frame.samples
             self._graph.push(frame)
         if last:
             self._graph.push(None)
