@@ -6,7 +6,9 @@ detection mode, with and without preemptive generation, and what preemption wast
 Whole voice sessions (`VoiceSession`: the real Silero VAD and end-of-turn model) hear the test set of
 `bench.turn_taking` (human recordings over room noise) in real time, 20 ms frames, a few sessions at a
 time. The providers are simulated with `bench.latency`'s latencies: STT final 150 ms after the end of
-audio, LLM first token after 300 ms then 50 tokens/s, TTS first byte after 100 ms. Measured:
+audio (its transcript: the reference words spoken in the audio it was sent, as an accurate STT without
+interim results gives them), LLM first token after 300 ms then 50 tokens/s, TTS first byte after
+100 ms. Measured:
 - on the complete utterances: **end of speech → first reply audio** (what the user waits for, without
   the network), and **turn confirmed → first reply audio** (the target with preemption: TTS's first
   byte + 60 ms);
@@ -32,12 +34,11 @@ from actors.conversation.events import ResponseAudioDelta, ResponseStarted, Sess
 from actors.conversation.options import SessionLimits, SessionOptions
 from actors.conversation.session import VoiceSession
 from actors.llm.stage import LLMStage
-from actors.stt.simulated import SimulatedSTTEngine
 from actors.tts.simulated import SimulatedTTSEngine
 from actors.tts.stage import TTSStage
 from bench.latency import REPLY, STT_DELAY_MS, TTFT_MS, TTS_TTFB_MS
 from bench.load import percentile
-from bench.turn_taking import Utterance16k, test_set
+from bench.turn_taking import ReferenceSTT, Utterance16k, test_set
 from testkit.fakes import FakeLLMEngine
 from testkit.serve_cluster import ROOT
 
@@ -63,6 +64,7 @@ async def hear(u: Utterance16k, vad: VadConfig, preemptive: bool) -> tuple[Run, 
     """Stream `u` to a fresh session in real time, until shortly after the reply to the whole utterance
     has started; returns the run and the clock time the speech ended."""
     run = Run()
+    sent_s = 0.0  # seconds of the utterance's audio sent so far
     loop = asyncio.get_running_loop()
     started = loop.time()
     speech_end = started + u.speech_end_s
@@ -81,7 +83,8 @@ async def hear(u: Utterance16k, vad: VadConfig, preemptive: bool) -> tuple[Run, 
 
     llm = FakeLLMEngine(REPLY, ttft_ms=TTFT_MS, tokens_per_s=50)
     session = VoiceSession(
-        stt=SimulatedSTTEngine("what is the weather like today", finalize_delay_ms=STT_DELAY_MS),
+        # The words actually spoken up to the audio each STT stream was sent, final after STT_DELAY_MS.
+        stt=ReferenceSTT(u.words, lambda: sent_s, final_s=STT_DELAY_MS / 1000),
         llm=LLMStage(llm),
         tts=TTSStage(SimulatedTTSEngine(ttfb_ms=TTS_TTFB_MS, realtime_factor=1000)),
         emit=emit,
@@ -91,6 +94,7 @@ async def hear(u: Utterance16k, vad: VadConfig, preemptive: bool) -> tuple[Run, 
     )
     try:
         for n, i in enumerate(range(0, len(u.pcm), FRAME_BYTES)):
+            sent_s = (i + FRAME_BYTES) / 2 / RATE
             await session.append_audio(u.pcm[i : i + FRAME_BYTES])
             if run.first_audio_at is not None and loop.time() > run.first_audio_at + AFTER_REPLY_S:
                 break
@@ -193,7 +197,7 @@ async def main_async(args: argparse.Namespace) -> None:
     out = Path(args.out)
     complete, paused = test_set()
     if args.quick:
-        paused = paused[::4]
+        paused = paused[::5]  # every pause length (the set runs cut by cut, four pauses each)
     variants = [(name, vad, preemptive) for name, vad in MODES.items() for preemptive in (False, True)]
     rows = []
     began = time.perf_counter()
@@ -213,7 +217,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
-    parser.add_argument("--quick", action="store_true", help="a quarter of the paused utterances")
+    parser.add_argument("--quick", action="store_true", help="a fifth of the paused utterances")
     args = parser.parse_args()
     Path(args.out).mkdir(parents=True, exist_ok=True)
     asyncio.run(main_async(args))

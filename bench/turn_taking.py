@@ -229,13 +229,16 @@ async def run_mode(
 
 class ReferenceSTT(STTEngine):
     """An accurate STT without interim results: a stream's transcript is the reference words that ended
-    within the audio it was sent, final `STT_FINAL_S` after its end."""
+    within the audio it was sent, final `final_s` after its end."""
 
     name = "reference"
 
-    def __init__(self, words: list[tuple[str, float]], position: Callable[[], float]) -> None:
+    def __init__(
+        self, words: list[tuple[str, float]], position: Callable[[], float], final_s: float = STT_FINAL_S
+    ) -> None:
         self.words = words
         self.position = position  # seconds of the utterance's audio received so far
+        self.final_s = final_s
 
     def open_stream(self) -> STTStream:
         return ReferenceStream(self, self.position() - PREFIX_PADDING_S)
@@ -251,7 +254,7 @@ class ReferenceStream(STTStream):
 
     async def finish(self) -> str:
         heard_s = self._stt.position()
-        await asyncio.sleep(STT_FINAL_S)
+        await asyncio.sleep(self._stt.final_s)
         return " ".join(w for w, end in self._stt.words if self._opened_s < end <= heard_s)
 
 

@@ -12,9 +12,10 @@ words or none (a cough, a door, "mm-hmm"), an utterance dropped before it was co
 reply resume where it paused, and is no turn to answer. While several utterances over one reply are
 undecided (a cough, then a question), the reply stays paused until none is.
 
-A sound too short to interrupt does not hold the reply until its turn is decided (with semantic turn
-detection that can take seconds): when it pauses (`speech_paused`, 200 ms of silence) the reply plays
-on, and pauses again if the speech goes on (`speech_resumed`).
+A sound too short to interrupt holds the reply no longer than server VAD would: once it has been quiet
+for the silence window (`speech_paused` says how much longer that is), the reply plays on even if its
+turn is still undecided (semantic turn detection can take seconds), and pauses again if the speech goes
+on (`speech_resumed`). Sooner would talk into the user's pause between "Stop." and what follows.
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ class BargeIn:
         self._spoken: list[_Speech] = []  # over a reply, their transcripts not yet handled
         self._speaking: _Speech | None = None  # the one still being spoken
         self._check: asyncio.Task[None] | None = None  # due once `_speaking` has lasted long enough
+        self._quiet_wait: asyncio.Task[None] | None = None  # due once `_speaking` has been quiet enough
         self._tasks: set[asyncio.Task[None]] = set()
 
     @property
@@ -68,21 +70,36 @@ class BargeIn:
         """Some speech over the reply is still undecided (the reply stays paused)."""
         return any(speech.real is None and not speech.quiet for speech in self._spoken)
 
-    def speech_paused(self) -> None:
-        """The speech being spoken paused: too short so far to interrupt, it lets the reply play on."""
+    def speech_paused(self, quiet_for_ms: float) -> None:
+        """The speech being spoken paused: too short so far to interrupt, it lets the reply play on once
+        it has stayed quiet `quiet_for_ms` longer."""
         speech = self._speaking
         if speech is None or speech.real is not None or self._voiced_ms(speech) >= self._min_ms:
             return
-        speech.quiet = True
-        if not self.holding:
-            self._resume()
+        self._stop_waiting_for_quiet()
+        self._quiet_wait = self._spawn(self._play_on_when_quiet(speech, quiet_for_ms))
 
     def speech_resumed(self) -> None:
-        """The speech being spoken went on after a pause: the reply pauses again until it is judged."""
+        """The speech being spoken went on after a pause: the reply stays (or pauses again) until it is
+        judged."""
+        self._stop_waiting_for_quiet()
         speech = self._speaking
         if speech is not None and speech.real is None and speech.quiet:
             speech.quiet = False
             self._pause()
+
+    async def _play_on_when_quiet(self, speech: _Speech, quiet_for_ms: float) -> None:
+        await asyncio.sleep(quiet_for_ms / 1000)
+        self._quiet_wait = None
+        if speech is self._speaking and speech.real is None:
+            speech.quiet = True
+            if not self.holding:
+                self._resume()
+
+    def _stop_waiting_for_quiet(self) -> None:
+        if self._quiet_wait is not None:
+            self._quiet_wait.cancel()
+            self._quiet_wait = None
 
     async def speech_started(self, *, over_reply: bool, began: float) -> None:
         """The user started speaking, at `began` (clock time). `over_reply`: a reply is playing and may
@@ -191,6 +208,7 @@ class BargeIn:
         if self._check is not None:
             self._check.cancel()
             self._check = None
+        self._stop_waiting_for_quiet()
         speech, self._speaking = self._speaking, None
         return speech
 
