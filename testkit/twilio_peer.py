@@ -140,6 +140,11 @@ class TwilioPeer:
     def speaking(self) -> bool:
         return bool(self._speech)
 
+    @property
+    def playing(self) -> bool:
+        """Agent audio is still buffered, unplayed."""
+        return any(isinstance(item, bytes) for item in self._buffer)
+
     async def wait_until(self, condition: Any, limit_s: float = 60.0) -> None:
         async with asyncio.timeout(limit_s):
             while not condition():
