@@ -161,6 +161,14 @@ class TwilioCall:
         finally:
             self._gone = True
             await self.session.close()
+            heard = sum(self.playback.heard_ms.values()) / 1000
+            log.info(
+                "call %s ended: the caller heard %.1f s of replies; %d clears, %.1f s sent again",
+                self.start.call_sid,
+                heard,
+                self.playback.cleared,
+                self.playback.resent_ms / 1000,
+            )
 
     async def _handle(self, raw: str | bytes) -> bool:
         """Handle one message from Twilio; True once the stream has stopped."""
@@ -308,7 +316,8 @@ def phone_routes(
                 return PlainTextResponse("X-Twilio-Signature is missing or does not match this URL", 403)
         elif not credentials.open:
             return PlainTextResponse(
-                "phone calls need VOICE_TWILIO_AUTH_TOKEN on a router that has API keys", 403
+                "phone calls need TWILIO_AUTH_TOKEN (the Twilio account's auth token) on a router with keys",
+                403,
             )
         if not params.get("CallSid"):
             return PlainTextResponse("the form has no CallSid: this is not a Twilio voice webhook", 400)
