@@ -18,7 +18,14 @@ from actors.memory.journal import USER_ID
 log = logging.getLogger(__name__)
 
 SECRET_FIELDS = frozenset(
-    {"openai_api_key", "api_keys", "user_keys", "client_secret_signing_key", "letta_api_key"}
+    {
+        "openai_api_key",
+        "api_keys",
+        "user_keys",
+        "client_secret_signing_key",
+        "letta_api_key",
+        "twilio_auth_token",
+    }
 )
 
 
@@ -165,6 +172,21 @@ class Settings(BaseSettings):
     # Signs client secrets; unset = derived from the server keys (rotating those then ends the secrets).
     client_secret_signing_key: SecretStr | None = None
 
+    # --- phone calls through Twilio (README "Phone calls") --------------------------------------------
+    # The account's auth token: webhooks must carry its `X-Twilio-Signature`. Unset, the webhook answers
+    # only an open router (no keys configured: local use).
+    twilio_auth_token: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("twilio_auth_token", "TWILIO_AUTH_TOKEN", "VOICE_TWILIO_AUTH_TOKEN"),
+    )
+    # The public base URL Twilio calls (https://agent.example.com): the URL it signs and the stream's
+    # host. Unset, both come from the request as the router sees it (fine without a proxy in front).
+    phone_public_url: str | None = None
+    # Comma-separated `+number=user` pairs: whose memory a caller's number reaches. Unlisted E.164
+    # numbers act as `tel:<digits>`; withheld numbers as `anonymous` (no long-term memory).
+    phone_users: str = ""
+    phone_max_call_s: float = Field(default=3600.0, ge=60.0)  # one call's longest length
+
     # --- REST API limits (OpenAI-compatible /v1/chat/completions and /v1/audio/*) ---------------------
     rest_max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)  # JSON request bodies
     rest_max_upload_bytes: int = Field(default=25 * 1024 * 1024, ge=1024)  # audio files (OpenAI's limit)
@@ -235,6 +257,24 @@ class Settings(BaseSettings):
         return value
 
     @property
+    def phone_user_map(self) -> dict[str, str]:
+        """caller number → memory user, from `phone_users` ("+15551230000=alice,+15551230001=bob")."""
+        return _parse_phone_users(self.phone_users)
+
+    @field_validator("phone_users")
+    @classmethod
+    def _check_phone_users(cls, value: str) -> str:
+        _parse_phone_users(value)
+        return value
+
+    @field_validator("phone_public_url")
+    @classmethod
+    def _check_phone_public_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("https://", "http://")):
+            raise ValueError("phone_public_url must be an http(s) URL such as https://agent.example.com")
+        return value.rstrip("/") if value is not None else None
+
+    @property
     def letta_key(self) -> str | None:
         return self.letta_api_key.get_secret_value() if self.letta_api_key else None
 
@@ -260,6 +300,16 @@ def _parse_user_keys(text: str) -> dict[str, str]:
             raise ValueError(f"user_keys entry {number} is not `user:key` with a valid user id")
         keys[key] = user
     return keys
+
+
+def _parse_phone_users(text: str) -> dict[str, str]:
+    users: dict[str, str] = {}
+    for number, pair in enumerate((p.strip() for p in text.split(",") if p.strip()), start=1):
+        phone, _, user = (part.strip() for part in pair.partition("="))
+        if not phone or not USER_ID.match(user):
+            raise ValueError(f"phone_users entry {number} is not `+number=user` with a valid user id")
+        users[phone] = user
+    return users
 
 
 def load_settings(overrides: dict[str, Any] | None = None) -> Settings:

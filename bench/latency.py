@@ -7,7 +7,11 @@ Scenarios (each a real server process, driven over `WS /v1/realtime` by clients 
 utterance in 20 ms frames in real time, then silence):
 - `single-process`: the router app with in-process stages under uvicorn (no Ray): the no-hop baseline;
 - `ray-serve`: `serve run serve_config.yaml` on a private Ray cluster (router + 3 stage deployments);
-- `offline`: `serve run` with the real offline engines (pocketsphinx, llama.cpp Gemma 3 270M, eSpeak).
+- `offline`: `serve run` with the real offline engines (pocketsphinx, llama.cpp Gemma 3 270M, eSpeak);
+- `phone (Twilio)`: the single-process server again, reached as a phone call: the signed-less webhook of an
+  open router, then a simulated Twilio (`testkit.twilio_peer`) streaming the same utterance as 8 kHz μ-law
+  in 20 ms `media` messages and playing the reply at real time (client e2e only: a phone call carries no
+  per-turn metrics back).
 The first two use latency-faithful simulated providers: STT final 150 ms after end of audio, an
 OpenAI-compatible SSE server with TTFT 300 ms and 50 tok/s, TTS first byte after 100 ms.
 
@@ -44,6 +48,7 @@ import websockets
 
 from testkit.serve_cluster import ROOT, ServeRun, free_port
 from testkit.speech import espeak_speech, silence, speech_end_byte
+from testkit.twilio_peer import call_webhook, phone_call, to_mulaw
 
 RATE = 24_000
 FRAME_MS = 20
@@ -167,6 +172,37 @@ async def run_scenario(
     return result
 
 
+async def run_phone_session(base_url: str, turns: int, utterance: bytes, out: ScenarioResult) -> None:
+    """One phone call through the Twilio webhook and Media Streams, `turns` spoken turns; client e2e =
+    first reply `media` received − the moment the last speech frame was sent."""
+    speech = to_mulaw(utterance[: speech_end_byte(utterance)], RATE)
+    async with httpx.AsyncClient() as http:
+        answer = await call_webhook(http, f"{base_url}/v1/phone/twilio/voice", "+15551230000", None)
+    async with phone_call(answer.stream_url, answer.parameters) as peer:
+        await asyncio.sleep(0.3)  # line noise first, as on a real call
+        for _ in range(turns):
+            media_before, ended_before = len(peer.media_times), len(peer.speech_ended)
+            peer.say(speech)
+            try:
+                await peer.wait_until(
+                    lambda e=ended_before, m=media_before: (
+                        len(peer.speech_ended) > e and len(peer.media_times) > m
+                    )
+                )
+            except Exception:
+                out.failures += 1
+                continue
+            out.turns.append(
+                TurnResult((peer.media_times[media_before] - peer.speech_ended[ended_before]) * 1000, {})
+            )
+            # The reply plays out (and a second of quiet follows) before the caller speaks again.
+            while True:
+                heard = len(peer.received)
+                await asyncio.sleep(1.0)
+                if len(peer.received) == heard and not peer.playing:
+                    break
+
+
 def overhead_ms(turn: TurnResult, simulated: bool) -> float:
     s = turn.server
     if simulated:
@@ -180,9 +216,10 @@ def endpointing_lag_ms(turn: TurnResult) -> float:
 
 def summarize(result: ScenarioResult, simulated: bool) -> dict[str, Any]:
     e2e = [t.e2e_client_ms for t in result.turns]
-    over = [overhead_ms(t, simulated) for t in result.turns]
-    server_e2e = [t.server.get("e2e_latency", float("nan")) for t in result.turns]
-    lag = [endpointing_lag_ms(t) for t in result.turns]
+    measured = [t for t in result.turns if "e2e_latency" in t.server]  # a phone call has no server figures
+    over = [overhead_ms(t, simulated) for t in measured]
+    server_e2e = [t.server["e2e_latency"] for t in measured]
+    lag = [endpointing_lag_ms(t) for t in measured]
     parts = {
         k: statistics.median([t.server[k] for t in result.turns if k in t.server] or [float("nan")])
         for k in ("end_of_turn_delay", "transcription_delay", "llm_ttft", "llm_ttfs", "tts_ttfb")
@@ -281,6 +318,10 @@ def failed(row: dict[str, Any]) -> str:
     return f" ({row['failures']} failed)" if row["failures"] else ""
 
 
+def _ms(value: float, digits: int = 0) -> str:
+    return "—" if value != value else f"{value:.{digits}f}"  # NaN: not measured on this path
+
+
 def print_table(rows: list[dict[str, Any]]) -> str:
     header = (
         "| scenario | sessions | turns | client e2e p50 | p95 | orchestration p50 | p95 | measured as |"
@@ -288,12 +329,13 @@ def print_table(rows: list[dict[str, Any]]) -> str:
     )
     lines = [header, "|" + "---|" * 14]
     for r in rows:
+        kind = r["overhead_kind"] if r["overhead_p50"] == r["overhead_p50"] else "—"
         lines.append(
             f"| {r['scenario']} | {r['sessions']} | {r['turns']}{failed(r)}"
-            f" | {r['e2e_p50']:.0f} | {r['e2e_p95']:.0f} | {r['overhead_p50']:.1f} | {r['overhead_p95']:.1f}"
-            f" | {r['overhead_kind']} | {r['endpointing_lag_p50']:.0f} | {r['end_of_turn_delay_p50']:.0f}"
-            f" | {r['transcription_delay_p50']:.0f}"
-            f" | {r['llm_ttft_p50']:.0f} | {r['llm_ttfs_p50']:.0f} | {r['tts_ttfb_p50']:.0f} |"
+            f" | {_ms(r['e2e_p50'])} | {_ms(r['e2e_p95'])} | {_ms(r['overhead_p50'], 1)}"
+            f" | {_ms(r['overhead_p95'], 1)} | {kind} | {_ms(r['endpointing_lag_p50'])}"
+            f" | {_ms(r['end_of_turn_delay_p50'])} | {_ms(r['transcription_delay_p50'])}"
+            f" | {_ms(r['llm_ttft_p50'])} | {_ms(r['llm_ttfs_p50'])} | {_ms(r['tts_ttfb_p50'])} |"
         )
     table = "\n".join(lines)
     print(table)
@@ -341,20 +383,30 @@ async def main_async(args: argparse.Namespace) -> None:
                 rows.append(
                     summarize(await run_scenario("single-process", url, sessions, turns, utterance), True)
                 )
+            phone = ScenarioResult("phone (Twilio)", 1)
+            await run_phone_session(
+                url.replace("ws://", "http://").removesuffix("/v1"), turns_1, utterance, phone
+            )
+            rows.append(summarize(phone, True))
         finally:
             single.terminate()
             single.wait()
-        serve_dir = workdir / "serve-sim"
-        serve_dir.mkdir()
-        run = ServeRun(serve_dir, args={**SIM_ARGS, "llm_base_url": llm_base}, env={"OPENAI_API_KEY": "sim"})
-        try:
-            run.wait_ready()
-            for sessions, turns in ((1, turns_1), (10, turns_10)):
-                rows.append(
-                    summarize(await run_scenario("ray-serve", run.ws_url, sessions, turns, utterance), True)
-                )
-        finally:
-            run.stop()
+        if not args.skip_serve:
+            serve_dir = workdir / "serve-sim"
+            serve_dir.mkdir()
+            run = ServeRun(
+                serve_dir, args={**SIM_ARGS, "llm_base_url": llm_base}, env={"OPENAI_API_KEY": "sim"}
+            )
+            try:
+                run.wait_ready()
+                for sessions, turns in ((1, turns_1), (10, turns_10)):
+                    rows.append(
+                        summarize(
+                            await run_scenario("ray-serve", run.ws_url, sessions, turns, utterance), True
+                        )
+                    )
+            finally:
+                run.stop()
     finally:
         sim_llm.terminate()
         sim_llm.wait()
@@ -388,6 +440,7 @@ def main() -> None:
     )
     parser.add_argument("--quick", action="store_true", help="fewer turns")
     parser.add_argument("--skip-offline", action="store_true", help="skip the offline-engine scenario")
+    parser.add_argument("--skip-serve", action="store_true", help="skip the Ray Serve scenarios")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
     asyncio.run(main_async(parser.parse_args()))
 

@@ -1,6 +1,6 @@
-"""The router's Starlette app: `WS /v1/realtime`, `GET /healthz`, `GET /readyz`, `GET /metrics`, the
-OpenAI-compatible REST endpoints of `serve_app.api.rest` (a FastAPI app behind them), and the talk page
-at `/` (`serve_app.api.web_page`).
+"""The router's Starlette app: `WS /v1/realtime`, the phone routes of `serve_app.api.phone` (Twilio),
+`GET /healthz`, `GET /readyz`, `GET /metrics`, the OpenAI-compatible REST endpoints of
+`serve_app.api.rest` (a FastAPI app behind them), and the talk page at `/` (`serve_app.api.web_page`).
 
 Plain ASGI with no Ray imports, so it runs under Serve (see `serve_app.deployments.Router`), under
 uvicorn, or in Starlette's TestClient with in-process stages.
@@ -21,6 +21,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
+from actors.conversation.events import Emit
 from actors.conversation.metrics import LOOP_TASKS, REQUESTS_IN_FLIGHT, SESSIONS_OPEN
 from actors.conversation.session import SessionLimits, SessionOptions, VoiceSession
 from actors.memory.journal import user_id_problem
@@ -40,6 +41,7 @@ from serve_app.api.credentials import (
 )
 from serve_app.api.deps import RouterDeps
 from serve_app.api.drain import SessionDrain, refuse_while_draining
+from serve_app.api.phone import phone_routes
 from serve_app.api.protocol import ProtocolError, ProtocolLimits, initial_options
 from serve_app.api.realtime import ConnectionLimits, RealtimeConnection
 from serve_app.api.rest import rest_routes
@@ -102,6 +104,28 @@ def build_router_app(deps: RouterDeps) -> Starlette:
     LOOP_TASKS.set_function(lambda: len(asyncio.all_tasks()))  # read on the loop: /metrics and reports
     prefetches: set[asyncio.Future[str | None]] = set()
 
+    def open_session(user_id: str, options: SessionOptions, emit: Emit) -> VoiceSession:
+        """A VoiceSession for `user_id` (a Realtime connection's or a phone call's)."""
+        memory = deps.memory_for(user_id)
+        if memory.context is not None:
+            # Read the user's memory while they start speaking: the first turn then finds it cached
+            # instead of spending its read budget (a new user's agent takes ~0.5 s to create).
+            prefetch = asyncio.ensure_future(memory.context(user_id))
+            prefetches.add(prefetch)
+            prefetch.add_done_callback(prefetches.discard)
+        return VoiceSession(
+            stt=deps.stt,
+            llm=deps.llm,
+            tts=deps.tts,
+            emit=emit,
+            options=options,
+            limits=session_limits,
+            speech_detector=deps.speech_detector,
+            memory_sink=memory.sink,
+            memory_context=memory.context,
+            user_id=user_id,
+        )
+
     async def realtime(websocket: WebSocket) -> None:
         with contextlib.ExitStack() as place:
             query = websocket.query_params
@@ -127,27 +151,9 @@ def build_router_app(deps: RouterDeps) -> Starlette:
         websocket: WebSocket, principal: Principal, user_id: str, options: SessionOptions, offered: list[str]
     ) -> None:
         await websocket.accept(subprotocol="realtime" if "realtime" in offered else None)
-        memory = deps.memory_for(user_id)
-        if memory.context is not None:
-            # Read the user's memory while they start speaking: the first turn then finds it cached
-            # instead of spending its read budget (a new user's agent takes ~0.5 s to create).
-            prefetch = asyncio.ensure_future(memory.context(user_id))
-            prefetches.add(prefetch)
-            prefetch.add_done_callback(prefetches.discard)
 
         def make_session(emit: Callable) -> VoiceSession:
-            return VoiceSession(
-                stt=deps.stt,
-                llm=deps.llm,
-                tts=deps.tts,
-                emit=emit,
-                options=options,
-                limits=session_limits,
-                speech_detector=deps.speech_detector,
-                memory_sink=memory.sink,
-                memory_context=memory.context,
-                user_id=user_id,
-            )
+            return open_session(user_id, options, emit)
 
         model = websocket.query_params.get("model") or settings.llm_model
         connection = RealtimeConnection(websocket, make_session, limits, model, connection_limits)
@@ -230,6 +236,8 @@ def build_router_app(deps: RouterDeps) -> Starlette:
             Route("/readyz", readyz),
             Route("/metrics", metrics),
             *page_routes(),
+            # Phone calls: the Twilio webhook and its Media Streams WebSocket
+            *phone_routes(settings, credentials, admission, open_session),
             # OpenAI-compatible REST; after the WebSocket route it must not shadow
             *rest_routes(deps, credentials, admission),
         ],
