@@ -250,6 +250,7 @@ def test_the_secrets_keys_are_the_settings_the_app_reads(monkeypatch: pytest.Mon
         "VOICE_USER_KEYS": "user_keys",
         "VOICE_CLIENT_SECRET_SIGNING_KEY": "client_secret_signing_key",
         "LETTA_API_KEY": "letta_api_key",
+        "TWILIO_AUTH_TOKEN": "twilio_auth_token",
     }
     assert set(keys) == set(secret_fields) | {"LETTA_BASE_URL", "VOICE_METRICS_KEY"}
     for key in keys:
