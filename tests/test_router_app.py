@@ -322,3 +322,13 @@ def test_barge_in_a_noise_burst_pauses_the_reply_and_real_speech_cancels_it() ->
         assert story.startswith(interrupted["output"][0]["content"][0]["transcript"])
         events = receive_until(ws, "response.output_audio.delta")  # the new turn is answered
         assert [e["type"] for e in events].count("response.created") == 1
+
+
+def test_any_unknown_path_is_answered_with_openais_error_json() -> None:
+    client = make_app()
+    for path in ("/nothing", "/v1/nothing", "/ui/nothing.js", "/v1/models/../../x"):
+        response = client.get(path)
+        assert response.status_code == 404, path
+        error = response.json()["error"]
+        assert error["code"] == "not_found" and "Not Found" in error["message"], path
+    assert client.delete("/healthz").json()["error"]["code"] == "method_not_allowed"

@@ -117,6 +117,14 @@ class ApiError(HTTPException):
         return JSONResponse(body.model_dump(), status_code=self.status)
 
 
+async def http_error_response(request: Request, exc: Exception) -> Response:
+    """Starlette's own errors (no such path, method not allowed) in OpenAI's error JSON."""
+    assert isinstance(exc, HTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+    message = f"{request.method} {request.url.path}: {exc.detail}"
+    return ApiError(exc.status_code, message, code=code).response()
+
+
 def _invalid_request(errors: Sequence[Mapping[str, Any]]) -> ApiError:
     """A 400 for a body its model refused, naming every field (`errors` as pydantic reports them)."""
     problems = []
@@ -467,7 +475,7 @@ class RestApi:
             exception_handlers={
                 ApiError: self._api_error,
                 RequestValidationError: self._invalid,
-                HTTPException: self._http_error,
+                HTTPException: http_error_response,
                 CredentialError: self._credential_error,
                 Refused: self._refused,
             },
@@ -536,12 +544,6 @@ class RestApi:
     async def _refused(self, request: Request, exc: Exception) -> Response:
         assert isinstance(exc, Refused)
         return refused_response(exc)
-
-    async def _http_error(self, request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, HTTPException)
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
-        message = f"{request.method} {request.url.path}: {exc.detail}"
-        return ApiError(exc.status_code, message, code=code).response()
 
     async def _authorize(self, request: Request) -> Principal:
         principal = await self.credentials.authenticate(bearer_token(request.headers.get("authorization")))

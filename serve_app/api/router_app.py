@@ -16,6 +16,7 @@ from dataclasses import replace
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
@@ -44,7 +45,7 @@ from serve_app.api.drain import SessionDrain, refuse_while_draining
 from serve_app.api.phone import phone_routes
 from serve_app.api.protocol import ProtocolError, ProtocolLimits, initial_options
 from serve_app.api.realtime import ConnectionLimits, RealtimeConnection
-from serve_app.api.rest import rest_routes
+from serve_app.api.rest import http_error_response, rest_routes
 from serve_app.api.web_page import page_routes
 
 log = logging.getLogger(__name__)
@@ -230,6 +231,7 @@ def build_router_app(deps: RouterDeps) -> Starlette:
 
     return Starlette(
         lifespan=lifespan,
+        exception_handlers={HTTPException: http_error_response},  # any path: OpenAI's error JSON
         routes=[
             WebSocketRoute("/v1/realtime", realtime),
             Route("/healthz", healthz),
