@@ -9,6 +9,7 @@ from collections.abc import AsyncGenerator
 
 import pytest
 
+from actors.audio.end_of_turn import PAUSE_MS
 from actors.audio.vad import VadConfig
 from actors.conversation.early_reply import EarlyReply
 from actors.conversation.events import (
@@ -89,6 +90,7 @@ class Turns:
         limits: SessionLimits | None = None,
         create_response: bool = True,
         interrupt_response: bool = True,
+        semantic: bool = False,
     ) -> None:
         self.events: list[object] = []
         self.replies = ScriptedReplies()
@@ -98,6 +100,8 @@ class Turns:
             idle_timeout_ms=idle_timeout_ms,
             create_response=create_response,
             interrupt_response=interrupt_response,
+            eagerness="auto" if semantic else None,
+            pause_ms=PAUSE_MS if semantic else None,
         )
         self.turns = TurnStateMachine(
             replies=self.replies,
@@ -311,7 +315,7 @@ async def test_speech_too_short_over_a_reply_resumes_it_at_once_and_is_not_answe
 
 async def test_speech_over_a_reply_too_short_to_interrupt_lets_it_play_on_once_quiet() -> None:
     """With semantic turn detection a sound's turn can take seconds to end: the reply does not wait."""
-    t = Turns(limits=SessionLimits(barge_in_min_speech_ms=500, barge_in_min_words=2))
+    t = Turns(limits=SessionLimits(barge_in_min_speech_ms=500, barge_in_min_words=2), semantic=True)
     t.replies.start(None, TurnTimeline())
     await t.turns.speech_started(clock())
     await asyncio.sleep(0.1)

@@ -12,10 +12,11 @@ words or none (a cough, a door, "mm-hmm"), an utterance dropped before it was co
 reply resume where it paused, and is no turn to answer. While several utterances over one reply are
 undecided (a cough, then a question), the reply stays paused until none is.
 
-A sound too short to interrupt holds the reply no longer than server VAD would: once it has been quiet
-for the silence window (`speech_paused` says how much longer that is), the reply plays on even if its
-turn is still undecided (semantic turn detection can take seconds), and pauses again if the speech goes
-on (`speech_resumed`). Sooner would talk into the user's pause between "Stop." and what follows.
+With semantic turn detection, whose turns can take seconds to end, a sound too short to interrupt holds
+the reply no longer than server VAD would: once it has been quiet for the silence window
+(`speech_paused` says how much longer that is), the reply plays on while its turn is still undecided,
+and pauses again if the speech goes on (`speech_resumed`). Sooner would talk into the user's pause
+between "Stop." and what follows.
 """
 
 from __future__ import annotations

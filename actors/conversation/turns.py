@@ -164,11 +164,12 @@ class TurnStateMachine:
         return self._pending
 
     async def speech_paused(self, utterance: Utterance) -> None:
-        """The user paused mid-utterance: speech over a reply too short to interrupt lets it play on
-        once quiet for the silence window; with preemptive generation, transcribe what they said so
-        far and start the reply to it, unheard until the turn is confirmed with the same transcript."""
+        """The user paused mid-utterance: with semantic detection, speech over a reply too short to
+        interrupt lets it play on once quiet for the silence window; with preemptive generation,
+        transcribe what they said so far and start the reply to it, unheard until the turn is
+        confirmed with the same transcript."""
         vad = self.options.turn_detection
-        if vad is not None:
+        if vad is not None and vad.eagerness is not None:  # server VAD's own commit decides as soon
             self.barge_in.speech_paused(max(vad.silence_ms - (vad.pause_ms or PAUSE_MS), 0))
         await self.discard_early()
         if not self._limits.preemptive_generation:
