@@ -15,6 +15,7 @@ once per pause, in a worker thread. Its weights are memory-mapped, so processes 
 
 from __future__ import annotations
 
+import atexit
 import functools
 import threading
 from typing import Any, Protocol
@@ -80,10 +81,13 @@ def _load(model_path: str | None) -> Any:
 
     from actors.llm.llamacpp_engine import default_model_path
 
-    return llama_cpp.Llama(
+    llm = llama_cpp.Llama(
         model_path=model_path or default_model_path(),
         n_ctx=256,
         n_threads=1,  # the session's other work needs the other core more
         logits_all=False,
         verbose=False,
     )
+    # Freed before the interpreter tears llama_cpp down (its own finaliser fails after that).
+    atexit.register(llm.close)
+    return llm
