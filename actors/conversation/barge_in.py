@@ -113,7 +113,7 @@ class BargeIn:
         self._spoken.append(speech)
         self._speaking = speech
         if self._heard_enough(speech):
-            await self._interrupt(speech)
+            self._spawn(self._interrupt(speech))  # after the speech's start has been announced
         else:
             self._check = self._spawn(self._check_when_long_enough(speech))
 

@@ -568,8 +568,10 @@ class AudioInput:
         self._utterance = self._open_utterance()
         # The current chunk was already pushed to the preroll; feed everything from `start`.
         self._utterance.push(self._preroll_from(start))
-        await self._emit(SpeechStarted(self._utterance.item_id, _ms(start)))
+        item_id = self._utterance.item_id
+        # The reply being spoken pauses first: no audio of it may follow the client's speech_started.
         await self._on_speech_started(began_at)
+        await self._emit(SpeechStarted(item_id, _ms(start)))
 
     async def _speech_stopped(self, sample: int, speech_end_at: float, now: float) -> None:
         if self._utterance is None:

@@ -215,9 +215,11 @@ class TurnStateMachine:
         """The user started speaking, at `began` (clock time, as for a client streaming in real time;
         None: now)."""
         self._disarm_idle()
-        await self.discard_early()
         vad = self.options.turn_detection
         interrupts = vad is None or vad.interrupt_response
+        if self._replies.responding and interrupts:
+            self._replies.pause()  # before anything that waits: no more of its audio from here on
+        await self.discard_early()
         # Barge-in: the reply the user talks over pauses now, and is cancelled if the speech proves real.
         await self.barge_in.speech_started(
             over_reply=self._replies.responding and interrupts, began=clock() if began is None else began
