@@ -84,7 +84,7 @@ async def hear(u: Utterance16k, vad: VadConfig, preemptive: bool) -> tuple[Run, 
     llm = FakeLLMEngine(REPLY, ttft_ms=TTFT_MS, tokens_per_s=50)
     session = VoiceSession(
         # The words actually spoken up to the audio each STT stream was sent, final after STT_DELAY_MS.
-        stt=ReferenceSTT(u.words, lambda: sent_s, final_s=STT_DELAY_MS / 1000),
+        stt=ReferenceSTT(u.words, lambda: sent_s),
         llm=LLMStage(llm),
         tts=TTSStage(SimulatedTTSEngine(ttfb_ms=TTS_TTFB_MS, realtime_factor=1000)),
         emit=emit,

@@ -81,6 +81,7 @@ from actors.stt.pocketsphinx_engine import PocketsphinxEngine
 from actors.stt.simulated import SimulatedSTTEngine
 from actors.tts.simulated import SimulatedTTSEngine
 from actors.tts.stage import TTSStage
+from bench.latency import STT_DELAY_MS
 from bench.load import mix_noise, percentile, room_noise
 from testkit.fakes import FakeLLMEngine
 from testkit.recordings import LIBRIVOX
@@ -111,7 +112,7 @@ TURN_END_MODES.append(
     ("semantic_vad auto + words (pocketsphinx)", MODES["semantic_vad auto"], "pocketsphinx")
 )
 TRANSCRIPTS = {LIBRIVOX: "transcription", COMMANDS: "cards.transcription"}
-STT_FINAL_S = 0.150
+STT_FINAL_S = STT_DELAY_MS / 1000  # the simulated STT's final result, as in bench.latency
 # A stream's audio starts this long before the speech it was opened for (the default prefix padding).
 PREFIX_PADDING_S = 0.3
 
@@ -283,7 +284,7 @@ async def decision_times(u: Utterance16k, vad: VadConfig, words: str | None) -> 
     elif words == "pocketsphinx":
         stt = PocketsphinxEngine()
     else:
-        stt = SimulatedSTTEngine("", finalize_delay_ms=STT_FINAL_S * 1000)
+        stt = SimulatedSTTEngine("", finalize_delay_ms=STT_DELAY_MS)
     audio_input = AudioInput(
         stt=stt,
         emit=emit,
