@@ -320,6 +320,8 @@ class ReplyPlayer:
                     if event["type"] == "finish":
                         finish = event["finish_reason"]
                         continue
+                    if event["type"] == "tool_call":
+                        continue  # no tools are offered to a voice reply yet
                     if timeline.first_phrase is None:
                         timeline.first_phrase = arrived
                     if not speaking:  # text-only session: the phrase is the output

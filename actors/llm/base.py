@@ -9,12 +9,44 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator
-from typing import Literal, NotRequired, Protocol, TypedDict
+from typing import Any, Literal, NotRequired, Protocol, TypedDict
+
+
+class ToolCallFunction(TypedDict):
+    name: str
+    arguments: str  # JSON text, as the model wrote it
+
+
+class ToolCall(TypedDict):
+    """A complete call the model asked for, in OpenAI's chat-completions shape."""
+
+    id: str
+    type: Literal["function"]
+    function: ToolCallFunction
+
+
+class ToolSpec(TypedDict):
+    """A tool the model may call, in OpenAI's chat-completions `tools` shape:
+    `{"type": "function", "function": {"name", "description", "parameters"}}`."""
+
+    type: Literal["function"]
+    function: dict[str, Any]
+
+
+# What the model may do with the tools: "auto", "none", "required", or one named function
+# (`{"type": "function", "function": {"name": ...}}`), as OpenAI's `tool_choice`.
+ToolChoice = str | dict[str, Any]
 
 
 class ChatMessage(TypedDict):
-    role: Literal["system", "user", "assistant"]
+    """One message of the prompt. `content` is always text ("" for an assistant message that only
+    calls tools); an assistant message may carry `tool_calls`, and each call's result follows as a
+    "tool" message naming its `tool_call_id`."""
+
+    role: Literal["system", "user", "assistant", "tool"]
     content: str
+    tool_calls: NotRequired[list[ToolCall]]
+    tool_call_id: NotRequired[str]
 
 
 class LLMRequest(TypedDict):
@@ -28,11 +60,15 @@ class LLMRequest(TypedDict):
     temperature: float
     user_id: str  # whose conversation this is (full-Letta mode answers from that user's agent)
     model: NotRequired[str]  # another model on the same server (OpenAI-compatible engine only)
+    tools: NotRequired[list[ToolSpec]]  # none: the model answers in words only
+    tool_choice: NotRequired[ToolChoice]
+    parallel_tool_calls: NotRequired[bool]
 
 
 # Why generation ended, with OpenAI's names: the model finished ("stop"), `max_tokens` cut the reply
-# short ("length"), or the provider's safety filter did ("content_filter").
-FinishReason = Literal["stop", "length", "content_filter"]
+# short ("length"), the provider's safety filter did ("content_filter"), or the model stopped to have
+# the tools it called run ("tool_calls").
+FinishReason = Literal["stop", "length", "content_filter", "tool_calls"]
 
 
 class LLMFinish(TypedDict):
@@ -51,8 +87,22 @@ class LLMTextEvent(TypedDict):
     text: str
 
 
-# A phrase stream: text events, then one `LLMFinish`.
-LLMEvent = LLMTextEvent | LLMFinish
+class LLMToolCallDelta(TypedDict):
+    """A piece of a tool call as the model streams it, in OpenAI's streamed `tool_calls` shape: the
+    call's first piece names its `id` and `name`; later pieces (same `index`) add to its `arguments`.
+    Calls of one reply are numbered by `index` from 0; they may interleave."""
+
+    type: Literal["tool_call"]
+    index: int
+    id: NotRequired[str]
+    name: NotRequired[str]
+    arguments: str
+
+
+# A phrase stream: text events and tool-call pieces, then one `LLMFinish`.
+LLMEvent = LLMTextEvent | LLMToolCallDelta | LLMFinish
+# An engine's or a token stream's items: text deltas, tool-call pieces, then (usually) one `LLMFinish`.
+LLMDelta = str | LLMToolCallDelta | LLMFinish
 
 
 def llm_finish(reason: FinishReason) -> LLMFinish:

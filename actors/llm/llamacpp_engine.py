@@ -58,6 +58,8 @@ def build_prompt(messages: Sequence[ChatMessage], few_shot: Sequence[tuple[str, 
                 turns.append(f"Assistant: {_one_line(m['content'])}")
             case "system":
                 pass  # in the preamble (above)
+            case "tool":
+                pass  # this model cannot call tools, so no request it answers holds their results
             case unknown:
                 assert_never(unknown)
     return build_prefix(system, few_shot) + "".join(t + "\n" for t in turns) + "Assistant:"
