@@ -3,7 +3,7 @@ other router replicas. In-process stages or Serve handles fit the same fields.""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -11,6 +11,8 @@ from actors.audio.vad import SileroSpeechDetector, SpeechDetector
 from actors.config import Settings
 from actors.conversation.stages import LLMClient, SynthesizerClient, TranscriberClient
 from actors.memory.sink import MemorySink
+from actors.tools.base import ServerTool
+from actors.tools.toolbox import Toolbox
 from serve_app.api.credentials import ANONYMOUS, LocalRevocations, Revocations
 
 
@@ -33,6 +35,10 @@ class RouterDeps:
     tts: SynthesizerClient
     memory_sink: MemorySink | None = None
     memory_context: Callable[[str], Awaitable[str | None]] | None = None  # the user's long-term memory
+    # Server tools every conversation may use (webhooks, MCP servers' tools), and the built-in memory
+    # tools, which only callers with an identity get (`toolbox_for`).
+    tools: Toolbox = field(default_factory=Toolbox)
+    memory_tools: Sequence[ServerTool] = ()
     speech_detector: Callable[[], SpeechDetector] = SileroSpeechDetector
     warmups: list[Callable[[], Awaitable[None]]] = field(default_factory=list)  # run before serving
     # Answers which engine each stage runs once every stage can take requests (raises otherwise).
@@ -58,6 +64,12 @@ class RouterDeps:
         if user_id == ANONYMOUS:
             return UserMemory(None, None)
         return UserMemory(self.memory_sink, self.memory_context)
+
+    def toolbox_for(self, user_id: str) -> Toolbox:
+        """The server tools `user_id`'s conversations may call: no memory tools for `anonymous`."""
+        if user_id == ANONYMOUS or not self.memory_tools:
+            return self.tools
+        return self.tools.with_tools(self.memory_tools)
 
 
 @dataclass(frozen=True)
