@@ -1,6 +1,6 @@
 """Hostile but fair clients against the served app, and what everyone else sees meanwhile.
 
-    .venv/bin/python -m bench.hostile        # ~4 min → bench/results/hostile.{md,json}
+    .venv/bin/python -m bench.hostile        # ~6 min → bench/results/hostile.{md,json}
 
 `serve run serve_config.yaml` on a private Ray cluster (the simulated providers of bench.load), then one
 probe after another. During each probe a bystander measures what an innocent user sees: `/healthz`
@@ -13,6 +13,7 @@ routers' RSS before, during and after.
 - `push-to-talk-flood`: a session without turn detection appends audio as fast as it is accepted for
   10 s, never committing.
 - `slow-bodies`: 300 REST requests declaring a 100 kB body and sending one byte every 5 s.
+- `slow-headers`: 1000 connections sending a request's headers one byte every 5 s (slowloris).
 - `idle-sockets`: 200 WebSockets opened and left silent for 20 s, then closed.
 - `stalled-reader`: a session asks for a long spoken reply and never reads a byte of it.
 """
@@ -189,6 +190,39 @@ async def slow_bodies(target: Target, count: int = 300) -> str:
     return counted([f"HTTP {s}" if s.isdigit() else s for s in statuses])
 
 
+async def slow_headers(target: Target, count: int = 1000, seconds: float = 90.0) -> str:
+    """Connections that never finish their request headers: what each was answered within `seconds`."""
+    host, port = target.ws_url.removeprefix("ws://").split("/")[0].split(":")
+    statuses: list[str] = []
+
+    async def one() -> None:
+        try:
+            reader, writer = await asyncio.open_connection(host, int(port))
+        except OSError:
+            statuses.append("refused")
+            return
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        try:
+            async with asyncio.timeout(seconds):
+                while True:
+                    writer.write(b"a")
+                    await writer.drain()
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(5):
+                            line = await reader.readline()
+                            statuses.append(line.decode().split(" ")[1] if line else "closed")
+                            return
+        except TimeoutError:
+            statuses.append(f"still open after {seconds:.0f} s")
+        except OSError:
+            statuses.append("closed")
+        finally:
+            writer.close()
+
+    await asyncio.gather(*(one() for _ in range(count)))
+    return counted([f"HTTP {s}" if s.isdigit() else s for s in statuses])
+
+
 async def idle_sockets(target: Target, count: int = 200) -> str:
     opened: list[Any] = []
     answers: list[str] = []
@@ -229,6 +263,7 @@ PROBES: dict[str, Callable[[Target], Coroutine[Any, Any, str]]] = {
     "audio-blast": audio_blast,
     "push-to-talk-flood": push_to_talk_flood,
     "slow-bodies": slow_bodies,
+    "slow-headers": slow_headers,
     "idle-sockets": idle_sockets,
     "stalled-reader": stalled_reader,
 }
