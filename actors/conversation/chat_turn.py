@@ -95,7 +95,8 @@ class ChatTurn:
         try:
             async for delta in tokens:
                 if not isinstance(delta, str):
-                    out.finish_reason = delta["finish_reason"]
+                    if delta["type"] == "finish":
+                        out.finish_reason = delta["finish_reason"]
                     continue
                 if timeline.first_token is None:
                     timeline.first_token = loop.time()
