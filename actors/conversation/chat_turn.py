@@ -57,6 +57,39 @@ class ChatTools:
         return [*self.client, *(definition.spec() for definition in self.server.definitions())]
 
 
+class _Round:
+    """One LLM call of a turn: the words it said, and its calls sorted by whose they are (a server
+    tool's, by the name in the call's first piece; else the client's)."""
+
+    def __init__(self, server: Toolbox) -> None:
+        self.words: list[str] = []
+        self._server = server
+        self._calls = ToolCallAssembler()
+        self._client_index: dict[int, int | None] = {}  # the model's index → the client's (None: server)
+
+    def call_piece(self, piece: LLMToolCallDelta) -> LLMToolCallDelta | None:
+        """Take a piece of a call; returns it as the client sees it (numbered among the client's calls,
+        a call's first piece with an id even when the model's server sent none), or None when the call is
+        a server tool's."""
+        if piece["index"] not in self._client_index:
+            taken = sum(1 for i in self._client_index.values() if i is not None)
+            self._client_index[piece["index"]] = None if piece.get("name", "") in self._server else taken
+            if not piece.get("id"):
+                piece = {**piece, "id": new_id("call")}
+        self._calls.add(piece)
+        index = self._client_index[piece["index"]]
+        return None if index is None else {**piece, "index": index}
+
+    def calls(self) -> tuple[list[ToolCall], list[ToolCall]]:
+        """The whole calls: the client's and the server's."""
+        made = zip(sorted(self._client_index), self._calls.calls(), strict=True)
+        client: list[ToolCall] = []
+        server: list[ToolCall] = []
+        for index, call in made:
+            (server if self._client_index[index] is None else client).append(call)
+        return client, server
+
+
 def _spaced(before: str, after: str) -> bool:
     return before[-1:].isspace() or after[:1].isspace()
 
@@ -124,44 +157,28 @@ class ChatTurn:
             while True:
                 request = self._request(messages, choice)
                 out.prompt_tokens += estimate_tokens(messages, request.get("tools"))
-                words: list[str] = []  # this round's
-                calls = ToolCallAssembler()
-                client_index: dict[
-                    int, int | None
-                ] = {}  # the model's call index → the client's (None: a server call)
+                round_ = _Round(tools.server)
                 tokens = self._llm.stream_tokens(request)
                 try:
                     async for delta in tokens:
-                        if isinstance(delta, str):
-                            if timeline.first_token is None:
-                                timeline.first_token = loop.time()
-                            if (
-                                not words
-                                and parts
-                                and not parts[-1][-1:].isspace()
-                                and not delta[:1].isspace()
-                            ):
-                                delta = " " + delta  # the words of a round after tool calls
-                            words.append(delta)
-                            parts.append(delta)
-                            out.completion_tokens += 1
-                            yield delta
-                        elif delta["type"] == "finish":
+                        if not isinstance(delta, str) and delta["type"] == "finish":
                             out.finish_reason = delta["finish_reason"]
-                        else:
-                            if timeline.first_token is None:
-                                timeline.first_token = loop.time()
-                            out.completion_tokens += 1
-                            piece = self._route(delta, client_index)
-                            calls.add(piece)
-                            if (index := client_index[delta["index"]]) is not None:
-                                yield {**piece, "index": index}
+                            continue
+                        if timeline.first_token is None:
+                            timeline.first_token = loop.time()
+                        out.completion_tokens += 1
+                        if not isinstance(delta, str):
+                            if (piece := round_.call_piece(delta)) is not None:
+                                yield piece
+                            continue
+                        if not round_.words and parts and not _spaced(parts[-1], delta):
+                            delta = " " + delta  # the words of a round after tool calls
+                        round_.words.append(delta)
+                        parts.append(delta)
+                        yield delta
                 finally:
                     await tokens.aclose()
-                made = calls.calls()
-                indices = sorted(client_index)
-                client_calls = [c for i, c in zip(indices, made, strict=True) if client_index[i] is not None]
-                server_calls = [c for i, c in zip(indices, made, strict=True) if client_index[i] is None]
+                client_calls, server_calls = round_.calls()
                 if client_calls:
                     # The client runs its calls and asks again with their results. Server calls made in
                     # the same round are not run: the model sees only the client's in the next request.
@@ -175,7 +192,7 @@ class ChatTurn:
                 results = await tools.server.run_all(server_calls, context)
                 tool_ms += max(r.ms for r in results)
                 outputs = [(r.call["id"], r.output) for r in results]
-                messages = [*messages, *round_messages("".join(words), server_calls, outputs)]
+                messages = [*messages, *round_messages("".join(round_.words), server_calls, outputs)]
                 out.tool_rounds += 1
                 # Past the limit the model must answer in words; a forced choice applies to one round.
                 choice = "none" if out.tool_rounds >= tools.max_rounds else None if choice is None else "auto"
@@ -208,16 +225,6 @@ class ChatTurn:
             if self._tools.parallel is not None:
                 request["parallel_tool_calls"] = self._tools.parallel
         return request
-
-    def _route(self, piece: LLMToolCallDelta, client_index: dict[int, int | None]) -> LLMToolCallDelta:
-        """Note whose call a piece belongs to (by the name in its call's first piece: a server tool's,
-        else the client's), and give a call's first piece an id when the model's server sent none."""
-        if piece["index"] in client_index:
-            return piece
-        is_server = piece.get("name", "") in self._tools.server
-        taken = sum(1 for i in client_index.values() if i is not None)
-        client_index[piece["index"]] = None if is_server else taken
-        return piece if piece.get("id") else {**piece, "id": new_id("call")}
 
     def _remember(self, started_wall: float, status: str) -> None:
         """The exchange goes to memory once answered in words: a reply that hands calls to the client is
