@@ -1,7 +1,7 @@
 """What tools cost a REST chat turn: the time to the reply's first word with no tools, with tools offered
 and not called, and with a server tool called, side by side in one run.
 
-    .venv/bin/python -m bench.rest_tools            # 40 requests per scenario (~2 min)
+    .venv/bin/python -m bench.rest_tools            # 40 requests per scenario (~1 min)
     .venv/bin/python -m bench.rest_tools --quick    # 10
 
 The router app runs in this process under uvicorn with one server tool that answers in 50 ms; the LLM is
