@@ -340,14 +340,14 @@ CALL = {"id": "call_1", "type": "function", "function": {"name": "get_weather", 
             "tools.0.type",
             "Input should be 'function'",
         ),
-        ({"messages": user("Hi"), "tools": [WEATHER, WEATHER]}, "tools.[1].function.name", "two tools"),
+        ({"messages": user("Hi"), "tools": [WEATHER, WEATHER]}, "tools.1.function.name", "two tools"),
         (
             {
                 "messages": user("Hi"),
                 "tools": [{"type": "function", "function": {"name": "get_time"}}],
                 "extra_body": {"server_tools": True},
             },
-            "tools.[0].function.name",
+            "tools.0.function.name",
             "the name of one of the server's tools",
         ),
         (

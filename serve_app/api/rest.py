@@ -708,13 +708,13 @@ class RestApi:
         names = [spec["function"]["name"] for spec in client]
         for i, name in enumerate(names):
             if name in names[:i]:
-                raise ApiError(400, f"two tools are named {name!r}", param=f"tools.[{i}].function.name")
+                raise ApiError(400, f"two tools are named {name!r}", param=f"tools.{i}.function.name")
             if name in server:
                 raise ApiError(
                     400,
                     f"tool {name!r} has the name of one of the server's tools; rename it or leave out "
                     "`server_tools`",
-                    param=f"tools.[{i}].function.name",
+                    param=f"tools.{i}.function.name",
                 )
         offered = [*names, *(d.name for d in server.definitions())]
         for param, value in (
