@@ -197,6 +197,9 @@ class Settings(BaseSettings):
     rest_transcription_slots: int = Field(default=1, ge=1, le=64)
     rest_max_speech_chars: int = Field(default=4096, ge=1)  # /v1/audio/speech input (OpenAI's limit)
     rest_max_completion_tokens: int = Field(default=4096, ge=1)  # largest max_tokens a request may ask
+    # Rounds of server tool calls one chat request may run (a request may ask for fewer); then the model
+    # must answer in words (`tool_choice: "none"`).
+    rest_max_tool_rounds: int = Field(default=4, ge=1, le=32)
 
     def resolved(self) -> Settings:
         """Return a copy with every 'auto' engine and empty model replaced by a concrete choice."""

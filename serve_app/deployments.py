@@ -15,7 +15,7 @@ from starlette.types import ASGIApp
 
 from actors.config import load_settings
 from actors.engines import create_llm_engine, create_stt_engine, create_tts_engine
-from actors.llm.base import LLMEvent, LLMFinish, LLMRequest
+from actors.llm.base import LLMDelta, LLMEvent, LLMRequest
 from actors.llm.stage import LLMStage
 from actors.memory.sink import RecentTurnsSink
 from actors.probe import problems
@@ -98,7 +98,7 @@ class LLMDeployment:
         async for event in self.stage.stream_phrases(request):
             yield event
 
-    async def stream_tokens(self, request: LLMRequest) -> AsyncGenerator[str | LLMFinish, None]:
+    async def stream_tokens(self, request: LLMRequest) -> AsyncGenerator[LLMDelta, None]:
         async for delta in self.stage.stream_tokens(request):
             yield delta
 

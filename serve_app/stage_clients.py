@@ -5,8 +5,9 @@
 Hop design (measured on these machines: ~3 ms per call, ~0.6 ms per streamed item):
 - STT: one call per ≥100 ms of utterance audio (the session batches), routed to the same replica with
   Serve model multiplexing keyed by the stream id; a replica without the stream asks for a resync.
-- LLM: one streaming call per response; items are phrases (plus one first-token marker), not tokens.
-  REST chat streams tokens (its client asked for them); that costs ~0.6 ms per token per hop.
+- LLM: one streaming call per response; items are phrases (plus one first-token marker), not tokens,
+  and tool-call pieces as the model streams them. REST chat streams tokens (its client asked for them);
+  that costs ~0.6 ms per token per hop.
 - TTS: one streaming call per phrase; items are ≥120 ms of audio after the first chunk.
 """
 
@@ -18,7 +19,7 @@ from typing import Any
 from ray.serve.handle import DeploymentHandle, DeploymentResponse, DeploymentResponseGenerator
 
 from actors.conversation.session import new_id
-from actors.llm.base import LLMEvent, LLMFinish, LLMRequest
+from actors.llm.base import LLMDelta, LLMEvent, LLMRequest
 from actors.stt.base import STTStream
 from actors.tts.base import DEFAULT_STYLE, SpeechStyle
 
@@ -75,7 +76,7 @@ class RemoteLLMStage:
         """`LLMStage.stream_phrases` on a replica; closing the stream cancels it there."""
         return _cancelled_on_close(self._handle.stream_phrases.remote(request))
 
-    def stream_tokens(self, request: LLMRequest) -> AsyncGenerator[str | LLMFinish, None]:
+    def stream_tokens(self, request: LLMRequest) -> AsyncGenerator[LLMDelta, None]:
         """`LLMStage.stream_tokens` on a replica; closing the stream cancels it there."""
         return _cancelled_on_close(self._handle.stream_tokens.remote(request))
 

@@ -14,7 +14,7 @@ import uvicorn
 
 from actors.audio.pcm import rms_dbfs
 from actors.conversation.events import FinishedTurn
-from actors.llm.base import ChatMessage, LLMEngine, LLMFinish, LLMRequest, llm_finish
+from actors.llm.base import ChatMessage, LLMDelta, LLMEngine, LLMRequest, llm_finish
 from testkit.serve_cluster import free_port
 
 
@@ -46,7 +46,7 @@ class FakeLLMEngine(LLMEngine):
         words = self.reply.split(" ")
         return [w if i == 0 else " " + w for i, w in enumerate(words)]
 
-    async def stream(self, request: LLMRequest) -> AsyncIterator[str | LLMFinish]:
+    async def stream(self, request: LLMRequest) -> AsyncIterator[LLMDelta]:
         """The scripted reply word by word, cut at `max_tokens` words ("length") as a real model is."""
         self.requests.append(request["messages"])
         self.calls.append(

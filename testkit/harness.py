@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import jsonschema
@@ -17,10 +17,13 @@ from starlette.testclient import TestClient
 
 from actors.config import Settings
 from actors.conversation.session import SessionLimits
+from actors.llm.base import LLMEngine
 from actors.llm.stage import LLMStage
 from actors.memory.sink import MemorySink, RecentTurnsSink
 from actors.stt.base import STTClient
 from actors.stt.simulated import SimulatedSTTEngine
+from actors.tools.base import ServerTool
+from actors.tools.toolbox import Toolbox
 from actors.tts.base import TTSClient
 from actors.tts.simulated import SimulatedTTSEngine
 from actors.tts.stage import TTSStage
@@ -44,9 +47,18 @@ MEMORIES = {"ada": "Ada's cat is called Miso.", "bob": "Bob plays the cello."}
 
 class Harness:
     """The router app in process (Starlette TestClient), with the official `openai` client on it: simulated
-    STT, a scripted LLM, and simulated TTS unless `tts` says otherwise."""
+    STT, a scripted LLM (or `engine`), and simulated TTS unless `tts` says otherwise; `tools` and
+    `memory_tools` are the router's server tools."""
 
-    def __init__(self, *, tts: TTSClient | None = None, **overrides: Any) -> None:
+    def __init__(
+        self,
+        *,
+        tts: TTSClient | None = None,
+        engine: LLMEngine | None = None,
+        tools: Toolbox | None = None,
+        memory_tools: Sequence[ServerTool] = (),
+        **overrides: Any,
+    ) -> None:
         base: dict[str, Any] = {
             "stt_engine": "simulated",
             "llm_engine": "openai",
@@ -66,10 +78,12 @@ class Harness:
         deps = RouterDeps(
             settings=settings,
             stt=SimulatedSTTEngine("hello world", finalize_delay_ms=1),
-            llm=LLMStage(self.llm),
+            llm=LLMStage(engine or self.llm),
             tts=tts or TTSStage(SimulatedTTSEngine(ttfb_ms=1, realtime_factor=1000)),
             memory_sink=self.sink,
             memory_context=memory_context,
+            tools=tools or Toolbox(),
+            memory_tools=memory_tools,
         )
         self.http = TestClient(build_router_app(deps))
         self.client = OpenAI(base_url="http://testserver/v1", api_key=KEY, http_client=self.http)

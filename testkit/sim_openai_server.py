@@ -4,9 +4,22 @@ Knobs: time to first chat token (`ttft_ms`) and tokens per second. It speaks the
 the engines use: Chat Completions streamed as SSE
 (`data: {chat.completion.chunk}` ... `data: [DONE]`), /v1/audio/speech streaming raw 24 kHz PCM16,
 /v1/audio/transcriptions taking a multipart upload and returning {"text": ...}, and /v1/embeddings
-with deterministic hash-based vectors. When a chat request offers `tools` (as Letta's agents do), the
-reply comes back as a tool call: to `send_message` when offered (its `message` argument carries the reply),
-else to the forced or first tool when `tool_choice` demands one; plain text otherwise.
+with deterministic hash-based vectors.
+
+Tool calls, when a chat request offers `tools`, come back as OpenAI streams them (a first piece with the
+call's `index`, `id`, `type` and name, then the arguments JSON in pieces of `argument_chunk_chars`;
+finish_reason "tool_calls"), or whole in `message.tool_calls` when not streamed. What is called:
+
+- `tool_choice` "none": nothing. A named function: that tool. `send_message` offered (Letta's agents): a
+  call to it whose `message` argument carries the reply.
+- Markers in the newest user message, as a test writes them: `call:NAME` or `call:NAME{"city": "Paris"}`
+  calls the offered tool NAME once (with those arguments, else plain values fitting its schema); several
+  markers are parallel calls (the first only with `parallel_tool_calls: false`); `loop:NAME` calls it
+  again on every round, until `tool_choice` is "none" (for round limits). Markers naming tools not
+  offered are ignored.
+- `tool_choice` "required" and no marker: the first tool.
+- `tool_preamble`, when set, is said in words before the calls.
+- When the prompt ends with tool results, the answer is in words: `tool_answer` with the results.
 
     server = start_sim_openai_server(SimOpenAIConfig(reply="Hello there."))
     client = AsyncOpenAI(api_key="test", base_url=server.base_url)
@@ -27,6 +40,7 @@ import email.policy
 import hashlib
 import io
 import json
+import re
 import socket
 import threading
 import time
@@ -54,6 +68,9 @@ class SimOpenAIConfig:
     speech_chunk_bytes: int = 4801  # odd on purpose: real HTTP chunks ignore sample boundaries
     speech_chunk_delay_ms: float = 0.0
     api_key: str | None = None  # when set, requests must carry "Authorization: Bearer <api_key>"
+    tool_preamble: str = ""  # words said before tool calls
+    tool_answer: str = "Here is what I found: {results}"  # the answer to tool results ({results}: joined)
+    argument_chunk_chars: int = 12  # a call's arguments stream in pieces this long
 
 
 @dataclass
@@ -88,21 +105,6 @@ def _tool_name(tool: dict[str, Any]) -> str:
     return str(tool.get("function", {}).get("name", ""))
 
 
-def _pick_tool(body: dict[str, Any]) -> dict[str, Any] | None:
-    """The tool a model would call for this request, or None for a plain text answer."""
-    tools: list[dict[str, Any]] = body.get("tools") or []
-    choice = body.get("tool_choice")
-    if not tools or choice == "none":
-        return None
-    if isinstance(choice, dict):  # {"type": "function", "function": {"name": ...}} forces that tool
-        forced = choice.get("function", {}).get("name") or choice.get("name")
-        return next((t for t in tools if _tool_name(t) == forced), None)
-    send = next((t for t in tools if _tool_name(t) == "send_message"), None)
-    if send is not None:
-        return send  # an agent that talks through send_message replies with it even under "auto"
-    return tools[0] if choice == "required" else None
-
-
 def _tool_arguments(tool: dict[str, Any], reply: str) -> dict[str, Any]:
     """Arguments satisfying the tool's JSON schema: the reply in `message`, plain values elsewhere."""
     params = tool.get("function", {}).get("parameters") or {}
@@ -115,6 +117,95 @@ def _tool_arguments(tool: dict[str, Any], reply: str) -> dict[str, Any]:
         else:
             args[name] = {"boolean": False, "integer": 0, "number": 0, "array": [], "object": {}}.get(kind)
     return args
+
+
+MARKER = re.compile(r"\b(call|loop):([A-Za-z0-9_-]{1,64})")
+
+
+def _text(message: dict[str, Any]) -> str:
+    content = message.get("content")
+    if isinstance(content, list):
+        return "".join(str(part.get("text", "")) for part in content if isinstance(part, dict))
+    return content if isinstance(content, str) else ""
+
+
+def _marked_calls(messages: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any] | None]]:
+    """The calls the newest user message asks for by marker (see the module docstring): name and
+    arguments (None: made to fit the schema). `call:` markers only while that message is unanswered."""
+    newest = next((i for i in range(len(messages) - 1, -1, -1) if messages[i].get("role") == "user"), None)
+    if newest is None:
+        return []
+    text = _text(messages[newest])
+    answered = newest < len(messages) - 1
+    calls: list[tuple[str, dict[str, Any] | None]] = []
+    for match in MARKER.finditer(text):
+        if match.group(1) == "call" and answered:
+            continue
+        arguments = None
+        if text.startswith("{", match.end()):
+            try:
+                value, _ = json.JSONDecoder().raw_decode(text, match.end())
+            except json.JSONDecodeError:
+                value = None
+            arguments = value if isinstance(value, dict) else None
+        calls.append((match.group(2), arguments))
+    return calls
+
+
+@dataclass
+class _Plan:
+    """What the simulated model answers: words (tokens), then calls (name, arguments JSON)."""
+
+    tokens: list[str]
+    calls: list[tuple[str, str]]
+    finish_reason: str
+
+
+def _plan(body: dict[str, Any], cfg: SimOpenAIConfig) -> _Plan:
+    max_tokens = int(body.get("max_completion_tokens") or body.get("max_tokens") or 10**9)
+    messages: list[dict[str, Any]] = body.get("messages") or []
+    tools = {_tool_name(t): t for t in body.get("tools") or []}
+    choice = body.get("tool_choice")
+    picked: list[tuple[dict[str, Any], dict[str, Any] | None]] = []
+    if tools and choice != "none":
+        marked = [(tools[name], args) for name, args in _marked_calls(messages) if name in tools]
+        if isinstance(choice, dict):  # {"type": "function", "function": {"name": ...}} forces that tool
+            forced = choice.get("function", {}).get("name") or choice.get("name")
+            picked = [m for m in marked if _tool_name(m[0]) == forced][:1] or (
+                [(tools[forced], None)] if forced in tools else []
+            )
+        elif "send_message" in tools:
+            # An agent that talks through send_message replies with it even under "auto".
+            picked = [(tools["send_message"], None)]
+        elif marked:
+            picked = marked
+        elif choice == "required":
+            picked = [(next(iter(tools.values())), None)]
+        if body.get("parallel_tool_calls") is False:
+            picked = picked[:1]
+    if messages and messages[-1].get("role") == "tool" and not picked:
+        trailing: list[str] = []
+        for message in reversed(messages):
+            if message.get("role") != "tool":
+                break
+            trailing.append(_text(message))
+        words = cfg.tool_answer.format(results="; ".join(reversed(trailing)))
+    elif picked and not (len(picked) == 1 and _tool_name(picked[0][0]) == "send_message"):
+        words = cfg.tool_preamble
+    elif picked:
+        words = ""  # send_message carries the reply
+    else:
+        words = cfg.reply
+    all_tokens = _tokens(words) if words else []
+    tokens = all_tokens[:max_tokens]
+    reply = "".join(_tokens(cfg.reply)[:max_tokens])
+    calls = [
+        (_tool_name(tool), json.dumps(args if args is not None else _tool_arguments(tool, reply)))
+        for tool, args in picked
+    ]
+    # As OpenAI answers: "length" when max_tokens cut the reply short.
+    finish = "tool_calls" if calls else "length" if len(all_tokens) > len(tokens) else "stop"
+    return _Plan(tokens, calls, finish)
 
 
 def _usage(body: dict[str, Any], completion_tokens: int) -> dict[str, int]:
@@ -161,36 +252,25 @@ def _build_app(state: SimOpenAIServer) -> Starlette:
         completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         created = int(time.time())
         model = body.get("model", "gpt-4o-mini")
-        max_tokens = int(body.get("max_completion_tokens") or body.get("max_tokens") or 10**9)
-        tokens = _tokens(cfg.reply)[:max_tokens]
-        tool = _pick_tool(body)
-        tool_call_id = f"call_{uuid.uuid4().hex[:24]}"
-        arguments = json.dumps(_tool_arguments(tool, "".join(tokens))) if tool is not None else ""
-        # As OpenAI answers: "length" when max_tokens cut the reply short.
-        truncated = len(_tokens(cfg.reply)) > len(tokens)
-        finish_reason = "tool_calls" if tool is not None else "length" if truncated else "stop"
+        plan = _plan(body, cfg)
+        tokens = plan.tokens
+        call_ids = [f"call_{uuid.uuid4().hex[:24]}" for _ in plan.calls]
         if not body.get("stream"):
             await asyncio.sleep(cfg.ttft_ms / 1000)
             message: dict[str, Any] = {"role": "assistant", "content": "".join(tokens)}
-            if tool is not None:
-                message = {
-                    "role": "assistant",
-                    "content": None,
-                    "tool_calls": [
-                        {
-                            "id": tool_call_id,
-                            "type": "function",
-                            "function": {"name": _tool_name(tool), "arguments": arguments},
-                        }
-                    ],
-                }
+            if plan.calls:
+                message["content"] = message["content"] or None
+                message["tool_calls"] = [
+                    {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
+                    for call_id, (name, arguments) in zip(call_ids, plan.calls, strict=True)
+                ]
             return JSONResponse(
                 {
                     "id": completion_id,
                     "object": "chat.completion",
                     "created": created,
                     "model": model,
-                    "choices": [{"index": 0, "message": message, "finish_reason": finish_reason}],
+                    "choices": [{"index": 0, "message": message, "finish_reason": plan.finish_reason}],
                     "usage": _usage(body, len(tokens)),
                 }
             )
@@ -218,26 +298,33 @@ def _build_app(state: SimOpenAIServer) -> Starlette:
             return f"data: {json.dumps(data)}\n\n"
 
         def pieces() -> list[dict[str, Any]]:
-            if tool is None:
-                return [{"content": token} for token in tokens]
-            # The arguments stream in fragments after a first delta naming the call, as OpenAI sends them.
-            size = max(1, len(arguments) // max(1, len(tokens)))
-            fragments = [arguments[i : i + size] for i in range(0, len(arguments), size)]
-            head = {"index": 0, "id": tool_call_id, "type": "function"}
-            first = {"tool_calls": [{**head, "function": {"name": _tool_name(tool), "arguments": ""}}]}
-            return [first] + [{"tool_calls": [{"index": 0, "function": {"arguments": f}}]} for f in fragments]
+            words: list[dict[str, Any]] = [{"content": token} for token in tokens]
+            # Each call's arguments stream in fragments after a first delta naming it, as OpenAI sends them.
+            calls: list[dict[str, Any]] = []
+            size = max(1, cfg.argument_chunk_chars)
+            for index, (call_id, (name, arguments)) in enumerate(zip(call_ids, plan.calls, strict=True)):
+                head = {"index": index, "id": call_id, "type": "function"}
+                calls.append({"tool_calls": [{**head, "function": {"name": name, "arguments": ""}}]})
+                calls += [
+                    {"tool_calls": [{"index": index, "function": {"arguments": arguments[i : i + size]}}]}
+                    for i in range(0, len(arguments), size)
+                ]
+            return words + calls
 
         async def events() -> AsyncIterator[str]:
             finished = False
             try:
-                first: dict[str, Any] = {"role": "assistant", "content": "" if tool is None else None}
+                first: dict[str, Any] = {
+                    "role": "assistant",
+                    "content": "" if tokens or not plan.calls else None,
+                }
                 yield chunk(first)
                 await asyncio.sleep(cfg.ttft_ms / 1000)
                 for i, delta in enumerate(pieces()):
                     if i:
                         await asyncio.sleep(1 / cfg.tokens_per_s)
                     yield chunk(delta)
-                yield chunk({}, finish_reason)
+                yield chunk({}, plan.finish_reason)
                 if (body.get("stream_options") or {}).get("include_usage"):
                     yield usage_chunk()
                 yield "data: [DONE]\n\n"
@@ -371,10 +458,16 @@ def main() -> None:
     parser.add_argument("--ttft-ms", type=float, default=300.0)
     parser.add_argument("--tokens-per-s", type=float, default=50.0)
     parser.add_argument("--reply", default=SimOpenAIConfig.reply)
+    parser.add_argument("--tool-preamble", default="", help="words said before tool calls")
     args = parser.parse_args()
     state = SimOpenAIServer(
         base_url=f"http://127.0.0.1:{args.port}/v1",
-        config=SimOpenAIConfig(reply=args.reply, ttft_ms=args.ttft_ms, tokens_per_s=args.tokens_per_s),
+        config=SimOpenAIConfig(
+            reply=args.reply,
+            ttft_ms=args.ttft_ms,
+            tokens_per_s=args.tokens_per_s,
+            tool_preamble=args.tool_preamble,
+        ),
     )
     uvicorn.run(_build_app(state), host="127.0.0.1", port=args.port, log_level="warning")
 

@@ -45,10 +45,7 @@ def test_accepted_and_ignored(api: Harness, kwargs: dict[str, Any]) -> None:
     ("kwargs", "words"),
     [
         ({"n": 2}, "one choice per request"),
-        (
-            {"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]},
-            "no function calling",
-        ),
+        ({"functions": [{"name": "f", "parameters": {}}]}, "the legacy function calling; use `tools`"),
         ({"logprobs": True}, "the engines do not report them"),
         ({"stop": ["\n"]}, "the engines end replies on their own"),
         ({"response_format": {"type": "json_object"}}, "text replies only"),

@@ -226,7 +226,7 @@ BAD_REQUESTS: list[tuple[str, str, dict[str, Any], int, str]] = [
             }
         },
         400,
-        "no function calling",
+        "tools.0.function: Field required",
     ),
     (
         "POST",

@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 import websockets
+from openai import AsyncOpenAI
 
 from testkit.fakes import user_text_event
 from testkit.fault_proxy import FaultProxy, start_fault_proxy
@@ -121,6 +122,50 @@ async def test_a_reply_cut_by_max_output_tokens_ends_incomplete(served: ServeRun
         async with http.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as stream:
             lines = [line async for line in stream.aiter_lines() if line.startswith("data: {")]
         assert json.loads(lines[-1][6:])["choices"][0]["finish_reason"] == "length"
+
+
+async def test_tool_calls_cross_the_llm_deployment(served: ServeRun) -> None:
+    """A call's pieces cross the LLM deployment's token stream to the router (REST, official SDK)."""
+    weather = {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+        },
+    }
+    client = AsyncOpenAI(base_url=f"{served.base_url}/v1", api_key="unused-locally", timeout=60)
+    question = 'call:get_weather{"city": "Oslo"}'
+    stream = await client.chat.completions.create(
+        model="sim",
+        messages=[{"role": "user", "content": question}],
+        tools=[weather],  # type: ignore[list-item]
+        stream=True,
+    )
+    chunks = [chunk async for chunk in stream]
+    pieces = [t for c in chunks if c.choices for t in c.choices[0].delta.tool_calls or ()]
+    assert pieces[0].id and pieces[0].function and pieces[0].function.name == "get_weather"
+    arguments = "".join(p.function.arguments or "" for p in pieces if p.function)
+    assert json.loads(arguments) == {"city": "Oslo"}
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "tool_calls"
+    answer = await client.chat.completions.create(
+        model="sim",
+        messages=[
+            {"role": "user", "content": question},
+            {
+                "role": "assistant",
+                "tool_calls": [
+                    {
+                        "id": pieces[0].id,
+                        "type": "function",
+                        "function": {"name": "get_weather", "arguments": arguments},
+                    }
+                ],
+            },
+            {"role": "tool", "tool_call_id": pieces[0].id, "content": "sunny"},
+        ],
+        tools=[weather],  # type: ignore[list-item]
+    )
+    assert answer.choices[0].message.content == "Here is what I found: sunny"
 
 
 def test_readyz_says_the_llm_server_is_down(served: ServeRun, upstream) -> None:

@@ -114,9 +114,11 @@ class LLMEngine(ABC):
     model: str
 
     @abstractmethod
-    def stream(self, request: LLMRequest) -> AsyncGenerator[str | LLMFinish, None]:
-        """Yield text deltas, then an `LLMFinish` saying why generation ended when the engine knows.
-        Closing the iterator early (barge-in) must stop generation.
+    def stream(self, request: LLMRequest) -> AsyncGenerator[LLMDelta, None]:
+        """Yield text deltas and, when the request offers `tools` and the model calls them, tool-call
+        pieces; then an `LLMFinish` saying why generation ended when the engine knows. Closing the
+        iterator early (barge-in) must stop generation. An engine whose model cannot call tools
+        ignores `tools` and answers in words.
 
         `request["user_id"]` says whose conversation it is; engines that keep no per-user state ignore
         it. `request["model"]`, when present, asks for another model than the configured one; an
@@ -136,9 +138,10 @@ class LLMClient(Protocol):
     """The LLM stage as its callers hold it: `LLMStage` in process, `RemoteLLMStage` over a Serve handle.
 
     Voice turns take the reply as phrases ready to speak (`actors.conversation.chunker`); REST chat
-    takes raw text deltas as generated. Both end with one `LLMFinish`.
+    takes raw text deltas as generated. Tool-call pieces pass through both as the engine streams them.
+    Both end with one `LLMFinish`.
     """
 
     def stream_phrases(self, request: LLMRequest) -> AsyncGenerator[LLMEvent, None]: ...
 
-    def stream_tokens(self, request: LLMRequest) -> AsyncGenerator[str | LLMFinish, None]: ...
+    def stream_tokens(self, request: LLMRequest) -> AsyncGenerator[LLMDelta, None]: ...

@@ -4,6 +4,10 @@ Letta serves an OpenAI-compatible `POST /v1/chat/completions` where `model` is t
 stream carries the agent's reply. The agent keeps the conversation, its persona and its memory blocks
 itself, so only the newest user message is sent; the agent is the same one the hybrid mode's memory
 actor writes to (see `actors.memory.letta`), so a user keeps their memory across the switch.
+
+Letta's endpoint takes no `tools` (its request model has no such field and it reads only the newest user
+message, so a tool result could not reach the agent either): requests go without them and the agent
+answers in words, with its own server-side tools.
 """
 
 from __future__ import annotations
@@ -11,8 +15,8 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncGenerator
 
-from actors.llm.base import LLMFinish, LLMRequest
-from actors.llm.openai_engine import OpenAILLMEngine
+from actors.llm.base import LLMDelta, LLMRequest
+from actors.llm.openai_engine import OpenAILLMEngine, without_tools
 from actors.memory.letta import LettaMemory
 
 log = logging.getLogger(__name__)
@@ -26,13 +30,13 @@ class LettaAgentLLMEngine(OpenAILLMEngine):
         super().__init__(api_key=letta.config.api_key, base_url=base_url, model="letta-agent")
         self.letta = letta
 
-    async def stream(self, request: LLMRequest) -> AsyncGenerator[str | LLMFinish, None]:
-        # request["model"] is ignored: the user's agent is the model.
+    async def stream(self, request: LLMRequest) -> AsyncGenerator[LLMDelta, None]:
+        # request["model"] and any tools are ignored: the user's agent is the model (see above).
         newest = [m for m in request["messages"] if m["role"] == "user"][-1:]
         if not newest:
             raise ValueError("full-Letta mode answers a user message, and this response has none")
         agent_id = await self.letta.agent_id(request["user_id"])
-        async for delta in self.stream_completion(request, model=agent_id, messages=newest):
+        async for delta in self.stream_completion(without_tools(request), model=agent_id, messages=newest):
             yield delta
 
     async def _check_upstream(self) -> str | None:

@@ -3,6 +3,8 @@
 That model is a small BASE model, not instruction-tuned: it has no chat template and rambles
 when given one. A few-shot "User:/Assistant:" completion prompt, cut at the end of the
 reply's line, gets short, grammatical (often wrong) replies from it.
+
+It cannot call tools: a request's `tools` are ignored and it answers in words.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import threading
 from collections.abc import AsyncGenerator, Sequence
 from typing import Any, assert_never
 
-from actors.llm.base import ChatMessage, LLMEngine, LLMFinish, LLMRequest, llm_finish
+from actors.llm.base import ChatMessage, LLMDelta, LLMEngine, LLMFinish, LLMRequest, llm_finish
 from actors.thread_stream import stream_from_thread
 
 # Spin-waiting OpenMP threads collapse when STT/TTS share the cores (measured). libgomp reads
@@ -54,12 +56,14 @@ def build_prompt(messages: Sequence[ChatMessage], few_shot: Sequence[tuple[str, 
         match m["role"]:
             case "user":
                 turns.append(f"User: {_one_line(m['content'])}")
+            case "assistant" if m.get("tool_calls") and not m["content"]:
+                pass  # only calls (another model's): this one cannot call tools and reads words only
             case "assistant":
                 turns.append(f"Assistant: {_one_line(m['content'])}")
             case "system":
                 pass  # in the preamble (above)
             case "tool":
-                pass  # this model cannot call tools, so no request it answers holds their results
+                pass  # results of calls another model made: this one reads words only
             case unknown:
                 assert_never(unknown)
     return build_prefix(system, few_shot) + "".join(t + "\n" for t in turns) + "Assistant:"
@@ -159,8 +163,9 @@ class LlamaCppEngine(LLMEngine):
             finally:
                 chunks.close()
 
-    async def stream(self, request: LLMRequest) -> AsyncGenerator[str | LLMFinish, None]:
-        # request["model"] and request["user_id"] are ignored: one GGUF is loaded, and it keeps no state.
+    async def stream(self, request: LLMRequest) -> AsyncGenerator[LLMDelta, None]:
+        # request["model"] and request["user_id"] are ignored: one GGUF is loaded, and it keeps no state;
+        # so are request["tools"]: this model cannot call tools, it answers in words.
         def produce(emit: Any, stop: threading.Event) -> None:
             self._generate(request["messages"], request["max_tokens"], request["temperature"], stop, emit)
 

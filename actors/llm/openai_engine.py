@@ -12,7 +12,15 @@ import openai
 from openai import AsyncOpenAI
 
 from actors.conversation.faults import LLMStalled, LLMTimeout, LLMUnavailable
-from actors.llm.base import ChatMessage, FinishReason, LLMEngine, LLMFinish, LLMRequest, llm_finish
+from actors.llm.base import (
+    ChatMessage,
+    FinishReason,
+    LLMDelta,
+    LLMEngine,
+    LLMRequest,
+    LLMToolCallDelta,
+    llm_finish,
+)
 from actors.llm.call_policy import LLMCallPolicy, first_with_retries
 from actors.probe import CachedProbe, openai_server_problem
 
@@ -65,7 +73,7 @@ class OpenAILLMEngine(LLMEngine):
     async def _check_upstream(self) -> str | None:
         return await openai_server_problem(self._client, "LLM", self.policy.connect_timeout_s)
 
-    async def stream(self, request: LLMRequest) -> AsyncGenerator[str | LLMFinish, None]:
+    async def stream(self, request: LLMRequest) -> AsyncGenerator[LLMDelta, None]:
         async for delta in self.stream_completion(
             request, model=request.get("model") or self.model, messages=request["messages"]
         ):
@@ -73,32 +81,33 @@ class OpenAILLMEngine(LLMEngine):
 
     async def stream_completion(
         self, request: LLMRequest, *, model: str, messages: list[ChatMessage]
-    ) -> AsyncGenerator[str | LLMFinish, None]:
-        """Stream one chat completion of `messages` from `model`, with the request's limits (full-Letta
-        mode sends another model and fewer messages than the request holds), and the server's finish
-        reason when it gave one."""
+    ) -> AsyncGenerator[LLMDelta, None]:
+        """Stream one chat completion of `messages` from `model`, with the request's limits and tools
+        (full-Letta mode sends another model and fewer messages than the request holds): text deltas
+        and tool-call pieces as they come, then the server's finish reason when it gave one."""
         finish: FinishReason | None = None  # from the chunk that carries it (the last with choices)
 
-        async def attempt() -> tuple[Any, str | None]:
+        async def attempt() -> tuple[Any, list[str | LLMToolCallDelta]]:
             nonlocal finish
             # max_tokens rather than max_completion_tokens: every OpenAI-compatible server accepts it.
             stream = await self._client.chat.completions.create(
                 model=model,
-                messages=cast(Any, messages),  # ChatMessage is a subset of the SDK's message params
+                messages=cast(Any, [wire_message(m) for m in messages]),
                 max_tokens=request["max_tokens"],
                 temperature=request["temperature"],
                 stream=True,
+                **tool_parameters(request),
             )
             try:
                 while True:
                     try:
                         chunk = await anext(stream)
                     except StopAsyncIteration:
-                        return stream, None  # an empty reply
+                        return stream, []  # an empty reply
                     finish = _finish_reason(chunk) or finish
-                    content = _delta_content(chunk)
-                    if content:
-                        return stream, content
+                    # Text or a tool call's first piece, whichever comes first, is the first token.
+                    if items := _chunk_items(chunk):
+                        return stream, items
             except BaseException:
                 await stream.close()
                 raise
@@ -114,8 +123,9 @@ class OpenAILLMEngine(LLMEngine):
                 raise  # e.g. a bad key or a bad request: retrying would not help, and it is no outage
             raise LLMUnavailable(f"no first token: {exc!r}") from exc
         try:
-            if first is not None:
-                yield first
+            if first:
+                for item in first:
+                    yield item
                 while True:
                     try:
                         # The yield stays outside the timeout: a slow consumer is not a stalled provider.
@@ -126,14 +136,43 @@ class OpenAILLMEngine(LLMEngine):
                     except Exception as exc:  # a timeout, or the connection broke (the transport's error)
                         raise LLMStalled(f"stream broke after the first token: {exc!r}") from exc
                     finish = _finish_reason(chunk) or finish
-                    content = _delta_content(chunk)
-                    if content:
-                        yield content
+                    for item in _chunk_items(chunk):
+                        yield item
             if finish is not None:
                 yield llm_finish(finish)
         finally:
             # Closing the response stops the server's generation (barge-in) and frees the connection.
             await stream.close()
+
+
+def wire_message(message: ChatMessage) -> dict[str, Any]:
+    """A prompt message as chat completions takes it: an assistant message that only calls tools has
+    `content: null` (OpenAI's own shape; some compatible servers refuse "" beside calls)."""
+    wire: dict[str, Any] = dict(message)
+    if message["role"] == "assistant" and message.get("tool_calls") and not message["content"]:
+        wire["content"] = None
+    return wire
+
+
+def tool_parameters(request: LLMRequest) -> dict[str, Any]:
+    """The request's tool parameters, only when it offers tools: an empty `tools` list, or
+    `tool_choice` / `parallel_tool_calls` without tools, are errors to OpenAI."""
+    if not request.get("tools"):
+        return {}
+    params: dict[str, Any] = {"tools": request["tools"]}
+    if "tool_choice" in request:
+        params["tool_choice"] = request["tool_choice"]
+    if "parallel_tool_calls" in request:
+        params["parallel_tool_calls"] = request["parallel_tool_calls"]
+    return params
+
+
+def without_tools(request: LLMRequest) -> LLMRequest:
+    """The request for a model that cannot be offered tools: it answers in words."""
+    words_only = dict(request)
+    for key in ("tools", "tool_choice", "parallel_tool_calls"):
+        words_only.pop(key, None)
+    return cast(LLMRequest, words_only)
 
 
 def _retryable(exc: BaseException) -> bool:
@@ -160,8 +199,9 @@ def _retry_after(exc: BaseException) -> float | None:
 
 
 def _finish_reason(chunk: Any) -> FinishReason | None:
-    """The chunk's finish reason in our terms: "length" and "content_filter" end a reply short; any
-    other reason the server gives (e.g. "tool_calls", which we never ask for) is a finished reply."""
+    """The chunk's finish reason in our terms: "length" and "content_filter" end a reply short,
+    "tool_calls" (or the legacy "function_call") waits for the calls' results; any other reason the
+    server gives is a finished reply."""
     if not chunk.choices or chunk.choices[0].finish_reason is None:
         return None
     match chunk.choices[0].finish_reason:
@@ -169,12 +209,27 @@ def _finish_reason(chunk: Any) -> FinishReason | None:
             return "length"
         case "content_filter":
             return "content_filter"
+        case "tool_calls" | "function_call":
+            return "tool_calls"
         case _:
             return "stop"
 
 
-def _delta_content(chunk: Any) -> str | None:
-    # Chunks without choices exist (e.g. a final usage chunk); content is None on role/finish chunks.
+def _chunk_items(chunk: Any) -> list[str | LLMToolCallDelta]:
+    """The chunk's text (if any), then its tool-call pieces. Chunks without choices exist (e.g. a final
+    usage chunk); content is None on role/finish chunks and on chunks that carry calls."""
     if not chunk.choices:
-        return None
-    return chunk.choices[0].delta.content
+        return []
+    delta = chunk.choices[0].delta
+    items: list[str | LLMToolCallDelta] = [delta.content] if delta.content else []
+    for call in delta.tool_calls or ():
+        piece: LLMToolCallDelta = {"type": "tool_call", "index": call.index, "arguments": ""}
+        if call.id:
+            piece["id"] = call.id
+        if call.function is not None:
+            if call.function.name:
+                piece["name"] = call.function.name
+            piece["arguments"] = call.function.arguments or ""
+        if "id" in piece or "name" in piece or piece["arguments"]:
+            items.append(piece)
+    return items

@@ -1,5 +1,6 @@
 """The LLM stage: engine tokens → speakable phrases, so only phrases cross process boundaries on a voice
-turn; REST chat clients that want tokens get them as generated (`stream_tokens`). Runs in process, or
+turn; REST chat clients that want tokens get them as generated (`stream_tokens`). Tool-call pieces pass
+through both streams as the engine yields them. Runs in process, or
 in `serve_app.deployments.LLMDeployment` behind `serve_app.stage_clients.RemoteLLMStage`."""
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ import time
 from collections.abc import AsyncGenerator
 
 from actors.conversation.chunker import ChunkerConfig, PhraseChunker
-from actors.llm.base import FinishReason, LLMEngine, LLMEvent, LLMFinish, LLMRequest, llm_finish
+from actors.llm.base import FinishReason, LLMDelta, LLMEngine, LLMEvent, LLMRequest, llm_finish
 from actors.load_meter import LoadMeter
 
 log = logging.getLogger(__name__)
@@ -24,16 +25,20 @@ class LLMStage:
         # Replies being generated, over time: this stage's autoscaling signal.
         self.load = LoadMeter()
 
-    async def stream_tokens(self, request: LLMRequest) -> AsyncGenerator[str | LLMFinish, None]:
-        """The engine's text deltas as generated (empty ones dropped), then why it stopped."""
+    async def stream_tokens(self, request: LLMRequest) -> AsyncGenerator[LLMDelta, None]:
+        """The engine's text deltas (empty ones dropped) and tool-call pieces as generated, then why it
+        stopped."""
         reason: FinishReason = "stop"
         tokens = self.engine.stream(request)
         self.load.begin()
         try:
             async for delta in tokens:
-                if not isinstance(delta, str):
+                if isinstance(delta, str):
+                    if delta:
+                        yield delta
+                elif delta["type"] == "finish":
                     reason = delta["finish_reason"]
-                elif delta:
+                else:
                     yield delta
         finally:
             self.load.end()
@@ -41,8 +46,9 @@ class LLMStage:
         yield llm_finish(reason)
 
     async def stream_phrases(self, request: LLMRequest) -> AsyncGenerator[LLMEvent, None]:
-        """A `first_token` marker as soon as the engine starts, then the reply phrase by phrase, then
-        why generation stopped."""
+        """A `first_token` marker as soon as the engine starts saying words, then the reply phrase by
+        phrase, with tool-call pieces as they come, then why generation stopped. Words said before a
+        call are flushed as a phrase when the call starts, so they are spoken while it runs."""
         chunker = PhraseChunker(self.chunker_config)
         started = time.perf_counter()
         first = True
@@ -52,7 +58,12 @@ class LLMStage:
         try:
             async for delta in tokens:
                 if not isinstance(delta, str):
-                    reason = delta["finish_reason"]
+                    if delta["type"] == "finish":
+                        reason = delta["finish_reason"]
+                        continue
+                    if rest := chunker.flush():
+                        yield {"type": "phrase", "text": rest}
+                    yield delta
                     continue
                 if not delta:
                     continue

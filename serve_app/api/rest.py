@@ -33,12 +33,13 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from actors.audio.encode import MEDIA_TYPES, SpeechEncoder
 from actors.audio.files import decode_upload
 from actors.audio.pcm import DEFAULT_OUTPUT_RATE, AudioFormatError
-from actors.conversation.chat_turn import ChatTurn
+from actors.conversation.chat_turn import ChatTools, ChatTurn
 from actors.conversation.faults import public_error
 from actors.conversation.metrics import HISTOGRAMS
 from actors.conversation.session import new_id
-from actors.llm.base import ChatMessage
+from actors.llm.base import ChatMessage, LLMToolCallDelta, ToolChoice
 from actors.stt.recording import ClientGone, RecordedSegment, TranscriptionLane, transcribe_segments
+from actors.tools.toolbox import Toolbox
 from actors.tts.base import SpeechStyle
 from actors.tts.voices import VoiceError, check_voice
 from serve_app.api import captions, json_input
@@ -62,6 +63,7 @@ from serve_app.api.rest_models import (
     ChatCompletion,
     ChatCompletionChunk,
     ChatCompletionRequest,
+    ChatMessageIn,
     Choice,
     ChunkChoice,
     ClientSecret,
@@ -71,12 +73,16 @@ from serve_app.api.rest_models import (
     Delta,
     ErrorDetail,
     ErrorResponse,
+    FunctionCallDelta,
+    FunctionCallOut,
     ModelCard,
     ModelList,
     SpeechAudioDelta,
     SpeechAudioDone,
     SpeechRequest,
     SpeechUsage,
+    ToolCallDelta,
+    ToolCallOut,
     Transcription,
     TranscriptionSegment,
     TranscriptionUsage,
@@ -84,6 +90,7 @@ from serve_app.api.rest_models import (
     TranscriptTextDelta,
     TranscriptTextDone,
     Usage,
+    tool_message_problem,
 )
 
 log = logging.getLogger(__name__)
@@ -147,6 +154,31 @@ def _is_number(text: str) -> bool:
 
 def _sse(model: BaseModel) -> str:
     return f"data: {model.model_dump_json()}\n\n"
+
+
+def _chat_message(message: ChatMessageIn) -> ChatMessage:
+    """A request's message as the LLM stage takes it ("developer" is a system message)."""
+    role = "system" if message.role == "developer" else message.role
+    out: ChatMessage = {"role": role, "content": message.text()}
+    if message.role == "tool" and message.tool_call_id is not None:
+        out["tool_call_id"] = message.tool_call_id
+    if message.role == "assistant" and message.tool_calls:
+        out["tool_calls"] = [call.call() for call in message.tool_calls]
+    return out
+
+
+def _delta(item: str | LLMToolCallDelta) -> Delta:
+    """A streamed chunk's delta: text, or a piece of a call in OpenAI's shape (the first piece of a call
+    with its id, type and name; later ones with more of its arguments)."""
+    if isinstance(item, str):
+        return Delta(content=item)
+    piece = ToolCallDelta(
+        index=item["index"],
+        id=item.get("id"),
+        type="function" if item.get("id") else None,
+        function=FunctionCallDelta(name=item.get("name"), arguments=item["arguments"]),
+    )
+    return Delta(tool_calls=[piece])
 
 
 def _stage_failed_event(stage: str, exc: Exception) -> str:
@@ -612,12 +644,13 @@ class RestApi:
             raise ApiError(
                 400, f"{param} is {max_tokens}; the limit is {s.rest_max_completion_tokens}", param=param
             )
-        messages: list[ChatMessage] = [
-            {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
-            for m in body.messages
-        ]
+        if (problem := tool_message_problem(body.messages)) is not None:
+            index, message = problem
+            raise ApiError(400, message, param=f"messages.[{index}].role")
+        messages = [_chat_message(m) for m in body.messages]
         if all(m["role"] == "system" for m in messages):
             raise ApiError(400, "messages has no user or assistant message to answer", param="messages")
+        tools = self._chat_tools(body, user_id)
         # Only an OpenAI-compatible engine can switch models per request; the offline engine answers
         # with the one model it loaded, and the response's `model` says so.
         switchable = s.llm_engine == "openai"
@@ -632,6 +665,7 @@ class RestApi:
             model=body.model if switchable else None,
             memory_sink=memory.sink,
             memory_context=memory.context,
+            tools=tools,
         )
         deltas = turn.stream()
         first = await _first(deltas, "LLM")
@@ -643,18 +677,20 @@ class RestApi:
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
-        parts = [] if first is None else [first]
         try:
-            parts += [delta async for delta in deltas]
+            async for _ in deltas:
+                pass  # the turn's outcome collects the reply
         except Exception as exc:
             log.exception("LLM failed")
             raise _stage_failed(exc, "LLM") from exc
         out = turn.outcome
+        calls = [ToolCallOut(id=c["id"], function=FunctionCallOut(**c["function"])) for c in out.tool_calls]
+        reply = AssistantMessage(content=out.text or (None if calls else ""), tool_calls=calls or None)
         completion = ChatCompletion(
             id=turn.turn_id,
             created=created,
             model=model,
-            choices=[Choice(message=AssistantMessage(content=out.text), finish_reason=out.finish_reason)],
+            choices=[Choice(message=reply, finish_reason=out.finish_reason)],
             usage=Usage(
                 prompt_tokens=out.prompt_tokens,
                 completion_tokens=out.completion_tokens,
@@ -664,11 +700,52 @@ class RestApi:
         )
         return JSONResponse(completion.model_dump())
 
+    def _chat_tools(self, body: ChatCompletionRequest, user_id: str) -> ChatTools:
+        """The tools a chat request offers the model, checked as OpenAI checks them: the client's, and the
+        server's when the request opts in (`server_tools`)."""
+        client = [tool.spec() for tool in body.tools or ()]
+        server = self.deps.toolbox_for(user_id) if body.server_tools else Toolbox()
+        names = [spec["function"]["name"] for spec in client]
+        for i, name in enumerate(names):
+            if name in names[:i]:
+                raise ApiError(400, f"two tools are named {name!r}", param=f"tools.{i}.function.name")
+            if name in server:
+                raise ApiError(
+                    400,
+                    f"tool {name!r} has the name of one of the server's tools; rename it or leave out "
+                    "`server_tools`",
+                    param=f"tools.{i}.function.name",
+                )
+        offered = [*names, *(d.name for d in server.definitions())]
+        for param, value in (
+            ("tool_choice", body.tool_choice),
+            ("parallel_tool_calls", body.parallel_tool_calls),
+        ):
+            if value is not None and not offered:
+                raise ApiError(400, f"`{param}` is only allowed when `tools` are specified", param=param)
+        choice: ToolChoice | None = None
+        if isinstance(body.tool_choice, str):
+            choice = body.tool_choice
+        elif body.tool_choice is not None:
+            named = body.tool_choice.function.name
+            if named not in offered:
+                raise ApiError(
+                    400, f"tool_choice names {named!r}, which is not among the tools", param="tool_choice"
+                )
+            choice = body.tool_choice.model_dump()
+        limit = self.settings.rest_max_tool_rounds
+        rounds = body.max_tool_rounds or limit
+        if rounds > limit:
+            raise ApiError(400, f"max_tool_rounds is {rounds}; the limit is {limit}", param="max_tool_rounds")
+        return ChatTools(
+            client=client, server=server, choice=choice, parallel=body.parallel_tool_calls, max_rounds=rounds
+        )
+
     async def _chat_events(
         self,
         turn: ChatTurn,
-        deltas: AsyncGenerator[str, None],
-        first: str | None,
+        deltas: AsyncGenerator[str | LLMToolCallDelta, None],
+        first: str | LLMToolCallDelta | None,
         model: str,
         created: int,
         include_usage: bool,
@@ -680,9 +757,9 @@ class RestApi:
         try:
             yield chunk(Delta(role="assistant", content=""))
             if first is not None:
-                yield chunk(Delta(content=first))
+                yield chunk(_delta(first))
                 async for delta in deltas:
-                    yield chunk(Delta(content=delta))
+                    yield chunk(_delta(delta))
         except Exception as exc:
             yield _stage_failed_event("LLM", exc)
             return

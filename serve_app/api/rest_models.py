@@ -13,10 +13,10 @@ import re
 from collections.abc import Callable
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from actors.audio.encode import SpeechFormat
-from actors.llm.base import FinishReason
+from actors.llm.base import FinishReason, ToolCall, ToolSpec
 from actors.memory.journal import USER_ID
 from actors.tts.voices import MAX_SPEED, MIN_SPEED, OPENAI_VOICES
 
@@ -49,20 +49,130 @@ class TextPart(BaseModel):
     text: str
 
 
+TOOL_NAME = r"^[a-zA-Z0-9_-]{1,64}$"
+
+
+class FunctionCallIn(BaseModel):
+    model_config = STRICT_OPEN
+
+    name: str
+    arguments: str = Field(description="JSON text, as the model wrote it.")
+
+
+class ToolCallIn(BaseModel):
+    """A call an assistant message made, as a previous response returned it."""
+
+    model_config = STRICT_OPEN
+
+    id: str = Field(min_length=1)
+    type: Literal["function"]
+    function: FunctionCallIn
+
+    def call(self) -> ToolCall:
+        return {
+            "id": self.id,
+            "type": "function",
+            "function": {"name": self.function.name, "arguments": self.function.arguments},
+        }
+
+
 class ChatMessageIn(BaseModel):
     model_config = STRICT_OPEN  # e.g. `name`, ignored
 
-    role: Literal["system", "developer", "user", "assistant"] = Field(
-        description="Tool messages are not supported (no function calling)."
+    role: Literal["system", "developer", "user", "assistant", "tool"] = Field(
+        description="A `tool` message answers one call of the assistant message before it (`tool_call_id`)."
     )
     content: str | list[TextPart] | None = Field(
         default=None, description="Text, or a list of text parts (images and audio are not supported)."
     )
+    tool_calls: list[ToolCallIn] | None = Field(
+        default=None, description="Assistant messages only: the calls it made (content may then be null)."
+    )
+    tool_call_id: str | None = Field(default=None, description="Tool messages only: the call it answers.")
+
+    @model_validator(mode="after")
+    def _tool_fields(self) -> ChatMessageIn:
+        if self.role == "tool" and not self.tool_call_id:
+            raise ValueError("a message with role 'tool' needs `tool_call_id`: the id of the call it answers")
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError(f"`tool_calls` belong to assistant messages, not to role {self.role!r}")
+        return self
 
     def text(self) -> str:
         if isinstance(self.content, list):
             return "".join(part.text for part in self.content)
         return self.content or ""
+
+
+class FunctionIn(BaseModel):
+    model_config = STRICT_OPEN
+
+    name: str = Field(pattern=TOOL_NAME, description="1-64 letters, digits, _ and -.")
+    description: str | None = None
+    parameters: dict[str, Any] | None = Field(
+        default=None, description="A JSON Schema of type object. Default: no arguments."
+    )
+    strict: bool | None = Field(default=None, description="Passed to the model's provider.")
+
+    @field_validator("parameters")
+    @classmethod
+    def _object_schema(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None and value.get("type", "object") != "object":
+            raise ValueError(
+                f"the parameters must be a JSON Schema of type 'object', got {value.get('type')!r}"
+            )
+        return value
+
+
+class ToolIn(BaseModel):
+    model_config = STRICT_OPEN
+
+    type: Literal["function"] = Field(description="Only function tools.")
+    function: FunctionIn
+
+    def spec(self) -> ToolSpec:
+        return {"type": "function", "function": self.function.model_dump(exclude_none=True)}
+
+
+class NamedFunction(BaseModel):
+    model_config = STRICT_OPEN
+    name: str
+
+
+class NamedToolChoice(BaseModel):
+    model_config = STRICT_OPEN
+
+    type: Literal["function"]
+    function: NamedFunction
+
+
+def tool_message_problem(messages: list[ChatMessageIn]) -> tuple[int, str] | None:
+    """Where the conversation's calls and results do not pair up as OpenAI requires (each call of an
+    assistant message answered by a `tool` message right after it, and no other `tool` messages):
+    the index of the offending message and what is wrong; None when they pair up."""
+    waiting: list[str] = []  # ids of the last assistant message's calls not answered yet
+    for i, message in enumerate(messages):
+        if message.role == "tool":
+            if message.tool_call_id not in waiting:
+                return i, (
+                    "a message with role 'tool' must answer a call of the assistant message before it: "
+                    f"no call {message.tool_call_id!r} is waiting for its result"
+                )
+            waiting.remove(message.tool_call_id)
+            continue
+        if waiting:
+            return i, (
+                "an assistant message with `tool_calls` must be followed by tool messages answering each "
+                f"call; these have none: {', '.join(waiting)}"
+            )
+        if message.role == "assistant" and message.tool_calls:
+            waiting = [call.id for call in message.tool_calls]
+    if waiting:
+        return len(messages) - 1, (
+            "an assistant message with `tool_calls` must be followed by tool messages answering each "
+            f"call; these have none: {', '.join(waiting)}"
+        )
+    return None
 
 
 class StreamOptions(BaseModel):
@@ -112,7 +222,25 @@ class ChatCompletionRequest(BaseModel):
         "letters, digits and _ . @ : -, starting with a letter or digit. Default: `anonymous`.",
     )
     n: int | None = Field(default=None, description="Only 1.")
-    tools: list[Any] | None = Field(default=None, description="Not supported: omit or send [].")
+    tools: list[ToolIn] | None = Field(
+        default=None, description="Function tools the model may call; their calls come back to the client."
+    )
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = Field(
+        default=None, description="Only with tools (or `server_tools`)."
+    )
+    parallel_tool_calls: bool | None = Field(default=None, description="Only with tools (or `server_tools`).")
+    server_tools: bool | None = Field(
+        default=None,
+        description="Our addition: true offers the server's own tools (webhooks, MCP tools, memory tools "
+        "for a user with an identity) to the model too, and runs their calls on the server within this "
+        "request; only calls to the client's `tools` come back. Default: false.",
+    )
+    max_tool_rounds: int | None = Field(
+        default=None,
+        ge=1,
+        description="Our addition: rounds of server tool calls this request may run, up to "
+        "`rest_max_tool_rounds`; then the model answers in words.",
+    )
     functions: list[Any] | None = Field(default=None, description="Not supported: omit or send [].")
     logprobs: bool | None = Field(default=None, description="Not supported: omit or send false.")
     stop: str | list[str] | None = Field(default=None, description="Not supported: omit it.")
@@ -120,8 +248,9 @@ class ChatCompletionRequest(BaseModel):
 
     _user = field_validator("user")(_valid_user)
     _n = field_validator("n")(_only("n", "one choice per request", lambda v: v in (None, 1)))
-    _tools = field_validator("tools")(_only("tools", "no function calling", lambda v: not v))
-    _functions = field_validator("functions")(_only("functions", "no function calling", lambda v: not v))
+    _functions = field_validator("functions")(
+        _only("functions", "the legacy function calling; use `tools`", lambda v: not v)
+    )
     _logprobs = field_validator("logprobs")(
         _only("logprobs", "the engines do not report them", lambda v: v is not True)
     )
@@ -137,9 +266,25 @@ class Usage(BaseModel):
     total_tokens: int
 
 
+class FunctionCallOut(BaseModel):
+    name: str
+    arguments: str
+
+
+class ToolCallOut(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCallOut
+
+
+def _absent_when_none(value: Any) -> bool:
+    return value is None
+
+
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None = Field(description="null when the reply only calls tools.")
+    tool_calls: list[ToolCallOut] | None = Field(default=None, exclude_if=_absent_when_none)
 
 
 class Choice(BaseModel):
@@ -161,9 +306,25 @@ class ChatCompletion(BaseModel):
     )
 
 
+class FunctionCallDelta(BaseModel):
+    name: str | None = Field(default=None, exclude_if=_absent_when_none)
+    arguments: str | None = Field(default=None, exclude_if=_absent_when_none)
+
+
+class ToolCallDelta(BaseModel):
+    """A piece of a call: the first names its `id`, `type` and function name; later ones (same `index`)
+    add to its arguments."""
+
+    index: int
+    id: str | None = Field(default=None, exclude_if=_absent_when_none)
+    type: Literal["function"] | None = Field(default=None, exclude_if=_absent_when_none)
+    function: FunctionCallDelta
+
+
 class Delta(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[ToolCallDelta] | None = Field(default=None, exclude_if=_absent_when_none)
 
 
 class ChunkChoice(BaseModel):
