@@ -21,6 +21,7 @@ from actors.llm.stage import LLMStage
 from actors.memory.sink import MemorySink, RecentTurnsSink
 from actors.stt.base import STTClient
 from actors.stt.simulated import SimulatedSTTEngine
+from actors.tools.servers import ServerTools
 from actors.tts.base import TTSClient
 from actors.tts.simulated import SimulatedTTSEngine
 from actors.tts.stage import TTSStage
@@ -70,6 +71,7 @@ class Harness:
             tts=tts or TTSStage(SimulatedTTSEngine(ttfb_ms=1, realtime_factor=1000)),
             memory_sink=self.sink,
             memory_context=memory_context,
+            server_tools=ServerTools.from_settings(settings),
         )
         self.http = TestClient(build_router_app(deps))
         self.client = OpenAI(base_url="http://testserver/v1", api_key=KEY, http_client=self.http)
@@ -121,5 +123,6 @@ def make_app(
         memory_context=memory_context,
         memory_sink=memory_sink,
         replaced=replaced,
+        server_tools=ServerTools.from_settings(settings),
     )
     return TestClient(build_router_app(deps))
