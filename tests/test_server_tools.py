@@ -130,7 +130,8 @@ class Endpoint:
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 endpoint.requests.append((self.path, dict(self.headers), body))
-                status, text = 200, json.dumps({"forecast": "sunny", "city": body["arguments"].get("city")})
+                city = body.get("arguments", {}).get("city")
+                status, text = 200, json.dumps({"forecast": "sunny", "city": city})
                 if self.path == "/slow":
                     endpoint.release.wait(60)
                 elif self.path.startswith("/status/"):
@@ -408,3 +409,29 @@ def test_the_router_app_built_from_settings_offers_the_configured_tools_and_name
 
         # (the LLM server of these settings is down too, so the answer is 503 for that)
         assert set(client.get("/readyz").json()["degraded"]) == {"mcp:gone"}
+
+
+async def test_mcp_servers_that_cannot_be_used_are_named_with_why_and_offer_no_tools(
+    endpoint: Endpoint,
+) -> None:
+    tools = ServerTools(
+        [],
+        [
+            McpServerConfig(
+                server_label="missing", command=str(ROOT / "no-such-server"), connect_timeout_s=2
+            ),
+            McpServerConfig(
+                server_label="denied", server_url=endpoint.url + "/status/401", connect_timeout_s=2
+            ),
+        ],
+    )
+    try:
+        await tools.start()
+        assert not tools.toolbox()
+        assert await tools.problems() == {
+            "mcp:missing": "the tool server is down: its command could not be started",
+            "mcp:denied": "the tool server is down: it answered with an error: "
+            "Server returned an error response",
+        }
+    finally:
+        await tools.close()

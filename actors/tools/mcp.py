@@ -24,6 +24,7 @@ import httpx2
 from mcp import Client, StdioServerParameters
 from mcp.client.stdio import get_default_environment
 from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
 from mcp.types import (
     AudioContent,
     CallToolResult,
@@ -153,8 +154,10 @@ class McpConnection:
                     delay = RETRY_MIN_S
                     await self._watch(client)
             except Exception as exc:
-                self.problem = _describe(exc)
-                log.warning("MCP server %s is down: %s", self.label, self.problem, exc_info=exc)
+                problem = _describe(exc, stdio=self.config.command is not None)
+                if problem != self.problem:  # once per outage, not at every retry
+                    log.warning("MCP server %s is down: %s", self.label, problem, exc_info=exc)
+                self.problem = problem
             finally:
                 self._client = None
             self._attempted.set()
@@ -234,12 +237,18 @@ class McpTool:
         return await self._connection.call(self._name, arguments)
 
 
-def _describe(exc: BaseException) -> str:
+def _describe(exc: BaseException, stdio: bool) -> str:
     """A plain line for /readyz and the log, from what the SDK and its transports raise."""
     while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
         exc = exc.exceptions[0]
     if isinstance(exc, TimeoutError):
         return "it did not answer in time"
+    if stdio and isinstance(exc, OSError):
+        return "its command could not be started"
     if isinstance(exc, httpx2.ConnectError | ConnectionError | OSError):
         return "it could not be reached"
+    if isinstance(exc, httpx2.HTTPStatusError):
+        return f"it answered HTTP {exc.response.status_code}"
+    if isinstance(exc, MCPError):  # e.g. an HTTP error status, which the SDK does not pass on
+        return f"it answered with an error: {exc.error.message}"
     return f"the connection failed ({type(exc).__name__})"
