@@ -52,7 +52,12 @@ def test_settings_take_tools_and_mcp_servers_from_the_environment(monkeypatch: p
         "url": "https://hooks.example.com/weather",
         "headers": {"Authorization": "Bearer ${T}"},
     }
-    server = {"type": "mcp", "server_label": "gh", "server_url": "https://mcp.example.com/mcp"}
+    server = {
+        "type": "mcp",
+        "server_label": "gh",
+        "server_url": "https://x.example/mcp",
+        "require_approval": "never",
+    }
     monkeypatch.setenv("VOICE_TOOLS", json.dumps([hook]))
     monkeypatch.setenv("VOICE_MCP_SERVERS", json.dumps([server | {"allowed_tools": {"tool_names": ["a"]}}]))
     settings = Settings()
@@ -94,6 +99,7 @@ def test_settings_take_tools_and_mcp_servers_from_the_environment(monkeypatch: p
             "two MCP servers",
         ),
         ([], [{"server_label": "a", "command": "s", "allowed_tools": {"read_only": True}}], "read_only"),
+        ([], [{"server_label": "a", "command": "s", "require_approval": "always"}], "'never'"),
     ],
 )
 def test_bad_tool_settings_are_refused_with_a_clear_error(
@@ -392,7 +398,14 @@ def test_the_router_app_built_from_settings_offers_the_configured_tools_and_name
         "VOICE_TTS_ENGINE": "simulated",
         "VOICE_LLM_ENGINE": "openai",
         "OPENAI_BASE_URL": f"http://127.0.0.1:{free_port()}/v1",
-        "VOICE_TOOLS": json.dumps([hook("get_weather", endpoint.url + "/ok").model_dump()]),
+        "HOOK_TOKEN": "from-the-environment",
+        "VOICE_TOOLS": json.dumps(
+            [
+                hook(
+                    "get_weather", endpoint.url + "/ok", headers={"Authorization": "${HOOK_TOKEN}"}
+                ).model_dump()
+            ]
+        ),
         "VOICE_MCP_SERVERS": json.dumps([STDIO_SERVER, gone]),
     }.items():
         monkeypatch.setenv(name, value)
@@ -406,9 +419,14 @@ def test_the_router_app_built_from_settings_offers_the_configured_tools_and_name
         assert result.output == "3"
         weather = client.portal.call(tools.run, call("get_weather", {"city": "Oslo"}), ADA)
         assert json.loads(weather.output)["city"] == "Oslo"
+        assert endpoint.requests[-1][1]["Authorization"] == "from-the-environment"
+        stdio_pid = int(client.portal.call(tools.run, call("local__pid"), ADA).output)
 
         # (the LLM server of these settings is down too, so the answer is 503 for that)
         assert set(client.get("/readyz").json()["degraded"]) == {"mcp:gone"}
+    # the app's end closed its MCP connections: the stdio server's process is gone
+    with pytest.raises(ProcessLookupError):
+        os.kill(stdio_pid, 0)
 
 
 async def test_mcp_servers_that_cannot_be_used_are_named_with_why_and_offer_no_tools(

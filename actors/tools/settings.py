@@ -88,6 +88,8 @@ class McpServerConfig(BaseModel):
     timeout_s: float = Field(default=10.0, gt=0, le=300)  # one call
     connect_timeout_s: float = Field(default=5.0, gt=0, le=120)  # connecting and listing its tools
     cancel_safe: bool = True
+    # OpenAI's approval flow is not offered: the router calls the allowed tools as the model asks.
+    require_approval: Literal["never"] = "never"
 
     @field_validator("server_label")
     @classmethod
