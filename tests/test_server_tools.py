@@ -288,6 +288,8 @@ async def test_a_stdio_mcp_servers_allowed_tools_are_called_and_it_is_restarted_
         assert failed.outcome == "tool_error" and "fail" in error_of(failed)
         slow = await toolbox.run(call("local__sleep", {"seconds": 30}), ADA)
         assert (slow.outcome, error_of(slow)) == ("timeout", "local__sleep did not answer within 3 s")
+        wrong = await toolbox.run(call("local__add", {"a": "two", "b": 3}), ADA)
+        assert wrong.outcome == "tool_error" and "valid integer" in error_of(wrong)  # the server's words
         hidden = await toolbox.run(call("local__hidden"), ADA)
         assert hidden.outcome == "unknown_tool"
         # the connection still works after a call was abandoned

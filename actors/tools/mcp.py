@@ -18,7 +18,7 @@ import json
 import logging
 import re
 from collections.abc import AsyncIterator, Callable, Mapping
-from typing import Any
+from typing import Any, NoReturn
 
 import httpx2
 from mcp import Client, StdioServerParameters
@@ -26,6 +26,7 @@ from mcp.client.stdio import get_default_environment
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 from mcp.types import (
+    CONNECTION_CLOSED,
     AudioContent,
     CallToolResult,
     ContentBlock,
@@ -128,15 +129,22 @@ class McpConnection:
         try:
             # The toolbox's timeout (the same) ends the call first, as a plain timeout.
             result = await client.call_tool(tool, arguments, read_timeout_seconds=self.config.timeout_s + 5)
-        except ToolError:
-            raise
+        except MCPError as exc:
+            if exc.code != CONNECTION_CLOSED:  # the server answered, with a JSON-RPC error
+                raise ToolError(
+                    f"the {self.label} tool server refused the call: {exc.error.message}"
+                ) from exc
+            self._lost(tool, exc)
         except Exception as exc:
-            # The SDK reports a broken transport as an error on the pending calls: check the
-            # connection now rather than at the next health check.
-            log.warning("MCP server %s: call to %s failed: %r", self.label, tool, exc)
-            self._broken.set()
-            raise ToolError(f"the {self.label} tool server did not answer") from exc
+            self._lost(tool, exc)
         return result_text(result)
+
+    def _lost(self, tool: str, exc: Exception) -> NoReturn:
+        # The SDK reports a broken transport as an error on the pending calls: check the connection
+        # now rather than at the next health check.
+        log.warning("MCP server %s: call to %s failed: %r", self.label, tool, exc)
+        self._broken.set()
+        raise ToolError(f"the {self.label} tool server did not answer") from exc
 
     async def _keep_connected(self) -> None:
         delay = RETRY_MIN_S
@@ -153,7 +161,12 @@ class McpConnection:
                     )
                     delay = RETRY_MIN_S
                     await self._watch(client)
-            except Exception as exc:
+            except (Exception, asyncio.CancelledError) as exc:
+                # A transport that breaks cancels the task it was entered in (anyio's task group):
+                # only a cancellation of this task itself (`close`) ends it.
+                current = asyncio.current_task()
+                if isinstance(exc, asyncio.CancelledError) and current is not None and current.cancelling():
+                    raise
                 problem = _describe(exc, stdio=self.config.command is not None)
                 if problem != self.problem:  # once per outage, not at every retry
                     log.warning("MCP server %s is down: %s", self.label, problem, exc_info=exc)
