@@ -455,3 +455,33 @@ async def test_mcp_servers_that_cannot_be_used_are_named_with_why_and_offer_no_t
         }
     finally:
         await tools.close()
+
+
+async def test_an_mcp_server_down_at_the_start_has_its_tools_join_once_it_answers() -> None:
+    server = HttpMcpServer()  # not started yet
+    tools = ServerTools(
+        [hook("get_weather", "https://hooks.example.com")],
+        [
+            McpServerConfig(
+                server_label="late", server_url=server.url, allowed_tools=["add"], connect_timeout_s=2
+            )
+        ],
+    )
+    followed: list[Toolbox] = []
+    tools.follow(followed.append)
+    try:
+        await tools.start()
+        assert [d.name for d in tools.toolbox().definitions()] == ["get_weather"]
+        assert "mcp:late" in await tools.problems()
+        server.start()
+
+        async def joined() -> bool:
+            return "late__add" in tools.toolbox()
+
+        await wait_for(joined, "joined")
+        assert [d.name for d in followed[-1].definitions()] == ["get_weather", "late__add"]
+        assert (await followed[-1].run(call("late__add", {"a": 2, "b": 2}), ADA)).output == "4"
+        assert await tools.problems() == {}
+    finally:
+        await tools.close()
+        server.kill()
