@@ -10,10 +10,11 @@ from __future__ import annotations
 import logging
 from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from actors.memory.journal import USER_ID
+from actors.tools.settings import McpServerConfig, WebhookToolConfig, unique
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,10 @@ class Settings(BaseSettings):
     llm_max_tokens: int = Field(default=120, ge=1, le=4096)
     llm_temperature: float = Field(default=0.7, ge=0.0, le=2.0)
     history_turns: int = Field(default=8, ge=0, le=100)  # past exchanges kept in the prompt
+
+    # --- server tools (README "Server tools"); in the environment as JSON lists -----------------------
+    tools: list[WebhookToolConfig] = Field(default_factory=list)  # HTTP webhooks
+    mcp_servers: list[McpServerConfig] = Field(default_factory=list)  # their tools, named `label__tool`
 
     # --- provider and stage faults (README "When a provider fails") --------------------------------------
     llm_connect_timeout_s: float = Field(default=3.0, gt=0, le=60)
@@ -276,6 +281,12 @@ class Settings(BaseSettings):
         if value is not None and not value.startswith(("https://", "http://")):
             raise ValueError("phone_public_url must be an http(s) URL such as https://agent.example.com")
         return value.rstrip("/") if value is not None else None
+
+    @model_validator(mode="after")
+    def _check_tool_names(self) -> Settings:
+        unique([tool.name for tool in self.tools], "webhook tools")
+        unique([server.server_label for server in self.mcp_servers], "MCP servers")
+        return self
 
     @property
     def letta_key(self) -> str | None:

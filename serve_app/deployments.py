@@ -20,6 +20,7 @@ from actors.llm.stage import LLMStage
 from actors.memory.sink import RecentTurnsSink
 from actors.probe import problems
 from actors.stt.stage import FeedResult, FinishResult, STTStage
+from actors.tools.servers import ServerTools
 from actors.tts.base import DEFAULT_STYLE, SpeechStyle
 from actors.tts.stage import TTSStage
 from serve_app.api.deps import RouterDeps
@@ -191,6 +192,7 @@ class Router:
                 revocations=router_state,
                 metrics_hub=router_state,
                 replaced=replaced if settings.drain_sessions else None,
+                server_tools=ServerTools.from_settings(settings),
             )
         )
 

@@ -23,6 +23,7 @@ from actors.memory.sink import MemorySink, RecentTurnsSink
 from actors.stt.base import STTClient
 from actors.stt.simulated import SimulatedSTTEngine
 from actors.tools.base import ServerTool
+from actors.tools.servers import ServerTools
 from actors.tools.toolbox import Toolbox
 from actors.tts.base import TTSClient
 from actors.tts.simulated import SimulatedTTSEngine
@@ -47,15 +48,15 @@ MEMORIES = {"ada": "Ada's cat is called Miso.", "bob": "Bob plays the cello."}
 
 class Harness:
     """The router app in process (Starlette TestClient), with the official `openai` client on it: simulated
-    STT, a scripted LLM (or `engine`), and simulated TTS unless `tts` says otherwise; `tools` and
-    `memory_tools` are the router's server tools."""
+    STT, a scripted LLM (or `engine`), and simulated TTS unless `tts` says otherwise; `toolbox` and
+    `memory_tools` are the router's server tools (`toolbox` instead of those the settings configure)."""
 
     def __init__(
         self,
         *,
         tts: TTSClient | None = None,
         engine: LLMEngine | None = None,
-        tools: Toolbox | None = None,
+        toolbox: Toolbox | None = None,
         memory_tools: Sequence[ServerTool] = (),
         **overrides: Any,
     ) -> None:
@@ -82,8 +83,10 @@ class Harness:
             tts=tts or TTSStage(SimulatedTTSEngine(ttfb_ms=1, realtime_factor=1000)),
             memory_sink=self.sink,
             memory_context=memory_context,
-            tools=tools or Toolbox(),
+            tools=toolbox or Toolbox(),
             memory_tools=memory_tools,
+            # A toolbox given here stands instead of the tools the settings configure.
+            server_tools=None if toolbox is not None else ServerTools.from_settings(settings),
         )
         self.http = TestClient(build_router_app(deps))
         self.client = OpenAI(base_url="http://testserver/v1", api_key=KEY, http_client=self.http)
@@ -135,5 +138,6 @@ def make_app(
         memory_context=memory_context,
         memory_sink=memory_sink,
         replaced=replaced,
+        server_tools=ServerTools.from_settings(settings),
     )
     return TestClient(build_router_app(deps))

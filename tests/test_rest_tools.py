@@ -73,7 +73,7 @@ def clock() -> Clock:
 def api(sim: SimOpenAIServer, clock: Clock) -> Iterator[Harness]:
     harness = Harness(
         engine=OpenAILLMEngine(base_url=sim.base_url, model="sim"),
-        tools=Toolbox([clock, Vault()]),
+        toolbox=Toolbox([clock, Vault()]),
         llm_base_url=sim.base_url,
     )
     with harness.http:

@@ -45,6 +45,7 @@ class ToolContext:
 
     user_id: str
     session_id: str
+    call_id: str = ""  # the call being run (set by `Toolbox.run`): lets a webhook spot a retried call
 
 
 class ServerTool(Protocol):

@@ -9,7 +9,7 @@ import json
 import logging
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from prometheus_client import Counter, Histogram
@@ -85,7 +85,7 @@ class Toolbox:
             try:
                 arguments = parse_arguments(call["function"]["arguments"])
                 async with asyncio.timeout(timeout_s):
-                    output = await tool.call(arguments, context)
+                    output = await tool.call(arguments, replace(context, call_id=call["id"]))
             except ToolError as exc:
                 outcome, output = "tool_error", error_output(str(exc))
             except TimeoutError:

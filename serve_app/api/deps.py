@@ -12,6 +12,7 @@ from actors.config import Settings
 from actors.conversation.stages import LLMClient, SynthesizerClient, TranscriberClient
 from actors.memory.sink import MemorySink
 from actors.tools.base import ServerTool
+from actors.tools.servers import ServerTools
 from actors.tools.toolbox import Toolbox
 from serve_app.api.credentials import ANONYMOUS, LocalRevocations, Revocations
 
@@ -39,6 +40,9 @@ class RouterDeps:
     # tools, which only callers with an identity get (`toolbox_for`).
     tools: Toolbox = field(default_factory=Toolbox)
     memory_tools: Sequence[ServerTool] = ()
+    # Where `tools` comes from when they are configured: the app connects its MCP servers as it starts
+    # and closes them at its end, and `tools` follows them (a turn keeps the toolbox it started with).
+    server_tools: ServerTools | None = None
     speech_detector: Callable[[], SpeechDetector] = SileroSpeechDetector
     warmups: list[Callable[[], Awaitable[None]]] = field(default_factory=list)  # run before serving
     # Answers which engine each stage runs once every stage can take requests (raises otherwise).
@@ -57,6 +61,14 @@ class RouterDeps:
     # Returns once this router replica is being replaced (serve_app.replica_state); its sessions then
     # end after their turn in progress and are told to reconnect (serve_app.api.drain). None: never.
     replaced: Callable[[], Awaitable[None]] | None = None
+
+    def __post_init__(self) -> None:
+        if self.server_tools is not None:
+            self.tools = self.server_tools.toolbox()
+            self.server_tools.follow(self._set_tools)
+
+    def _set_tools(self, tools: Toolbox) -> None:
+        self.tools = tools
 
     def memory_for(self, user_id: str) -> UserMemory:
         """Where `user_id`'s finished turns go and their memory comes from; nothing for `anonymous`,

@@ -176,13 +176,17 @@ def build_router_app(deps: RouterDeps) -> Starlette:
             return JSONResponse(
                 {"status": "starting", "detail": "not every stage has loaded its engine yet"}, status_code=503
             )
-        down, degraded = await asyncio.gather(
+        tool_problems = deps.server_tools.problems if deps.server_tools is not None else None
+        down, degraded, tools_down = await asyncio.gather(
             _problems(deps.upstreams, "upstreams", "the upstream check did not answer"),
             _problems(deps.degradations, "degradations", "the memory check did not answer"),
+            _problems(tool_problems, "tools", "the tool servers check did not answer"),
         )
+        degraded |= tools_down
         # A dead Letta leaves the service ready: the voice path does not need it (turns wait in the
         # memory journal, prompts go without memory), and all replicas share one Letta, so taking them
-        # out of rotation would turn a memory outage into a whole one.
+        # out of rotation would turn a memory outage into a whole one. So does a dead MCP server: its
+        # calls fail plainly and the model says so.
         extra = ({"degraded": degraded} if degraded else {}) | ({"stages": stages} if stages else {})
         if down:
             log.info("not ready, upstream down: %s", down)
@@ -218,6 +222,8 @@ def build_router_app(deps: RouterDeps) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         for warmup in deps.warmups:
             await warmup()
+        if deps.server_tools is not None:
+            await deps.server_tools.start()
         reporter = None
         if deps.metrics_hub is not None:
             reporter = asyncio.create_task(deps.metrics_hub.report_forever(_exposition))
@@ -228,8 +234,10 @@ def build_router_app(deps: RouterDeps) -> Starlette:
         for task in (reporter, drainer):
             if task is not None:
                 task.cancel()
+        if deps.server_tools is not None:
+            await deps.server_tools.close()
 
-    return Starlette(
+    app = Starlette(
         lifespan=lifespan,
         exception_handlers={HTTPException: http_error_response},  # any path: OpenAI's error JSON
         routes=[
@@ -244,3 +252,5 @@ def build_router_app(deps: RouterDeps) -> Starlette:
             *rest_routes(deps, credentials, admission),
         ],
     )
+    app.state.deps = deps  # what it was built from, for whoever holds the app (tests)
+    return app

@@ -17,6 +17,7 @@ from actors.engines import create_llm_engine, create_stt_engine, create_tts_engi
 from actors.llm.stage import LLMStage
 from actors.memory.sink import RecentTurnsSink
 from actors.probe import problems
+from actors.tools.servers import ServerTools
 from actors.tts.stage import TTSStage
 from serve_app.api.deps import RouterDeps
 from serve_app.api.router_app import build_router_app
@@ -37,5 +38,6 @@ def create_app() -> Starlette:
             memory_sink=RecentTurnsSink(),
             warmups=[stt.warmup, llm.warmup, tts.warmup],
             upstreams=lambda: problems({"stt": stt.probe, "llm": llm.probe, "tts": tts.probe}),
+            server_tools=ServerTools.from_settings(settings),
         )
     )
