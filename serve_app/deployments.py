@@ -18,14 +18,22 @@ from actors.engines import create_llm_engine, create_stt_engine, create_tts_engi
 from actors.llm.base import LLMEvent, LLMFinish, LLMRequest
 from actors.llm.stage import LLMStage
 from actors.memory.sink import RecentTurnsSink
+from actors.memory.tools import build_memory_tools
 from actors.probe import problems
 from actors.stt.stage import FeedResult, FinishResult, STTStage
+from actors.tools.base import ServerTool
 from actors.tts.base import DEFAULT_STYLE, SpeechStyle
 from actors.tts.stage import TTSStage
 from serve_app.api.deps import RouterDeps
 from serve_app.api.router_app import build_router_app
 from serve_app.cluster_state import SharedRouterState
-from serve_app.memory_actor import ActorMemorySink, actor_memory_context, memory_actor, memory_problem
+from serve_app.memory_actor import (
+    ActorMemorySink,
+    ActorMemoryTools,
+    actor_memory_context,
+    memory_actor,
+    memory_problem,
+)
 from serve_app.replica_state import replica_replaced
 from serve_app.stage_clients import RemoteLLMStage, RemoteSTTStage, RemoteTTSStage
 
@@ -141,6 +149,7 @@ class Router:
 
         memory_sink: Any = RecentTurnsSink()
         memory_context = None
+        memory_tools: list[ServerTool] = []
         extra_metrics = None
         degradations = None
         # Full-Letta mode: the user's agent answers and keeps the conversation itself; nothing to write.
@@ -148,6 +157,8 @@ class Router:
             sink = ActorMemorySink(lambda: memory_actor(config))
             memory_sink = sink
             memory_context = actor_memory_context(sink, settings).context
+            if settings.memory_tools:
+                memory_tools = build_memory_tools(ActorMemoryTools(sink))
 
             async def extra_metrics() -> bytes:
                 return await sink.actor.metrics_text.remote()
@@ -184,6 +195,7 @@ class Router:
                 tts=RemoteTTSStage(tts),
                 memory_sink=memory_sink,
                 memory_context=memory_context,
+                memory_tools=memory_tools,
                 readiness=readiness,
                 upstreams=upstreams,
                 degradations=degradations,
