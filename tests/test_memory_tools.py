@@ -12,13 +12,20 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from actors.config import Settings
 from actors.llm.base import ToolCall
 from actors.llm.stage import LLMStage
 from actors.memory.journal import Fact
-from actors.memory.letta import FACT_TAG_PREFIX
+from actors.memory.letta import (
+    FACT_TAG_PREFIX,
+    MESSAGE_SEARCH_PATH,
+    MemoryHit,
+    message_search_body,
+    message_search_hits,
+)
 from actors.memory.service import MemoryService
 from actors.memory.tools import build_memory_tools
 from actors.stt.simulated import SimulatedSTTEngine
@@ -211,4 +218,38 @@ async def test_the_router_offers_memory_tools_only_to_identified_callers(
     _, hal_found = await run(hal_tools, hal, "search_memory", {"query": "locker code"})
     _, ivy_found = await run(ivy_tools, ivy, "search_memory", {"query": "locker code"})
     assert "4417" in texts(hal_found, "facts") and "4417" not in json.dumps(ivy_found)
+    await service.close()
+
+
+async def test_the_message_search_request_is_valid_and_its_answer_is_filtered_to_the_agent(
+    letta_env: LettaEnv, tmp_path: Path
+) -> None:
+    """Letta's message search needs Turbopuffer, which a self-hosted server lacks: the request is checked
+    by the real server (a malformed body would be a 422, not the 400 that says the feature is off), and
+    the answer's parsing against results shaped as the server's `MessageSearchResult`."""
+    service = await MemoryService.open(settings_for(letta_env, tmp_path / "journal.db"))
+    agent = await service.letta.agent_id(user("joe"))
+    async with httpx.AsyncClient(base_url=letta_env.base_url) as http:
+        answer = await http.post(MESSAGE_SEARCH_PATH, json=message_search_body("colour", agent, 5))
+    assert answer.status_code == 400 and "Turbopuffer" in answer.text
+    found = [
+        {
+            "embedded_text": "User said: my favourite colour is teal",
+            "message": {
+                "id": "message-1",
+                "agent_id": agent,
+                "role": "user",
+                "created_at": "2026-11-30T10:00:00Z",
+            },
+            "rrf_score": 0.5,
+        },
+        {
+            "embedded_text": "User said: someone else's colour",
+            "message": {"id": "message-2", "agent_id": "agent-other", "role": "user", "created_at": "x"},
+            "rrf_score": 0.9,
+        },
+    ]
+    assert message_search_hits(found, agent) == [
+        MemoryHit("User said: my favourite colour is teal", "2026-11-30T10:00:00Z")
+    ]
     await service.close()

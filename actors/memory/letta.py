@@ -74,6 +74,7 @@ class LettaBusyError(Exception):
 
 
 FACT_TAG_PREFIX = "voice-fact:"
+MESSAGE_SEARCH_PATH = "/v1/agents/messages/search"
 
 # Words too common to say whether a message is about the query.
 _STOPWORDS = frozenset(
@@ -235,15 +236,15 @@ class LettaMemory:
         if self.message_search:
             try:
                 found = await client.post(
-                    "/v1/agents/messages/search",
-                    body={"query": query, "agent_id": agent, "roles": ["user"], "limit": limit},
-                    cast_to=object,
+                    MESSAGE_SEARCH_PATH, body=message_search_body(query, agent, limit), cast_to=object
                 )
-            except letta_client.BadRequestError as exc:
+            except letta_client.APIStatusError as exc:
+                if exc.status_code >= 500 and exc.status_code != 501:
+                    raise  # the server is in trouble, not without the feature
                 log.info("Letta has no message search (%s): matching recent messages instead", exc)
                 self.message_search = False
             else:
-                return _message_search_hits(found, agent)
+                return message_search_hits(found, agent)
         recent = await client.agents.messages.list(
             agent,
             limit=self.config.conversation_window,
@@ -275,7 +276,12 @@ class LettaMemory:
         await self.client.close()
 
 
-def _message_search_hits(found: object, agent: str) -> list[MemoryHit]:
+def message_search_body(query: str, agent: str, limit: int) -> dict[str, Any]:
+    """A `MessageSearchRequest` for the user messages of one agent."""
+    return {"query": query, "agent_id": agent, "roles": ["user"], "limit": limit}
+
+
+def message_search_hits(found: object, agent: str) -> list[MemoryHit]:
     """Results of `POST /v1/agents/messages/search` (a list of `MessageSearchResult`), keeping only the
     agent's own messages: the filter is Letta's, the check is ours."""
     hits = []
