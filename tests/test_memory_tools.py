@@ -36,6 +36,7 @@ from actors.tts.stage import TTSStage
 from serve_app.api.credentials import ANONYMOUS
 from serve_app.api.deps import RouterDeps
 from testkit.fakes import FakeLLMEngine, finished_turn
+from testkit.fault_proxy import Fault, start_fault_proxy
 from tests.letta_fixtures import LettaEnv
 
 pytestmark = pytest.mark.slow
@@ -182,6 +183,28 @@ async def test_a_dead_letta_fails_search_plainly_and_remember_survives_it_and_a_
     )
     assert outcome == "ok" and "3 May" in texts(found, "facts")
     await service.close()
+
+
+async def test_a_letta_that_never_answers_fails_search_within_its_bound_not_the_tools_timeout(
+    letta_env: LettaEnv, tmp_path: Path
+) -> None:
+    proxy = start_fault_proxy(letta_env.base_url)
+    try:
+        service = await MemoryService.open(
+            settings_for(letta_env, tmp_path / "journal.db", letta_base_url=proxy.base_url)
+        )
+        toolbox = Toolbox(build_memory_tools(service))
+        kit = user("kit")
+        await service.letta.agent_id(kit)
+        proxy.default = Fault("hang")  # connections are accepted, requests never answered
+        outcome, output = await run(toolbox, kit, "search_memory", {"query": "anything"})
+        # The search's own 3 s bound ends it with an error the model can relay, before the tool's 5 s.
+        assert outcome == "tool_error" and "unreachable" in output["error"]
+        outcome, _ = await run(toolbox, kit, "remember", {"fact": "Kit is allergic to peanuts."})
+        assert outcome == "ok" and service.journal.fact_count() == 1  # kept for when Letta answers
+        await service.close()
+    finally:
+        proxy.stop()
 
 
 async def test_a_resent_fact_is_stored_once(letta_env: LettaEnv, tmp_path: Path) -> None:
