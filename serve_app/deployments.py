@@ -18,7 +18,6 @@ from actors.engines import create_llm_engine, create_stt_engine, create_tts_engi
 from actors.llm.base import LLMEvent, LLMFinish, LLMRequest
 from actors.llm.stage import LLMStage
 from actors.memory.sink import RecentTurnsSink
-from actors.memory.tools import build_memory_tools
 from actors.probe import problems
 from actors.stt.stage import FeedResult, FinishResult, STTStage
 from actors.tools.base import ServerTool
@@ -29,8 +28,8 @@ from serve_app.api.router_app import build_router_app
 from serve_app.cluster_state import SharedRouterState
 from serve_app.memory_actor import (
     ActorMemorySink,
-    ActorMemoryTools,
     actor_memory_context,
+    actor_memory_tools,
     memory_actor,
     memory_problem,
 )
@@ -149,7 +148,7 @@ class Router:
 
         memory_sink: Any = RecentTurnsSink()
         memory_context = None
-        memory_tools: list[ServerTool] = []
+        memory_tools: list[ServerTool] = []  # full-Letta mode: Letta's agent has its own tools
         extra_metrics = None
         degradations = None
         # Full-Letta mode: the user's agent answers and keeps the conversation itself; nothing to write.
@@ -157,8 +156,7 @@ class Router:
             sink = ActorMemorySink(lambda: memory_actor(config))
             memory_sink = sink
             memory_context = actor_memory_context(sink, settings).context
-            if settings.memory_tools:
-                memory_tools = build_memory_tools(ActorMemoryTools(sink))
+            memory_tools = actor_memory_tools(sink, settings)
 
             async def extra_metrics() -> bytes:
                 return await sink.actor.metrics_text.remote()

@@ -23,8 +23,9 @@ from actors.config import Settings, load_settings
 from actors.conversation.events import FinishedTurn
 from actors.memory.cache import MemoryCache, MemoryChanges
 from actors.memory.journal import JournalError
+from actors.memory.tools import build_memory_tools
 from actors.retry import RetryCallState, retry_forever
-from actors.tools.base import ToolError
+from actors.tools.base import ServerTool, ToolError
 
 if TYPE_CHECKING:
     from actors.memory.service import MemoryService
@@ -212,6 +213,11 @@ class ActorMemoryTools:
         if "error" in answer:
             raise ToolError(answer["error"])
         return answer["ok"]
+
+
+def actor_memory_tools(sink: ActorMemorySink, settings: Settings) -> list[ServerTool]:
+    """The router's built-in memory tools, calling the memory actor; none when `memory_tools` is off."""
+    return build_memory_tools(ActorMemoryTools(sink)) if settings.memory_tools else []
 
 
 def actor_memory_context(sink: ActorMemorySink, settings: Settings) -> MemoryCache:

@@ -35,6 +35,7 @@ from actors.tts.simulated import SimulatedTTSEngine
 from actors.tts.stage import TTSStage
 from serve_app.api.credentials import ANONYMOUS
 from serve_app.api.deps import RouterDeps
+from serve_app.memory_actor import ActorMemorySink, actor_memory_tools
 from testkit.fakes import FakeLLMEngine, finished_turn
 from testkit.fault_proxy import Fault, start_fault_proxy
 from tests.letta_fixtures import LettaEnv
@@ -216,6 +217,13 @@ async def test_a_resent_fact_is_stored_once(letta_env: LettaEnv, tmp_path: Path)
     passages = await service.letta.client.agents.passages.list(await service.letta.agent_id(gus))
     assert [p.text for p in passages] == ["Gus drinks his coffee black."]
     await service.close()
+
+
+@pytest.mark.parametrize(("switch", "names"), [(True, ["search_memory", "remember"]), (False, [])])
+def test_the_switch_turns_the_routers_memory_tools_off(switch: bool, names: list[str]) -> None:
+    sink = ActorMemorySink(lambda: object())  # the actor is not called to build the tools
+    settings = Settings(letta_base_url="http://letta.invalid", memory_tools=switch)
+    assert [t.definition.name for t in actor_memory_tools(sink, settings)] == names
 
 
 async def test_the_router_offers_memory_tools_only_to_identified_callers(
