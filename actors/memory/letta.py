@@ -77,41 +77,13 @@ FACT_TAG_PREFIX = "voice-fact:"
 MESSAGE_SEARCH_PATH = "/v1/agents/messages/search"
 
 # Words too common to say whether a message is about the query.
-_STOPWORDS = frozenset(
-    [
-        "a",
-        "an",
-        "and",
-        "are",
-        "did",
-        "do",
-        "does",
-        "for",
-        "from",
-        "have",
-        "how",
-        "i",
-        "is",
-        "it",
-        "me",
-        "my",
-        "of",
-        "on",
-        "or",
-        "said",
-        "the",
-        "to",
-        "was",
-        "what",
-        "when",
-        "where",
-        "which",
-        "who",
-        "why",
-        "you",
-        "your",
-    ]
-)
+# fmt: off
+_STOPWORDS = frozenset({
+    "a", "an", "and", "are", "did", "do", "does", "for", "from", "have", "how", "i", "is", "it", "me", "my",
+    "of", "on", "or", "said", "the", "to", "was", "what", "when", "where", "which", "who", "why", "you",
+    "your",
+})
+# fmt: on
 
 
 @dataclass(frozen=True)

@@ -138,7 +138,9 @@ class MemoryService:
         except Exception as exc:
             log.warning("memory search for %s failed: %r", user_id, exc)
             raise ToolError("long-term memory is unreachable right now; try again later") from exc
-        facts = [*word_matches(query, saved, limit), *archival][:limit]
+        # A fact delivered while this search ran is both waiting and in Letta: listed once.
+        facts = list({hit.text: hit for hit in [*word_matches(query, saved, limit), *archival]}.values())
+        facts = facts[:limit]
         return {
             "facts": [_compact(hit) for hit in facts],
             "conversation": [_compact(hit) for hit in conversation[:limit]],
