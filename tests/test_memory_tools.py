@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
+from ray.exceptions import ActorDiedError
 
 from actors.config import Settings
 from actors.llm.base import ToolCall
@@ -35,7 +36,7 @@ from actors.tts.simulated import SimulatedTTSEngine
 from actors.tts.stage import TTSStage
 from serve_app.api.credentials import ANONYMOUS
 from serve_app.api.deps import RouterDeps
-from serve_app.memory_actor import ActorMemorySink, actor_memory_tools
+from serve_app.memory_actor import ActorMemorySink, ActorMemoryTools, actor_memory_tools
 from testkit.fakes import FakeLLMEngine, finished_turn
 from testkit.fault_proxy import Fault, start_fault_proxy
 from tests.letta_fixtures import LettaEnv
@@ -172,6 +173,7 @@ async def test_a_dead_letta_fails_search_plainly_and_remember_survives_it_and_a_
         assert outcome == "ok"
         await asyncio.sleep(1.5)  # the writer tries and fails meanwhile
         assert service.journal.fact_count() == 1 and service.journal.pending_facts()[0].attempts >= 1
+        assert "voice_memory_facts_queue_depth 1.0" in service.metrics_text().decode()
         await service.close()  # the process stops while Letta is down: the fact stays journaled
     finally:
         letta_env.server.restart_letta()
@@ -179,6 +181,7 @@ async def test_a_dead_letta_fails_search_plainly_and_remember_survives_it_and_a_
     await wait_for_facts(service)
     passages = await service.letta.client.agents.passages.list(await service.letta.agent_id(fay))
     assert [p.text for p in passages] == ["Fay's birthday is on 3 May."]  # delivered once
+    assert "voice_memory_facts_queue_depth 0.0" in service.metrics_text().decode()
     outcome, found = await run(
         Toolbox(build_memory_tools(service)), fay, "search_memory", {"query": "birthday"}
     )
@@ -217,6 +220,33 @@ async def test_a_resent_fact_is_stored_once(letta_env: LettaEnv, tmp_path: Path)
     passages = await service.letta.client.agents.passages.list(await service.letta.agent_id(gus))
     assert [p.text for p in passages] == ["Gus drinks his coffee black."]
     await service.close()
+
+
+class ActorHandle:
+    """The memory actor's `remember` as the router's handle sees it: dead, or answering as the actor
+    does ({"ok": fact id})."""
+
+    def __init__(self, dead: bool) -> None:
+        self.dead = dead
+        self.remember = self
+        self.calls: list[tuple[str, str]] = []
+
+    async def remote(self, user_id: str, text: str) -> dict[str, str]:
+        if self.dead:
+            raise ActorDiedError()
+        self.calls.append((user_id, text))
+        return {"ok": "fact-1"}
+
+
+async def test_a_dead_memory_actor_is_an_error_for_the_model_and_is_looked_up_again() -> None:
+    handles = iter([ActorHandle(dead=True), ActorHandle(dead=False)])
+    sink = ActorMemorySink(lambda: next(handles))
+    toolbox = Toolbox(build_memory_tools(ActorMemoryTools(sink)))
+    outcome, output = await run(toolbox, "lou", "remember", {"fact": "Lou likes jazz."})
+    assert outcome == "tool_error" and "not answering" in output["error"]
+    outcome, output = await run(toolbox, "lou", "remember", {"fact": "Lou likes jazz."})
+    assert (outcome, output) == ("ok", {"remembered": "Lou likes jazz."})
+    assert sink.actor.calls == [("lou", "Lou likes jazz.")]
 
 
 @pytest.mark.parametrize(("switch", "names"), [(True, ["search_memory", "remember"]), (False, [])])

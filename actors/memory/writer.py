@@ -42,6 +42,11 @@ QUEUE_DEPTH = Gauge(
     "Turns journaled and not yet confirmed by the memory backend",
     registry=MEMORY_REGISTRY,
 )
+FACTS_DEPTH = Gauge(
+    "voice_memory_facts_queue_depth",
+    "Facts (the remember tool's) journaled and not yet confirmed by the memory backend",
+    registry=MEMORY_REGISTRY,
+)
 JOURNAL_BYTES = Gauge(
     "voice_memory_journal_bytes", "Size of the memory journal on disk", registry=MEMORY_REGISTRY
 )
@@ -139,6 +144,7 @@ class MemoryWriter:
         await asyncio.to_thread(self.journal.append_fact, fact)
         self._ensure_task(fact.user_id)
         self._wake[fact.user_id].set()
+        await asyncio.to_thread(self._update_gauges)
 
     async def flush_user(self, user_id: str) -> None:
         """Deliver the user's waiting turns now, without waiting for the batch to fill (session end):
@@ -225,6 +231,7 @@ class MemoryWriter:
                 partial(self.journal.record_fact_failure, ids),
             )
             await asyncio.to_thread(self.journal.confirm_facts, ids)
+            await asyncio.to_thread(self._update_gauges)
         return bool(entries)
 
     async def _write_with_retries(
@@ -272,4 +279,5 @@ class MemoryWriter:
     def _update_gauges(self) -> None:
         """Reads the journal: from async code, call it in a worker thread."""
         QUEUE_DEPTH.set(len(self.journal))
+        FACTS_DEPTH.set(self.journal.fact_count())
         JOURNAL_BYTES.set(self.journal.size_bytes())
