@@ -1,6 +1,7 @@
 """Memory in the served app: a real Ray cluster and a real Letta server. Turns reach the user's Letta
 agent off the request path, exactly once, through a Letta outage and through a crash of the memory
-actor; the user's core memory reaches the LLM's system prompt, never another user's."""
+actor; the user's core memory reaches the LLM's system prompt, never another user's; and the router's
+memory tools, calling the actor, reach only their caller's memory, through a Letta outage too."""
 
 from __future__ import annotations
 
