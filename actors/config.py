@@ -141,6 +141,9 @@ class Settings(BaseSettings):
     memory_retry_max_s: float = Field(default=30.0, gt=0, le=3600)  # longest backoff while Letta is down
     memory_cache_ttl_s: float = Field(default=30.0, gt=0)
     memory_read_budget_ms: int = Field(default=50, ge=0, le=5000)
+    # The built-in `search_memory` and `remember` tools, offered to identified users while long-term
+    # memory is on (hybrid mode with Letta); full-Letta mode keeps Letta's own tools instead.
+    memory_tools: bool = True
 
     # --- transport and limits -------------------------------------------------------------------------
     stt_chunk_ms: int = Field(default=100, ge=20, le=1000)  # audio per STT call (≥100 ms: a hop costs ~3 ms)

@@ -20,13 +20,20 @@ from actors.llm.stage import LLMStage
 from actors.memory.sink import RecentTurnsSink
 from actors.probe import problems
 from actors.stt.stage import FeedResult, FinishResult, STTStage
+from actors.tools.base import ServerTool
 from actors.tools.servers import ServerTools
 from actors.tts.base import DEFAULT_STYLE, SpeechStyle
 from actors.tts.stage import TTSStage
 from serve_app.api.deps import RouterDeps
 from serve_app.api.router_app import build_router_app
 from serve_app.cluster_state import SharedRouterState
-from serve_app.memory_actor import ActorMemorySink, actor_memory_context, memory_actor, memory_problem
+from serve_app.memory_actor import (
+    ActorMemorySink,
+    actor_memory_context,
+    actor_memory_tools,
+    memory_actor,
+    memory_problem,
+)
 from serve_app.replica_state import replica_replaced
 from serve_app.stage_clients import RemoteLLMStage, RemoteSTTStage, RemoteTTSStage
 
@@ -142,6 +149,7 @@ class Router:
 
         memory_sink: Any = RecentTurnsSink()
         memory_context = None
+        memory_tools: list[ServerTool] = []  # full-Letta mode: Letta's agent has its own tools
         extra_metrics = None
         degradations = None
         # Full-Letta mode: the user's agent answers and keeps the conversation itself; nothing to write.
@@ -149,6 +157,7 @@ class Router:
             sink = ActorMemorySink(lambda: memory_actor(config))
             memory_sink = sink
             memory_context = actor_memory_context(sink, settings).context
+            memory_tools = actor_memory_tools(sink, settings)
 
             async def extra_metrics() -> bytes:
                 return await sink.actor.metrics_text.remote()
@@ -185,6 +194,7 @@ class Router:
                 tts=RemoteTTSStage(tts),
                 memory_sink=memory_sink,
                 memory_context=memory_context,
+                memory_tools=memory_tools,
                 readiness=readiness,
                 upstreams=upstreams,
                 degradations=degradations,

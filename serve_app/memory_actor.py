@@ -1,5 +1,6 @@
 """The one long-lived memory actor: journal → batches → Letta, and the users' core memory for prompts;
-and the router's two sides of it: the sink that hands it turns, and the memory read path.
+and the router's sides of it: the sink that hands it turns, the memory read path, and the backend of
+the built-in memory tools (`search_memory`, `remember`).
 
 A detached, named Ray actor (not a Serve deployment): Serve may restart or scale the router and stages at
 will, while memory writes must have exactly one owner of the journal. `get_if_exists` makes every router
@@ -22,7 +23,9 @@ from actors.config import Settings, load_settings
 from actors.conversation.events import FinishedTurn
 from actors.memory.cache import MemoryCache, MemoryChanges
 from actors.memory.journal import JournalError
+from actors.memory.tools import build_memory_tools
 from actors.retry import RetryCallState, retry_forever
+from actors.tools.base import ServerTool, ToolError
 
 if TYPE_CHECKING:
     from actors.memory.service import MemoryService
@@ -58,6 +61,20 @@ class MemoryActor:
 
     async def memory_changes(self, log_id: str | None, seq: int) -> MemoryChanges:
         return await self.service.memory_changes(log_id, seq)
+
+    # The memory tools' calls answer {"ok": ...} or {"error": message}: a `ToolError` raised here would
+    # reach the router wrapped in Ray's traceback, and its message is what the model reads.
+    async def search_memory(self, user_id: str, query: str, limit: int) -> dict[str, Any]:
+        try:
+            return {"ok": await self.service.search_memory(user_id, query, limit)}
+        except ToolError as exc:
+            return {"error": str(exc)}
+
+    async def remember(self, user_id: str, text: str) -> dict[str, Any]:
+        try:
+            return {"ok": await self.service.remember(user_id, text)}
+        except ToolError as exc:
+            return {"error": str(exc)}
 
     async def health(self) -> str | None:
         return await self.service.health()
@@ -171,6 +188,36 @@ async def memory_problem(sink: ActorMemorySink, timeout_s: float = 3.0) -> str |
         if isinstance(exc, RayActorError):
             sink.reconnect()  # gone for good, not restarting: look it up (or create it) again
         return "the memory actor is not answering; finished turns wait in the router until it does"
+
+
+class ActorMemoryTools:
+    """The memory tools' backend on the router: each call goes to the memory actor, which owns the
+    Letta client and the journal (`actors.memory.tools.MemoryToolBackend`). A dead actor is looked up
+    again and the call fails as a `ToolError`; the tool's timeout bounds a call across a restart."""
+
+    def __init__(self, sink: ActorMemorySink) -> None:
+        self.sink = sink
+
+    async def search_memory(self, user_id: str, query: str, limit: int) -> dict[str, Any]:
+        return dict(await self._call("search_memory", user_id, query, limit))
+
+    async def remember(self, user_id: str, text: str) -> str:
+        return str(await self._call("remember", user_id, text))
+
+    async def _call(self, method: str, *args: Any) -> Any:
+        try:
+            answer = await getattr(self.sink.actor, method).remote(*args)
+        except RayActorError as exc:
+            self.sink.reconnect()
+            raise ToolError("long-term memory is not answering right now; try again later") from exc
+        if "error" in answer:
+            raise ToolError(answer["error"])
+        return answer["ok"]
+
+
+def actor_memory_tools(sink: ActorMemorySink, settings: Settings) -> list[ServerTool]:
+    """The router's built-in memory tools, calling the memory actor; none when `memory_tools` is off."""
+    return build_memory_tools(ActorMemoryTools(sink)) if settings.memory_tools else []
 
 
 def actor_memory_context(sink: ActorMemorySink, settings: Settings) -> MemoryCache:

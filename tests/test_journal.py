@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import sqlite3
 from pathlib import Path
 
 import pytest
 
 from actors.conversation.events import FinishedTurn
-from actors.memory.journal import MAX_TURN_CHARS, JournalError, TurnJournal
+from actors.memory.journal import MAX_FACT_CHARS, MAX_TURN_CHARS, Fact, JournalError, TurnJournal
 from testkit.fakes import finished_turn
 
 
@@ -93,3 +94,54 @@ def test_invalid_turns_are_rejected_with_a_reason(tmp_path: Path, bad: FinishedT
     with pytest.raises(JournalError, match=message):
         journal.append(bad)
     assert len(journal) == 0
+
+
+def test_facts_wait_beside_turns_until_confirmed_and_survive_a_reopen(tmp_path: Path) -> None:
+    journal = TurnJournal(tmp_path / "journal.db")
+    journal.append(turn(1, user="alice"))
+    assert journal.append_fact(Fact("f1", "bob", "Bob's dog is called Rex.")) is True
+    assert journal.append_fact(Fact("f1", "bob", "Bob's dog is called Rex.")) is False  # same id: once
+    journal.append_fact(Fact("f2", "alice", "Alice was born in Lyon."))
+    assert journal.users_with_pending() == ["alice", "bob"]
+    assert len(journal) == 1 and journal.fact_count() == 2  # `len` counts turns only
+    journal.record_fact_send(["f1"])
+    journal.record_fact_failure(["f1"], "Letta unreachable")
+    journal.close()
+    journal = TurnJournal(tmp_path / "journal.db")
+    (bob,) = journal.pending_facts("bob")
+    assert bob.fact == Fact("f1", "bob", "Bob's dog is called Rex.")
+    assert bob.attempts == 1 and bob.last_error == "Letta unreachable"
+    journal.confirm_facts(["f1"])
+    assert [e.fact.fact_id for e in journal.pending_facts()] == ["f2"]
+    assert [e.turn.turn_id for e in journal.pending()] == ["resp_1"]
+
+
+def test_a_journal_from_before_facts_gains_the_table_and_keeps_its_turns(tmp_path: Path) -> None:
+    path = tmp_path / "journal.db"
+    old = sqlite3.connect(path)
+    old.executescript(
+        "CREATE TABLE turns (seq INTEGER PRIMARY KEY AUTOINCREMENT, turn_id TEXT NOT NULL UNIQUE, "
+        "user_id TEXT NOT NULL, body TEXT NOT NULL, ended_at REAL NOT NULL, journaled_at REAL NOT NULL, "
+        "attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT);"
+    )
+    old.close()
+    journal = TurnJournal(path)
+    journal.append(turn(1))
+    journal.append_fact(Fact("f1", "alice", "Alice likes tea."))
+    assert len(journal) == 1 and journal.fact_count() == 1
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        (Fact("f1", "../bob", "x"), "user id"),
+        (Fact("f1", "alice", "   "), "empty"),
+        (Fact("f1", "alice", "x" * (MAX_FACT_CHARS + 1)), f"limit is {MAX_FACT_CHARS}"),
+        (Fact("", "alice", "x"), "no fact id"),
+    ],
+)
+def test_invalid_facts_are_rejected_with_a_reason(tmp_path: Path, bad: Fact, message: str) -> None:
+    journal = TurnJournal(tmp_path / "journal.db")
+    with pytest.raises(JournalError, match=message):
+        journal.append_fact(bad)
+    assert journal.fact_count() == 0

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from actors.conversation.events import FinishedTurn
-from actors.memory.journal import TurnJournal
+from actors.memory.journal import Fact, TurnJournal
 from actors.memory.writer import MemoryWriter, WriterConfig
 from testkit.fakes import finished_turn
 
@@ -24,6 +24,7 @@ class FakeBackend:
         self.latency_s = latency_s
         self.down = False
         self.stored: dict[str, list[str]] = {}
+        self.facts: dict[str, list[str]] = {}  # user id -> fact ids, in the order stored
         self.calls: list[tuple[str, int]] = []
 
     async def write_turns(
@@ -38,6 +39,13 @@ class FakeBackend:
         have = self.stored.setdefault(user_id, [])
         have += [t.turn_id for t in turns if not (maybe_delivered and t.turn_id in have)]
         await asyncio.sleep(self.latency_s)
+
+    async def write_fact(self, fact: Fact, maybe_delivered: bool = True) -> None:
+        if self.down:
+            raise ConnectionError("memory backend unreachable")
+        have = self.facts.setdefault(fact.user_id, [])
+        if not (maybe_delivered and fact.fact_id in have):
+            have.append(fact.fact_id)
 
 
 CONFIG = WriterConfig(batch_size=4, flush_interval_s=0.3, retry_min_s=0.05, retry_max_s=0.2)
@@ -141,4 +149,34 @@ async def test_flush_delivers_a_partial_batch_at_once(tmp_path: Path) -> None:
     await writer.submit(turn(1))
     await asyncio.wait_for(writer.flush(), 5)
     assert backend.stored["alice"] == ["resp_alice_1"]
+    await writer.close()
+
+
+async def test_a_fact_is_delivered_at_once_without_waiting_for_a_batch(tmp_path: Path) -> None:
+    backend = FakeBackend()
+    config = WriterConfig(batch_size=8, flush_interval_s=3600, retry_min_s=0.05, retry_max_s=0.2)
+    writer = MemoryWriter(TurnJournal(tmp_path / "j.db"), backend, config)
+    await writer.submit(turn(1))  # a turn waits for its batch (an hour here)...
+    await writer.submit_fact(Fact("f1", "alice", "Alice likes tea."))
+    await wait_until(lambda: writer.journal.fact_count() == 0)  # ...the fact does not
+    assert backend.facts == {"alice": ["f1"]} and "alice" not in backend.stored
+    assert len(writer.journal) == 1
+    await writer.close()
+
+
+async def test_facts_journaled_while_the_backend_is_down_are_delivered_once_after(tmp_path: Path) -> None:
+    backend = FakeBackend()
+    backend.down = True
+    journal = TurnJournal(tmp_path / "j.db")
+    writer = MemoryWriter(journal, backend, CONFIG)
+    for n in range(3):
+        await writer.submit_fact(Fact(f"f{n}", "alice", f"Fact {n}."))
+    await asyncio.sleep(0.3)  # several failed attempts
+    assert journal.fact_count() == 3 and journal.pending_facts()[0].attempts >= 2
+    await writer.close()  # the process stops: the facts stay in the journal
+    backend.down = False
+    writer = MemoryWriter(journal, backend, CONFIG)
+    await writer.start()
+    await wait_until(lambda: journal.fact_count() == 0)
+    assert backend.facts == {"alice": ["f0", "f1", "f2"]}  # in order, each once
     await writer.close()

@@ -1,6 +1,7 @@
 """Memory in the served app: a real Ray cluster and a real Letta server. Turns reach the user's Letta
 agent off the request path, exactly once, through a Letta outage and through a crash of the memory
-actor; the user's core memory reaches the LLM's system prompt, never another user's."""
+actor; the user's core memory reaches the LLM's system prompt, never another user's; and the router's
+memory tools, calling the actor, reach only their caller's memory, through a Letta outage too."""
 
 from __future__ import annotations
 
@@ -274,6 +275,87 @@ async def test_concurrent_sessions_through_a_letta_outage_and_an_actor_crash_los
         while (ready := (await http.get("/readyz")).json())["status"] != "ready":
             assert time.monotonic() < deadline, ready
             await asyncio.sleep(0.5)
+
+
+TOOLS_DRIVER = """
+import asyncio, json
+from actors.memory.tools import build_memory_tools
+from actors.tools.base import ToolContext
+from actors.tools.toolbox import Toolbox
+from serve_app.memory_actor import ACTOR_NAME, NAMESPACE, ActorMemorySink, ActorMemoryTools
+
+async def main(calls):
+    # The router's side: its memory tools call the memory actor.
+    sink = ActorMemorySink(lambda: ray.get_actor(ACTOR_NAME, namespace=NAMESPACE))
+    toolbox = Toolbox(build_memory_tools(ActorMemoryTools(sink)))
+    results = []
+    for user, name, arguments in calls:
+        function = {"name": name, "arguments": json.dumps(arguments)}
+        call = {"id": "call_1", "type": "function", "function": function}
+        result = await toolbox.run(call, ToolContext(user_id=user, session_id="sess_driver"))
+        results.append([result.outcome, json.loads(result.output)])
+    print(json.dumps(results))
+
+asyncio.run(main(json.loads(CALLS)))
+"""
+
+
+def run_tools(run: ServeRun, calls: list[tuple[str, str, dict]]) -> list[tuple[str, dict]]:
+    """Memory tool calls made by the router's tools through the served app's memory actor."""
+    output = run.run_driver(f"CALLS = {json.dumps(calls)!r}\n" + TOOLS_DRIVER)
+    return [tuple(r) for r in json.loads(output.strip().splitlines()[-1])]
+
+
+async def passages(letta: LettaMemory, user: str, expected: int, limit_s: float = 60) -> list[str]:
+    deadline = time.monotonic() + limit_s
+    while True:
+        found = await letta.client.agents.passages.list(await letta.agent_id(user))
+        if len(found) >= expected or time.monotonic() > deadline:
+            return [p.text for p in found]
+        await asyncio.sleep(0.5)
+
+
+async def test_memory_tools_through_the_actor_reach_only_the_callers_memory_through_an_outage(
+    agent_with_memory: ServeRun, letta_env: LettaEnv, letta: LettaMemory
+) -> None:
+    ann, ben = f"ann{time.time_ns()}", f"ben{time.time_ns()}"
+    results = run_tools(
+        agent_with_memory,
+        [
+            (ann, "remember", {"fact": "Ann's piano teacher is Mr Okafor.", "user_id": ben}),
+            (ben, "remember", {"fact": "Ben's bike is red."}),
+        ],
+    )
+    assert [outcome for outcome, _ in results] == ["ok", "ok"]
+    assert await passages(letta, ann, 1) == ["Ann's piano teacher is Mr Okafor."]
+    assert await passages(letta, ben, 1) == ["Ben's bike is red."]
+    searches = run_tools(
+        agent_with_memory,
+        [
+            (ann, "search_memory", {"query": "piano teacher"}),
+            (ben, "search_memory", {"query": "piano teacher"}),
+        ],
+    )
+    (ann_outcome, ann_found), (ben_outcome, ben_found) = searches
+    assert ann_outcome == ben_outcome == "ok"
+    assert "Okafor" in json.dumps(ann_found) and "Okafor" not in json.dumps(ben_found)
+    # Letta down: a search fails plainly (an error for the model, not the tool's timeout), and a fact
+    # is still taken, journaled by the actor and delivered once Letta is back.
+    letta_env.server.stop_letta()
+    try:
+        (search, remember) = run_tools(
+            agent_with_memory,
+            [(ann, "search_memory", {"query": "piano"}), (ann, "remember", {"fact": "Ann moved to Leeds."})],
+        )
+    finally:
+        letta_env.server.restart_letta()
+    assert search[0] == "tool_error" and "unreachable" in search[1]["error"]
+    assert remember == ("ok", {"remembered": "Ann moved to Leeds."})
+    assert sorted(await passages(letta, ann, 2)) == [
+        "Ann moved to Leeds.",
+        "Ann's piano teacher is Mr Okafor.",
+    ]
+    assert await passages(letta, ben, 1) == ["Ben's bike is red."]
 
 
 async def test_graceful_actor_exit_delivers_what_it_holds(

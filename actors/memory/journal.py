@@ -1,9 +1,13 @@
-"""The memory journal: every finished turn is on disk before the sink returns, until Letta confirms it.
+"""The memory journal: every finished turn (and every fact the `remember` tool is given) is on disk
+before the call that hands it over returns, until Letta confirms it.
 
 SQLite in WAL mode with `synchronous=FULL`: an append survives a process crash or power loss once
 `append` returns, readers never block the writer, and the file lives wherever `path` points (a PVC on
 Kubernetes). Turns are keyed by their stable turn id, so a replay after a crash can never enqueue a
-turn twice, and they leave the journal only through `confirm`.
+turn twice, and they leave the journal only through `confirm`. Facts (text for the user's archival
+memory) live in a table of their own beside the turns, keyed by a fact id, with the same life:
+`append_fact`, `pending_facts`, `confirm_facts`. A journal from before facts existed gains the table
+when opened.
 
 A journal file that is not a database (corrupt, truncated, or something else) is moved aside to
 `<path>.corrupt-<time>` with an error in the log, and a fresh journal starts: the bad file is kept for
@@ -27,6 +31,7 @@ log = logging.getLogger(__name__)
 
 USER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@:-]{0,127}$")
 MAX_TURN_CHARS = 32_000  # user + assistant text of one turn
+MAX_FACT_CHARS = 2_000  # one remembered fact: a sentence or a few, not a document
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS turns (
@@ -40,6 +45,16 @@ CREATE TABLE IF NOT EXISTS turns (
     last_error TEXT
 );
 CREATE INDEX IF NOT EXISTS turns_by_user ON turns (user_id, seq);
+CREATE TABLE IF NOT EXISTS facts (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    fact_id TEXT NOT NULL UNIQUE,
+    user_id TEXT NOT NULL,
+    text TEXT NOT NULL,
+    journaled_at REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT
+);
+CREATE INDEX IF NOT EXISTS facts_by_user ON facts (user_id, seq);
 """
 
 
@@ -53,6 +68,24 @@ class JournalEntry:
     turn: FinishedTurn
     journaled_at: float
     attempts: int  # times sent to the backend so far (a crash may have cut a send off)
+    last_error: str | None
+
+
+@dataclass(frozen=True)
+class Fact:
+    """Text the user asked to be remembered, for their archival memory."""
+
+    fact_id: str
+    user_id: str
+    text: str
+
+
+@dataclass(frozen=True)
+class FactEntry:
+    seq: int
+    fact: Fact
+    journaled_at: float
+    attempts: int  # times sent to the backend so far
     last_error: str | None
 
 
@@ -77,6 +110,17 @@ def validate_turn(turn: FinishedTurn) -> None:
         raise JournalError(
             f"turn {turn.turn_id} has {size} characters of text; the limit is {MAX_TURN_CHARS}"
         )
+
+
+def validate_fact(fact: Fact) -> None:
+    if (problem := user_id_problem(fact.user_id)) is not None:
+        raise JournalError(problem)
+    if not fact.fact_id:
+        raise JournalError("fact has no fact id")
+    if not fact.text.strip():
+        raise JournalError("the fact is empty")
+    if len(fact.text) > MAX_FACT_CHARS:
+        raise JournalError(f"the fact has {len(fact.text)} characters; the limit is {MAX_FACT_CHARS}")
 
 
 class TurnJournal:
@@ -157,9 +201,62 @@ class TurnJournal:
         ]
 
     def users_with_pending(self) -> list[str]:
+        """Users with turns or facts waiting (users with turns first, in journal order)."""
         with self._lock:
             rows = self._db.execute("SELECT user_id FROM turns GROUP BY user_id ORDER BY MIN(seq)").fetchall()
-        return [user for (user,) in rows]
+            fact_rows = self._db.execute(
+                "SELECT user_id FROM facts GROUP BY user_id ORDER BY MIN(seq)"
+            ).fetchall()
+        return list(dict.fromkeys(user for (user,) in [*rows, *fact_rows]))
+
+    def append_fact(self, fact: Fact) -> bool:
+        """Store `fact` durably; False when a fact with its id is already journaled."""
+        validate_fact(fact)
+        with self._lock:
+            try:
+                cursor = self._db.execute(
+                    "INSERT OR IGNORE INTO facts (fact_id, user_id, text, journaled_at) VALUES (?, ?, ?, ?)",
+                    (fact.fact_id, fact.user_id, fact.text, time.time()),
+                )
+            except sqlite3.OperationalError as exc:
+                raise JournalError(f"journal {self.path} rejected fact {fact.fact_id}: {exc}") from exc
+        return cursor.rowcount == 1
+
+    def pending_facts(self, user_id: str | None = None, limit: int = 1000) -> list[FactEntry]:
+        """Unconfirmed facts in the order they were journaled (per user when `user_id` is given)."""
+        query = "SELECT seq, fact_id, user_id, text, journaled_at, attempts, last_error FROM facts"
+        args: tuple[object, ...] = ()
+        if user_id is not None:
+            query += " WHERE user_id = ?"
+            args = (user_id,)
+        with self._lock:
+            rows = self._db.execute(f"{query} ORDER BY seq LIMIT ?", (*args, limit)).fetchall()
+        return [
+            FactEntry(seq, Fact(fact_id, user, text), at, attempts, error)
+            for seq, fact_id, user, text, at, attempts, error in rows
+        ]
+
+    def confirm_facts(self, fact_ids: list[str]) -> None:
+        """Letta has these facts: drop them from the journal."""
+        with self._lock:
+            self._db.executemany("DELETE FROM facts WHERE fact_id = ?", [(f,) for f in fact_ids])
+
+    def record_fact_send(self, fact_ids: list[str]) -> None:
+        with self._lock:
+            self._db.executemany(
+                "UPDATE facts SET attempts = attempts + 1 WHERE fact_id = ?", [(f,) for f in fact_ids]
+            )
+
+    def record_fact_failure(self, fact_ids: list[str], error: str) -> None:
+        with self._lock:
+            self._db.executemany(
+                "UPDATE facts SET last_error = ? WHERE fact_id = ?", [(error[:500], f) for f in fact_ids]
+            )
+
+    def fact_count(self) -> int:
+        """Facts waiting for Letta (`len` counts turns)."""
+        with self._lock:
+            return int(self._db.execute("SELECT COUNT(*) FROM facts").fetchone()[0])
 
     def confirm(self, turn_ids: list[str]) -> None:
         """Letta has these turns: drop them from the journal."""

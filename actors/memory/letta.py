@@ -8,12 +8,21 @@ memory blocks from it. A batch that may have been sent before (the journal count
 once: Letta stores a call's messages only when its run ends, so the resend first waits until the agent
 has no active run (a call cut off by a crash may still be running), then skips the turns whose ids are
 among the agent's recent messages. A first send costs one call.
+
+A remembered fact is one archival-memory passage of the user's agent, tagged with its fact id
+(`voice-fact:<id>`), so a resend first looks for the tagged passage. Searches (for the `search_memory`
+tool) read the agent's archival memory (`archival-memory/search`, semantic) and its past conversation
+(`POST /v1/agents/messages/search`, filtered to the agent). A Letta server without message search
+(self-hosted servers answer 400 unless Turbopuffer is set up) is searched instead by matching the query's
+words against the agent's most recent user messages (`conversation_window` of them), which hold the
+turns this project wrote. Searches make one attempt each, bounded by `search_timeout_s`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +32,7 @@ from letta_client import AsyncLetta
 
 from actors.config import Settings
 from actors.conversation.events import FinishedTurn
+from actors.memory.journal import Fact
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +53,8 @@ class LettaConfig:
     dedupe_window: int = 200  # recent agent messages checked for already-delivered turns
     timeout_s: float = 60.0
     idle_poll_s: float = 0.25  # how often to look whether the agent's active run has ended
+    search_timeout_s: float = 3.0  # one search call; a dead Letta fails the search this fast
+    conversation_window: int = 500  # recent messages matched when Letta has no message search
 
 
 def letta_config(settings: Settings) -> LettaConfig:
@@ -61,6 +73,39 @@ class LettaBusyError(Exception):
     """The agent still has a run in progress after the wait; the writer retries the batch later."""
 
 
+FACT_TAG_PREFIX = "voice-fact:"
+MESSAGE_SEARCH_PATH = "/v1/agents/messages/search"
+
+# Words too common to say whether a message is about the query.
+# fmt: off
+_STOPWORDS = frozenset({
+    "a", "an", "and", "are", "did", "do", "does", "for", "from", "have", "how", "i", "is", "it", "me", "my",
+    "of", "on", "or", "said", "the", "to", "was", "what", "when", "where", "which", "who", "why", "you",
+    "your",
+})
+# fmt: on
+
+
+@dataclass(frozen=True)
+class MemoryHit:
+    """One search result: the text found and when it was written (ISO 8601, as Letta gives it)."""
+
+    text: str
+    at: str
+
+
+def query_words(text: str) -> set[str]:
+    return {w for w in re.findall(r"[\w']+", text.lower()) if w not in _STOPWORDS and len(w) > 1}
+
+
+def word_matches(query: str, candidates: Sequence[MemoryHit], limit: int) -> list[MemoryHit]:
+    """The candidates sharing the most words with `query` (ties keep the candidates' order)."""
+    wanted = query_words(query)
+    scored = [(len(wanted & query_words(hit.text)), i, hit) for i, hit in enumerate(candidates)]
+    ranked = sorted((s for s in scored if s[0] > 0), key=lambda s: (-s[0], s[1]))
+    return [hit for _, _, hit in ranked[:limit]]
+
+
 def render_turn(turn: FinishedTurn) -> str:
     note = " (the user interrupted the reply)" if turn.interrupted else ""
     return f"User said: {turn.user_text}\nAssistant replied{note}: {turn.assistant_text}"
@@ -75,6 +120,7 @@ class LettaMemory:
         self._agents: dict[str, str] = {}
         self._agent_locks: dict[str, asyncio.Lock] = {}
         self.message_calls = 0  # agents.messages.create calls made
+        self.message_search = True  # False once the server said it has no message search
 
     async def agent_id(self, user_id: str) -> str:
         """The user's own agent, created on first use."""
@@ -138,6 +184,52 @@ class LettaMemory:
         items = list(getattr(blocks, "items", blocks))
         return "\n".join(f"{b.label}: {b.value}" for b in items if b.value)
 
+    async def write_fact(self, fact: Fact, maybe_delivered: bool = True) -> None:
+        """Insert the fact into the user's archival memory, unless a resend finds it already there."""
+        agent = await self.agent_id(fact.user_id)
+        tag = f"{FACT_TAG_PREFIX}{fact.fact_id}"
+        if maybe_delivered:
+            found = await self.client.agents.passages.list(agent, search=fact.text, limit=50)
+            if any(tag in (p.tags or []) for p in found):
+                return
+        await self.client.agents.passages.create(agent, text=fact.text, tags=[tag])
+
+    async def search_archival(self, user_id: str, query: str, limit: int) -> list[MemoryHit]:
+        """The user's archival memory passages nearest in meaning to `query`."""
+        agent = await self.agent_id(user_id)
+        client = self.client.with_options(max_retries=0, timeout=self.config.search_timeout_s)
+        found = await client.agents.passages.search(agent, query=query, top_k=limit)
+        return [MemoryHit(r.content, r.timestamp) for r in found.results]
+
+    async def search_conversation(self, user_id: str, query: str, limit: int) -> list[MemoryHit]:
+        """The user's past conversation (their turns as written to the agent) matching `query`."""
+        agent = await self.agent_id(user_id)
+        client = self.client.with_options(max_retries=0, timeout=self.config.search_timeout_s)
+        if self.message_search:
+            try:
+                found = await client.post(
+                    MESSAGE_SEARCH_PATH, body=message_search_body(query, agent, limit), cast_to=object
+                )
+            except letta_client.APIStatusError as exc:
+                if exc.status_code >= 500 and exc.status_code != 501:
+                    raise  # the server is in trouble, not without the feature
+                log.info("Letta has no message search (%s): matching recent messages instead", exc)
+                self.message_search = False
+            else:
+                return message_search_hits(found, agent)
+        recent = await client.agents.messages.list(
+            agent,
+            limit=self.config.conversation_window,
+            order="desc",
+            include_return_message_types=["user_message"],
+        )
+        candidates = [
+            MemoryHit(m.content, m.date.isoformat())
+            for m in recent.items
+            if m.message_type == "user_message" and isinstance(m.content, str)
+        ]
+        return word_matches(query, candidates, limit)
+
     async def server_problem(self, timeout_s: float) -> str | None:
         """None when the Letta server answers its health route within `timeout_s` (one attempt), else
         what is wrong."""
@@ -154,3 +246,20 @@ class LettaMemory:
 
     async def close(self) -> None:
         await self.client.close()
+
+
+def message_search_body(query: str, agent: str, limit: int) -> dict[str, Any]:
+    """A `MessageSearchRequest` for the user messages of one agent."""
+    return {"query": query, "agent_id": agent, "roles": ["user"], "limit": limit}
+
+
+def message_search_hits(found: object, agent: str) -> list[MemoryHit]:
+    """Results of `POST /v1/agents/messages/search` (a list of `MessageSearchResult`), keeping only the
+    agent's own messages: the filter is Letta's, the check is ours."""
+    hits = []
+    for result in found if isinstance(found, list) else []:
+        message = result.get("message") or {}
+        if message.get("agent_id") != agent:
+            continue
+        hits.append(MemoryHit(str(result.get("embedded_text", "")), str(message.get("created_at", ""))))
+    return hits

@@ -7,6 +7,10 @@ cluster's single long-lived memory actor; tests and tools can run it in process.
 - `read_memory` reads the user's core memory blocks from Letta, uncached: the one cache, with the read
   budget and the staleness rule, is `actors.memory.cache.MemoryCache`, next to the turns that use it.
   `memory_changes` tells that cache which users' memory a delivered batch may have changed.
+- `remember` journals a fact for the user's archival memory and returns (delivered at once in the
+  background, retried like turns); `search_memory` searches the user's archival memory and past
+  conversation in Letta, plus the facts still waiting in the journal. These back the built-in memory
+  tools (`actors.memory.tools`); both take the user id from the caller's identity, never from the model.
 - `drain_blocking` delivers what is held (graceful shutdown, after the event loop stopped), bounded by a
   deadline: whatever is left stays in the journal for the next start.
 
@@ -20,23 +24,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import uuid
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import generate_latest
 
 from actors.config import Settings
 from actors.conversation.events import FinishedTurn
 from actors.memory.cache import MemoryChangeLog, MemoryChanges
-from actors.memory.journal import TurnJournal
-from actors.memory.letta import LettaMemory, letta_config
+from actors.memory.journal import Fact, JournalError, TurnJournal, user_id_problem
+from actors.memory.letta import LettaMemory, MemoryHit, letta_config, word_matches
 from actors.memory.writer import MEMORY_REGISTRY, MemoryWriter, WriterConfig
 from actors.probe import CachedProbe
+from actors.tools.base import ToolError
 
 log = logging.getLogger(__name__)
 
 # Inside the 3 s the router gives the memory actor to answer `/readyz`'s check (and its 5 s guard), so a
 # silent Letta is reported as such, not as a silent actor.
 LETTA_PROBE_TIMEOUT_S = 2.0
+MAX_QUERY_CHARS = 500
+MAX_HIT_CHARS = 400  # each result's text, so the model's context stays small
 
 
 class MemoryService:
@@ -95,6 +105,47 @@ class MemoryService:
         await self.start()
         await self.writer.flush_user(user_id)
 
+    async def remember(self, user_id: str, text: str) -> str:
+        """Journal `text` as a fact for the user's archival memory; returns its fact id once it is on
+        disk (raises `ToolError` for a fact that can never be stored)."""
+        await self.start()
+        fact = Fact(uuid.uuid4().hex, user_id, text.strip())
+        try:
+            await self.writer.submit_fact(fact)
+        except JournalError as exc:
+            raise ToolError(str(exc)) from exc
+        return fact.fact_id
+
+    async def search_memory(self, user_id: str, query: str, limit: int = 5) -> dict[str, Any]:
+        """What the user's memory holds about `query`: `facts` (archival memory, facts still waiting
+        for Letta first) and `conversation` (their past turns), at most `limit` of each, texts cut to
+        `MAX_HIT_CHARS`. Raises `ToolError` when Letta does not answer within its search timeout."""
+        if (problem := user_id_problem(user_id)) is not None:
+            raise ToolError(problem)
+        query = query.strip()
+        if not query:
+            raise ToolError("the query is empty")
+        if len(query) > MAX_QUERY_CHARS:
+            raise ToolError(f"the query has {len(query)} characters; the limit is {MAX_QUERY_CHARS}")
+        waiting = await asyncio.to_thread(self.journal.pending_facts, user_id)
+        saved = [MemoryHit(e.fact.text, "just now (not yet in Letta)") for e in waiting]
+        try:
+            async with asyncio.timeout(self.letta.config.search_timeout_s):
+                archival, conversation = await asyncio.gather(
+                    self.letta.search_archival(user_id, query, limit),
+                    self.letta.search_conversation(user_id, query, limit),
+                )
+        except Exception as exc:
+            log.warning("memory search for %s failed: %r", user_id, exc)
+            raise ToolError("long-term memory is unreachable right now; try again later") from exc
+        # A fact delivered while this search ran is both waiting and in Letta: listed once.
+        facts = list({hit.text: hit for hit in [*word_matches(query, saved, limit), *archival]}.values())
+        facts = facts[:limit]
+        return {
+            "facts": [_compact(hit) for hit in facts],
+            "conversation": [_compact(hit) for hit in conversation[:limit]],
+        }
+
     async def read_memory(self, user_id: str) -> str:
         """The user's core memory blocks as prompt text, read from Letta now."""
         return await self.letta.read_memory(user_id)
@@ -145,3 +196,8 @@ class MemoryService:
     def metrics_text() -> bytes:
         """The memory metrics in Prometheus text format (queue depth, batches, flush time, errors, lag)."""
         return generate_latest(MEMORY_REGISTRY)
+
+
+def _compact(hit: MemoryHit) -> dict[str, str]:
+    text = hit.text if len(hit.text) <= MAX_HIT_CHARS else hit.text[: MAX_HIT_CHARS - 1] + "…"
+    return asdict(MemoryHit(text, hit.at))

@@ -8,6 +8,10 @@ confirmed them, so a dead backend delays memory but loses nothing, and a restart
 
 Every journal call (SQLite, fsync'd) runs in a worker thread, replay and shutdown included: the event
 loop it would block also answers memory reads.
+
+Facts for the user's archival memory (the `remember` tool) take the same road with no batching window:
+`submit_fact` journals the fact and wakes the user's task, which delivers waiting facts (one call each)
+before it looks at turns, retried like turns until Letta confirms them.
 """
 
 from __future__ import annotations
@@ -16,14 +20,15 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from actors.conversation.events import FinishedTurn
-from actors.memory.journal import TurnJournal
+from actors.memory.journal import Fact, TurnJournal
 from actors.retry import RetryCallState, retry_forever
 from actors.tasks import cancel_and_wait
 
@@ -35,6 +40,11 @@ MEMORY_REGISTRY = CollectorRegistry()
 QUEUE_DEPTH = Gauge(
     "voice_memory_queue_depth",
     "Turns journaled and not yet confirmed by the memory backend",
+    registry=MEMORY_REGISTRY,
+)
+FACTS_DEPTH = Gauge(
+    "voice_memory_facts_queue_depth",
+    "Facts (the remember tool's) journaled and not yet confirmed by the memory backend",
     registry=MEMORY_REGISTRY,
 )
 JOURNAL_BYTES = Gauge(
@@ -70,6 +80,10 @@ class MemoryBackend(Protocol):
         `maybe_delivered` says some of them were sent before (a failed attempt, or a crash between a
         call and the journal's confirmation): then the backend must skip the turns it already holds.
         """
+        ...
+
+    async def write_fact(self, fact: Fact, maybe_delivered: bool = True) -> None:
+        """Store `fact` in the user's archival memory; with `maybe_delivered`, not a second time."""
         ...
 
 
@@ -125,6 +139,13 @@ class MemoryWriter:
             self._wake[turn.user_id].set()
         await asyncio.to_thread(self._update_gauges)
 
+    async def submit_fact(self, fact: Fact) -> None:
+        """Journal `fact` durably (raises JournalError for an invalid fact) and deliver it at once."""
+        await asyncio.to_thread(self.journal.append_fact, fact)
+        self._ensure_task(fact.user_id)
+        self._wake[fact.user_id].set()
+        await asyncio.to_thread(self._update_gauges)
+
     async def flush_user(self, user_id: str) -> None:
         """Deliver the user's waiting turns now, without waiting for the batch to fill (session end):
         those journaled and those still being journaled by a `submit` that started before this call."""
@@ -159,8 +180,13 @@ class MemoryWriter:
     async def _deliver(self, user_id: str) -> None:
         wake = self._wake[user_id]
         while True:
+            if await self._deliver_facts(user_id):
+                continue  # more may have come meanwhile
             entries = await asyncio.to_thread(self.journal.pending, user_id, self.config.batch_size)
             if not entries:
+                if wake.is_set():  # a fact journaled while the journal was being read
+                    wake.clear()
+                    continue
                 self._flush_users.discard(user_id)
                 return  # a new submit starts a new task
             oldest_wait = time.time() - entries[0].journaled_at
@@ -172,7 +198,15 @@ class MemoryWriter:
                 continue
             turns = [e.turn for e in entries]
             started = time.perf_counter()
-            await self._write_with_retries(user_id, turns, any(e.attempts for e in entries))
+            ids = [t.turn_id for t in turns]
+            await self._write_with_retries(
+                user_id,
+                f"{len(ids)} turns",
+                partial(self.backend.write_turns, user_id, turns),
+                any(e.attempts for e in entries),
+                partial(self.journal.record_send, ids),
+                partial(self.journal.record_failure, ids),
+            )
             FLUSH_SECONDS.observe(time.perf_counter() - started)
             BATCH_SIZE.observe(len(turns))
             now = time.time()
@@ -183,22 +217,45 @@ class MemoryWriter:
             if self.on_delivered is not None:
                 self.on_delivered(user_id)
 
+    async def _deliver_facts(self, user_id: str) -> bool:
+        """Deliver the user's waiting facts, each retried until Letta has it; False when none waited."""
+        entries = await asyncio.to_thread(self.journal.pending_facts, user_id, self.config.batch_size)
+        for entry in entries:
+            ids = [entry.fact.fact_id]
+            await self._write_with_retries(
+                user_id,
+                "a fact",
+                partial(self.backend.write_fact, entry.fact),
+                entry.attempts > 0,
+                partial(self.journal.record_fact_send, ids),
+                partial(self.journal.record_fact_failure, ids),
+            )
+            await asyncio.to_thread(self.journal.confirm_facts, ids)
+            await asyncio.to_thread(self._update_gauges)
+        return bool(entries)
+
     async def _write_with_retries(
-        self, user_id: str, turns: list[FinishedTurn], maybe_delivered: bool
+        self,
+        user_id: str,
+        what: str,
+        send: Callable[[bool], Awaitable[None]],  # called with `maybe_delivered`
+        maybe_delivered: bool,
+        record_send: Callable[[], None],
+        record_failure: Callable[[str], None],
     ) -> None:
-        ids = [t.turn_id for t in turns]
+        """`send(maybe_delivered)` until it succeeds; `record_send` / `record_failure` keep the journal's
+        account (blocking: they run in a worker thread)."""
 
         async def on_failure(exc: BaseException | None, state: RetryCallState) -> None:
             BACKEND_ERRORS.inc()
-            await asyncio.to_thread(self.journal.record_failure, ids, repr(exc))
+            await asyncio.to_thread(record_failure, repr(exc))
             self._failing = True
             delay = state.upcoming_sleep
             log.warning(
-                "memory write for %s failed (attempt %d, %d turns kept in the journal): %r; "
-                "retrying in %.1f s",
+                "memory write for %s failed (attempt %d, %s kept in the journal): %r; retrying in %.1f s",
                 user_id,
                 state.attempt_number,
-                len(ids),
+                what,
                 exc,
                 delay,
             )
@@ -211,15 +268,16 @@ class MemoryWriter:
         )
         async for attempt in retrying:
             with attempt:
-                await asyncio.to_thread(self.journal.record_send, ids)
+                await asyncio.to_thread(record_send)
                 # A failed attempt may still have landed (say Letta timed out but went on).
                 first_send = attempt.retry_state.attempt_number == 1 and not maybe_delivered
-                await self.backend.write_turns(user_id, turns, maybe_delivered=not first_send)
+                await send(not first_send)
         if self._failing:
-            log.info("memory backend recovered: delivered %d turns for %s", len(ids), user_id)
+            log.info("memory backend recovered: delivered %s for %s", what, user_id)
             self._failing = False
 
     def _update_gauges(self) -> None:
         """Reads the journal: from async code, call it in a worker thread."""
         QUEUE_DEPTH.set(len(self.journal))
+        FACTS_DEPTH.set(self.journal.fact_count())
         JOURNAL_BYTES.set(self.journal.size_bytes())

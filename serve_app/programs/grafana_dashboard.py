@@ -169,6 +169,7 @@ def _rows() -> list[tuple[str, list[tuple[str, str, list[tuple[str, str]], str]]
             "short",
             [
                 ("sum(voice_memory_queue_depth)", "turns not yet in Letta"),
+                ("sum(voice_memory_facts_queue_depth)", "facts not yet in Letta"),
                 ("sum(rate(voice_memory_backend_errors_total[$__rate_interval]))", "failed writes / s"),
             ],
             "The journal's backlog and failed Letta writes.",
