@@ -114,8 +114,9 @@ class LLMEngine(ABC):
     model: str
 
     @abstractmethod
-    def stream(self, request: LLMRequest) -> AsyncGenerator[str | LLMFinish, None]:
-        """Yield text deltas, then an `LLMFinish` saying why generation ended when the engine knows.
+    def stream(self, request: LLMRequest) -> AsyncGenerator[LLMDelta, None]:
+        """Yield text deltas (and tool-call pieces when the request offers `tools`), then an
+        `LLMFinish` saying why generation ended when the engine knows.
         Closing the iterator early (barge-in) must stop generation.
 
         `request["user_id"]` says whose conversation it is; engines that keep no per-user state ignore

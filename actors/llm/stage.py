@@ -31,10 +31,11 @@ class LLMStage:
         self.load.begin()
         try:
             async for delta in tokens:
-                if not isinstance(delta, str):
+                if isinstance(delta, str):
+                    if delta:
+                        yield delta
+                elif delta["type"] == "finish":
                     reason = delta["finish_reason"]
-                elif delta:
-                    yield delta
         finally:
             self.load.end()
             await tokens.aclose()
@@ -52,7 +53,14 @@ class LLMStage:
         try:
             async for delta in tokens:
                 if not isinstance(delta, str):
-                    reason = delta["finish_reason"]
+                    if delta["type"] == "finish":
+                        reason = delta["finish_reason"]
+                        continue
+                    # A call piece: the words before it are spoken now, not held for a sentence end.
+                    rest = chunker.flush()
+                    if rest:
+                        yield {"type": "phrase", "text": rest}
+                    yield delta
                     continue
                 if not delta:
                     continue
