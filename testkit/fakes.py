@@ -99,8 +99,8 @@ class FakeLLMEngine(LLMEngine):
                 "temperature": request["temperature"],
                 "user_id": request["user_id"],
                 "model": request.get("model"),
-                "tools": request.get("tools"),
-                "tool_choice": request.get("tool_choice"),
+                # Only when offered, so a request without tools reads as it always did.
+                **{key: request[key] for key in ("tools", "tool_choice") if key in request},
             }
         )
         scripted = self._round(request)

@@ -345,8 +345,18 @@ def _refusal(
 
 
 _ITEM_REFUSALS = (
-    _Refusal((), "invalid_item", "conversation.item.create needs a 'message' item", "item"),
-    _Refusal(("type",), "invalid_item", "conversation.item.create needs a 'message' item", "item"),
+    _Refusal(
+        (),
+        "invalid_item",
+        "conversation.item.create needs a 'message' or 'function_call_output' item",
+        "item",
+    ),
+    _Refusal(
+        ("type",),
+        "invalid_item",
+        "conversation.item.create needs a 'message' or 'function_call_output' item",
+        "item",
+    ),
     _Refusal(("role",), "invalid_item", "only user messages can be added", "item.role"),
     _Refusal(("content",), "invalid_item", "message needs 'content' parts", "item.content"),
     _Refusal(("content", "*"), "invalid_item", "only input_text content is supported", "item.content"),
