@@ -6,6 +6,12 @@ the one playing, and the audio goes out paced to real time plus `audio_lead_ms`,
 the user may be interrupting (generation goes on) and `resume` plays on from there. However it ends
 (completed, cancelled, or failed with a spoken apology) it ends with one `ResponseFinished` carrying the
 turn's metrics; what was said joins the conversation history, and the exchange goes to the memory sink.
+
+The model may call tools (the server's, `actors.conversation.server_calls`, and the client's, declared in
+`session.update`). Each call becomes a `function_call` item of the response, its arguments streamed to
+the client as they come. Server calls run inside the response; their outputs become items, go back to
+the model, and its answer streams on in a new message item, for up to `tool_max_rounds` rounds. Calls to
+the client's tools end the response: the client runs them and asks for the next one.
 """
 
 from __future__ import annotations
@@ -44,14 +50,15 @@ from actors.conversation.items import (
 from actors.conversation.metrics import TurnTimeline, clock, observe_turn
 from actors.conversation.options import SessionLimits, SessionOptions
 from actors.conversation.prompt import with_memory
+from actors.conversation.server_calls import ServerCalls
 from actors.conversation.stages import LLMEvent, LLMRequest, PhraseLLMClient, SynthesizerClient
 from actors.conversation.turns import CancelReason, Conversation, UserTurn
-from actors.llm.base import ChatMessage, FinishReason, LLMToolCallDelta, ToolCall, ToolChoice
+from actors.llm.base import ChatMessage, FinishReason, LLMToolCallDelta, ToolChoice
 from actors.memory.sink import MemorySink
 from actors.tasks import cancel_and_wait, close_quietly
 from actors.tools.base import ToolContext
 from actors.tools.calls import round_messages
-from actors.tools.toolbox import Toolbox, ToolResult
+from actors.tools.toolbox import Toolbox
 from actors.tts.base import SpeechStyle
 
 log = logging.getLogger(__name__)
@@ -78,10 +85,7 @@ class ReplyPlayer:
     ) -> None:
         self.options = options
         self._toolbox = toolbox or Toolbox()  # server tools (the client's are in `options.tools`)
-        self._fillers_said = 0  # rotates through the filler phrases across the session
-        # Server calls not safe to cancel that outlived their reply: they run on, and their output
-        # joins the conversation when they end.
-        self._running_on: set[asyncio.Task[ToolResult]] = set()
+        self._tools = ServerCalls(self._toolbox, limits, conversation, ToolContext(user_id, session_id))
         # Told each reply's status and when the client will have played all of its audio (clock time).
         self._on_finished = on_finished
         self._played_until = 0.0
@@ -413,8 +417,8 @@ class ReplyPlayer:
                 for item in made:
                     item.server = item.name in self._toolbox or item.name not in client_names
                 server = [item.call() for item in made if item.server]
-                results = await self._run_calls(
-                    server, timeline, say if speaking and not words else None, say
+                results = await self._tools.run(
+                    server, timeline, say if not words else None, say if speaking else None
                 )
                 outputs = []
                 for result in results:
@@ -484,67 +488,6 @@ class ReplyPlayer:
             await self._emit(
                 CallArgumentsDelta(response_id, item.id, index, item.call_id, piece["arguments"])
             )
-
-    async def _run_calls(
-        self,
-        calls: list[ToolCall],
-        timeline: TurnTimeline,
-        first_filler: Callable[[str], Awaitable[None]] | None,
-        filler: Callable[[str], Awaitable[None]],
-    ) -> list[ToolResult]:
-        """Run a round's server calls side by side, with filler phrases said while they run (`first_filler`:
-        None when the model's own words before the calls stand for the first). A cancellation (barge-in,
-        `response.cancel`) abandons the calls safe to cancel; the others run on, and their output joins
-        the conversation when they end."""
-        if not calls:
-            return []
-        context = ToolContext(self._user_id, self._session_id)
-        started = clock()
-        running = [asyncio.create_task(self._toolbox.run(call, context)) for call in calls]
-        fill = asyncio.create_task(self._fill(first_filler, filler)) if self.options.output_audio else None
-        try:
-            await asyncio.wait(running)
-        except asyncio.CancelledError:
-            for call, task in zip(calls, running, strict=True):
-                definition = self._toolbox.definition(call["function"]["name"])
-                if definition is None or definition.cancel_safe:
-                    task.cancel()
-                else:
-                    self._running_on.add(task)
-                    task.add_done_callback(self._ran_on)
-            raise
-        finally:
-            if fill is not None:
-                await cancel_and_wait([fill])
-            timeline.tool_ms = (timeline.tool_ms or 0.0) + (clock() - started) * 1000
-        return [task.result() for task in running]
-
-    async def _fill(
-        self, first: Callable[[str], Awaitable[None]] | None, later: Callable[[str], Awaitable[None]]
-    ) -> None:
-        """Filler phrases while calls run: the first after `tool_filler_delay_ms` (unless the model
-        already spoke), then up to `tool_filler_max` in all, `tool_filler_repeat_ms` apart."""
-        limits = self._limits
-        phrases = limits.tool_filler_phrases
-        for n in range(limits.tool_filler_max):
-            await asyncio.sleep(
-                (limits.tool_filler_delay_ms if n == 0 else limits.tool_filler_repeat_ms) / 1000
-            )
-            say = first if n == 0 else later
-            if say is None or not phrases:
-                continue
-            await say(phrases[self._fillers_said % len(phrases)])
-            self._fillers_said += 1
-
-    def _ran_on(self, task: asyncio.Task[ToolResult]) -> None:
-        """A call that outlived its reply ended: its output joins the conversation."""
-        self._running_on.discard(task)
-        if task.cancelled() or task.exception() is not None:
-            return
-        result = task.result()
-        self._conversation.items.append(
-            FunctionCallOutputItem(new_id("item"), result.call["id"], result.output)
-        )
 
     async def _speak(
         self,
