@@ -287,3 +287,32 @@ async def test_a_round_mixing_server_and_client_calls_ends_with_the_client_calls
     assert [c["id"] for c in history[1]["tool_calls"]] == [server_call.call_id, client_call.call_id]
     assert [m.get("tool_call_id") for m in history[2:]] == [server_call.call_id, client_call.call_id]
     assert json.loads(history[-1]["content"]) == {"shown": True}
+
+
+def test_the_dialogue_never_shows_half_a_call() -> None:
+    conversation = Conversation()
+    items = conversation.items
+    items.append(ConversationItem("u1", "user", False, ["Weather and news?"]))
+    items.append(ConversationItem("a1", "assistant", True, ["Let me see."]))
+    items.append(FunctionCallItem("c1", "call_w", "get_weather", "{}", status="completed"))
+    items.append(FunctionCallItem("c2", "call_n", "get_news", "{}", status="completed"))
+    items.append(FunctionCallItem("c3", "call_cut", "get_news", '{"to', status="incomplete"))
+    items.append(FunctionCallOutputItem("o1", "call_w", "sunny"))
+    items.append(FunctionCallOutputItem("o2", "call_n", "quiet"))
+    items.append(FunctionCallOutputItem("o9", "call_gone", "orphan"))
+    items.append(ConversationItem("a2", "assistant", True, ["Sunny, and all quiet."]))
+    history = conversation.history
+    assert [(m["role"], m["content"]) for m in history] == [
+        ("user", "Weather and news?"),
+        ("assistant", "Let me see."),
+        ("tool", "sunny"),
+        ("tool", "quiet"),
+        ("assistant", "Sunny, and all quiet."),
+    ]
+    assert [c["id"] for c in history[1]["tool_calls"]] == ["call_w", "call_n"]
+    # An output deleted: its call goes too; a cut history never starts with a "tool" message.
+    conversation.delete("o2")
+    assert [c["id"] for c in conversation.history[1]["tool_calls"]] == ["call_w"]
+    assert [m["role"] for m in conversation.recent(3)] == ["assistant", "tool", "assistant"]
+    assert [m["content"] for m in conversation.recent(2)] == ["Sunny, and all quiet."]
+    assert conversation.recent(0) == []

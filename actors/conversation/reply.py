@@ -281,7 +281,10 @@ class ReplyPlayer:
             )
         )
         self._conversation.last_item_id = output[-1].id if output else item_id
-        if self._on_finished is not None:
+        # A reply that ended on the client's calls waits for their outputs: the user is not being
+        # ignored meanwhile, so no idle prompt is armed.
+        awaiting_client = any(isinstance(item, FunctionCallItem) and not item.server for item in output)
+        if self._on_finished is not None and not (awaiting_client and status == "completed"):
             self._on_finished(status, max(self._played_until, clock()))
         if self._sink is not None and (user_text or text):
             self._sink.submit(
