@@ -248,3 +248,33 @@ async def test_a_server_tool_answer_streams_on_in_the_same_response() -> None:
         audio = [e for e in events if e["type"] == "response.output_audio.delta"]
         assert audio and {(e["item_id"], e["output_index"]) for e in audio} == {(answer["id"], 3)}
         assert "tool_ms" in done["metadata"] and len(llm.requests) == 2
+
+
+async def test_a_client_restores_a_call_and_its_output() -> None:
+    llm = FakeLLMEngine("Still sunny.", ttft_ms=1, tokens_per_s=1000)
+    async with served(app(llm)) as url, connected(url) as conn:
+        await until(conn, "session.created")
+        call = {"type": "function_call", "call_id": "call_old", "name": "get_weather", "arguments": "{}"}
+        await conn.conversation.item.create(item=call)  # type: ignore[arg-type]
+        added = (await until(conn, "conversation.item.added"))[-1]["item"]
+        assert (added["type"], added["call_id"], added["status"]) == ("function_call", "call_old", "completed")
+        await conn.conversation.item.create(item=call)  # type: ignore[arg-type]
+        assert "already" in (await error(conn))["message"]
+        await conn.conversation.item.create(item={**call, "name": "no spaces allowed"})  # type: ignore[arg-type]
+        assert (await error(conn))["param"] == "item.name"
+        output = {"type": "function_call_output", "call_id": "call_old", "output": "sunny"}
+        await conn.conversation.item.create(item=output)  # type: ignore[arg-type]
+        await until(conn, "conversation.item.added")
+        await typed_turn(conn, "And now?")
+    prompt = llm.requests[-1]
+    assert prompt[1] == {
+        "role": "assistant",
+        "content": "",
+        "tool_calls": [
+            {"id": "call_old", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}
+        ],
+    }
+    assert prompt[2:] == [
+        {"role": "tool", "tool_call_id": "call_old", "content": "sunny"},
+        {"role": "user", "content": "And now?"},
+    ]

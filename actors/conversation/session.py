@@ -145,6 +145,11 @@ class VoiceSession:
         Returns the item id (`ItemError` if the conversation has no such call, or it has its output)."""
         return await self._turns.add_tool_output(call_id, output)
 
+    async def add_tool_call(self, call_id: str, name: str, arguments: str) -> str:
+        """A call made earlier (a client restoring a conversation); its output may follow. Returns the
+        item id (`ItemError` if the conversation has a call with that id already)."""
+        return await self._turns.add_tool_call(call_id, name, arguments)
+
     @property
     def server_tool_names(self) -> frozenset[str]:
         """The tools the server runs for this session (a client tool may not take their names)."""

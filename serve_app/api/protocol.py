@@ -524,6 +524,32 @@ class FunctionCallOutput(_Strict):
     output: str
 
 
+class FunctionCall(_Strict):
+    """A conversation.item.create's `function_call` item (the SDK's
+    `RealtimeConversationItemFunctionCall`): a call made earlier, as a client restoring a conversation
+    adds it (its output follows as a `function_call_output` item). The SDK leaves `call_id` optional;
+    an output can only name a call that has one."""
+
+    type: Literal["function_call"]
+    call_id: str = Field(min_length=1)
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    arguments: str
+
+
+_CALL_REFUSALS = (
+    _Refusal((), "invalid_item", "a function_call item needs 'call_id', 'name' and 'arguments'", "item"),
+    _Refusal(("call_id",), "invalid_item", "call_id must be a non-empty string, not {value}", "item.call_id"),
+    _Refusal(
+        ("name",), "invalid_item", "name must be 1-64 letters, digits, '_' or '-', not {value}", "item.name"
+    ),
+    _Refusal(
+        ("arguments",),
+        "invalid_item",
+        "arguments must be a string (JSON text), not {value}",
+        "item.arguments",
+    ),
+)
+
 _OUTPUT_REFUSALS = (
     _Refusal((), "invalid_item", "a function_call_output item needs 'call_id' and 'output'", "item"),
     _Refusal(("call_id",), "invalid_item", "call_id must be the call's id, not {value}", "item.call_id"),
@@ -531,21 +557,28 @@ _OUTPUT_REFUSALS = (
 )
 
 
-def created_item(event: ClientEvent, limits: ProtocolLimits) -> str | FunctionCallOutput:
-    """What a conversation.item.create adds: a user message's text, or a call's output."""
+def created_item(event: ClientEvent, limits: ProtocolLimits) -> str | FunctionCall | FunctionCallOutput:
+    """What a conversation.item.create adds: a user message's text, a call, or a call's output."""
     body = event.body.get("item")
-    if not (isinstance(body, dict) and body.get("type") == "function_call_output"):
+    kind = body.get("type") if isinstance(body, dict) else None
+    if kind not in ("function_call", "function_call_output"):
         return text_of_item(event, limits)
+    model, refusals, field = (
+        (FunctionCall, _CALL_REFUSALS, "arguments")
+        if kind == "function_call"
+        else (FunctionCallOutput, _OUTPUT_REFUSALS, "output")
+    )
     try:
-        item = FunctionCallOutput.model_validate(body)
+        item = model.model_validate(body)
     except ValidationError as exc:
-        raise _refusal(exc, _OUTPUT_REFUSALS, event.event_id, by_order=True) from None
-    if len(item.output) > limits.max_text_chars:
+        raise _refusal(exc, refusals, event.event_id, by_order=True) from None
+    text = getattr(item, field)
+    if len(text) > limits.max_text_chars:
         raise ProtocolError(
             "text_too_long",
-            f"output has {len(item.output)} characters; the limit is {limits.max_text_chars}",
+            f"{field} has {len(text)} characters; the limit is {limits.max_text_chars}",
             event.event_id,
-            "item.output",
+            f"item.{field}",
         )
     return item
 

@@ -23,6 +23,7 @@ from serve_app.api.admission import TokenBucket
 from serve_app.api.auth import POLICY_VIOLATION, SERVICE_RESTART, close_reason
 from serve_app.api.protocol import (
     ClientEvent,
+    FunctionCall,
     FunctionCallOutput,
     ItemTruncate,
     ProtocolError,
@@ -256,13 +257,15 @@ class RealtimeConnection:
                 await session.clear_audio()
             case "conversation.item.create":
                 item = created_item(event, self.limits)
-                if isinstance(item, FunctionCallOutput):
-                    try:
+                try:
+                    if isinstance(item, FunctionCallOutput):
                         await session.add_tool_output(item.call_id, item.output)
-                    except ItemError as exc:
-                        raise ProtocolError(exc.code, exc.message, event.event_id, "item.call_id") from exc
-                else:
-                    await session.add_user_text(item)
+                    elif isinstance(item, FunctionCall):
+                        await session.add_tool_call(item.call_id, item.name, item.arguments)
+                    else:
+                        await session.add_user_text(item)
+                except ItemError as exc:
+                    raise ProtocolError(exc.code, exc.message, event.event_id, "item.call_id") from exc
             case "response.create":
                 await session.create_response()
             case "response.cancel":
