@@ -257,7 +257,11 @@ async def test_a_client_restores_a_call_and_its_output() -> None:
         call = {"type": "function_call", "call_id": "call_old", "name": "get_weather", "arguments": "{}"}
         await conn.conversation.item.create(item=call)  # type: ignore[arg-type]
         added = (await until(conn, "conversation.item.added"))[-1]["item"]
-        assert (added["type"], added["call_id"], added["status"]) == ("function_call", "call_old", "completed")
+        assert (added["type"], added["call_id"], added["status"]) == (
+            "function_call",
+            "call_old",
+            "completed",
+        )
         await conn.conversation.item.create(item=call)  # type: ignore[arg-type]
         assert "already" in (await error(conn))["message"]
         await conn.conversation.item.create(item={**call, "name": "no spaces allowed"})  # type: ignore[arg-type]

@@ -183,6 +183,7 @@ async def test_a_server_call_runs_inside_the_response_and_the_answer_streams_on(
     # A fast call: no filler, and its time is the turn's tool_ms.
     assert not any(f in p.said() for f in FILLERS)
     assert done.metrics["tool_ms"] == pytest.approx(50, abs=1)
+    assert done.metrics["llm_ttft"] == pytest.approx(200 + 20, abs=1)  # the call's first piece
     # Afterwards the dialogue has the call and its output, in order.
     assert [m["role"] for m in p.conversation.history] == ["user", "assistant", "tool", "assistant"]
 

@@ -394,6 +394,8 @@ class ReplyPlayer:
                             finish = event["finish_reason"]
                             continue
                         if event["type"] == "tool_call":
+                            if timeline.first_token is None:  # a call is the model's first output too
+                                timeline.first_token = arrived
                             await self._call_piece(response_id, output, calls, event)
                             continue
                         if timeline.first_phrase is None:
