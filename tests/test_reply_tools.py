@@ -97,7 +97,9 @@ class Player:
             session_id="sess_1",
             user_id="ada",
             toolbox=Toolbox(tools),
+            on_finished=lambda status, _: self.finished_statuses.append(status),
         )
+        self.finished_statuses: list[str] = []  # what the turn machine was told (it arms the idle prompt)
 
     async def _emit(self, event: object) -> None:
         self.events.append((asyncio.get_running_loop().time(), event))
@@ -183,6 +185,7 @@ async def test_a_server_call_runs_inside_the_response_and_the_answer_streams_on(
     # A fast call: no filler, and its time is the turn's tool_ms.
     assert not any(f in p.said() for f in FILLERS)
     assert done.metrics["tool_ms"] == pytest.approx(50, abs=1)
+    assert p.finished_statuses == ["completed"]
     assert done.metrics["llm_ttft"] == pytest.approx(200 + 20, abs=1)  # the call's first piece
     # Afterwards the dialogue has the call and its output, in order.
     assert [m["role"] for m in p.conversation.history] == ["user", "assistant", "tool", "assistant"]
@@ -281,6 +284,7 @@ async def test_a_round_mixing_server_and_client_calls_ends_with_the_client_calls
     assert isinstance(client_call, FunctionCallItem) and not client_call.server
     assert isinstance(server_output, FunctionCallOutputItem) and server_output.call_id == server_call.call_id
     assert len(p.llm.requests) == 1  # no further round: the client answers its call first
+    assert p.finished_statuses == []  # waiting for the client is not the user's silence: no idle prompt
     # Until it does, the dialogue has the server call and leaves the client's out.
     assert [c["id"] for c in p.conversation.history[1]["tool_calls"]] == [server_call.call_id]
     p.conversation.items.append(FunctionCallOutputItem("item_out", client_call.call_id, '{"shown": true}'))
