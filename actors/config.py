@@ -102,6 +102,15 @@ class Settings(BaseSettings):
     # when it lasts this long and has this many words; otherwise the reply resumes.
     barge_in_min_speech_ms: int = Field(default=500, ge=0, le=5000)
     barge_in_min_words: int = Field(default=2, ge=0, le=20)
+    # Tools in voice replies (README "Tools in voice replies"): rounds of calls per turn, and the filler
+    # spoken while a server tool runs.
+    tool_max_rounds: int = Field(default=3, ge=1, le=20)
+    tool_filler_delay_ms: int = Field(default=400, ge=0, le=10_000)
+    tool_filler_repeat_ms: int = Field(default=1500, ge=100, le=30_000)
+    tool_filler_max: int = Field(default=2, ge=0, le=10)
+    tool_filler_phrases: list[str] = Field(
+        default=["One moment.", "Let me check.", "Just a second.", "Still on it."], min_length=1
+    )
 
     # --- long-term memory (Letta); off while letta_base_url is unset ---------------------------------
     letta_base_url: str | None = Field(

@@ -6,7 +6,8 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -30,23 +31,66 @@ class EnergySpeechDetector:
         pass
 
 
+@dataclass(frozen=True)
+class ScriptedRound:
+    """What a scripted model says in one round of a turn: words, then the calls it makes (tool name and
+    JSON arguments); no calls: the round answers."""
+
+    text: str = ""
+    calls: tuple[tuple[str, str], ...] = ()
+
+
+def _words(text: str) -> list[str]:
+    words = text.split(" ") if text else []
+    return [w if i == 0 else " " + w for i, w in enumerate(words)]
+
+
+def _rounds_done(messages: Sequence[ChatMessage]) -> int:
+    """How many rounds of calls this turn has had: assistant messages with calls since the last user
+    message."""
+    done = 0
+    for message in reversed(messages):
+        if message["role"] == "user":
+            break
+        done += bool(message["role"] == "assistant" and message.get("tool_calls"))
+    return done
+
+
 class FakeLLMEngine(LLMEngine):
     name = "fake"
     model = "scripted"
 
-    def __init__(self, reply: str, ttft_ms: float = 300.0, tokens_per_s: float = 50.0) -> None:
+    def __init__(
+        self,
+        reply: str,
+        ttft_ms: float = 300.0,
+        tokens_per_s: float = 50.0,
+        rounds: Sequence[ScriptedRound] = (),
+    ) -> None:
         self.reply = reply
         self.ttft_ms = ttft_ms
         self.tokens_per_s = tokens_per_s
+        # With rounds: round n of a turn (n rounds of calls already in the prompt) says `rounds[n]`
+        # (the last one once past the end), streamed as OpenAI streams it: words, then each call's
+        # pieces (the first with its id and name, then its arguments in fragments), then "tool_calls".
+        self.rounds = list(rounds)
         self.requests: list[list[ChatMessage]] = []
         self.calls: list[dict[str, Any]] = []  # the other arguments of each request
         self.cancelled = 0
 
     def tokens(self) -> list[str]:
-        words = self.reply.split(" ")
-        return [w if i == 0 else " " + w for i, w in enumerate(words)]
+        return _words(self.reply)
 
-    async def stream(self, request: LLMRequest) -> AsyncIterator[LLMDelta]:
+    def _round(self, request: LLMRequest) -> ScriptedRound:
+        if not self.rounds:
+            return ScriptedRound(self.reply)
+        scripted = self.rounds[min(_rounds_done(request["messages"]), len(self.rounds) - 1)]
+        offered = {tool["function"]["name"] for tool in request.get("tools", [])}
+        if request.get("tool_choice") == "none" or not offered:
+            return ScriptedRound(scripted.text)  # a model told not to call tools answers in words
+        return scripted
+
+    async def stream(self, request: LLMRequest) -> AsyncGenerator[LLMDelta, None]:
         """The scripted reply word by word, cut at `max_tokens` words ("length") as a real model is."""
         self.requests.append(request["messages"])
         self.calls.append(
@@ -55,16 +99,35 @@ class FakeLLMEngine(LLMEngine):
                 "temperature": request["temperature"],
                 "user_id": request["user_id"],
                 "model": request.get("model"),
+                # Only when offered, so a request without tools reads as it always did.
+                **{key: request[key] for key in ("tools", "tool_choice") if key in request},
             }
         )
+        scripted = self._round(request)
         try:
             await asyncio.sleep(self.ttft_ms / 1000)
-            tokens = self.tokens()
+            tokens = _words(scripted.text)
             for i, token in enumerate(tokens[: request["max_tokens"]]):
                 if i:
                     await asyncio.sleep(1 / self.tokens_per_s)
                 yield token
-            yield llm_finish("length" if len(tokens) > request["max_tokens"] else "stop")
+            if len(tokens) > request["max_tokens"]:
+                yield llm_finish("length")
+                return
+            for index, (name, arguments) in enumerate(scripted.calls):
+                await asyncio.sleep(1 / self.tokens_per_s)
+                yield {
+                    "type": "tool_call",
+                    "index": index,
+                    "id": f"call_{index}_{len(self.requests)}",
+                    "name": name,
+                    "arguments": "",
+                }
+                third = max(len(arguments) // 3, 1)
+                for start in range(0, len(arguments), third):
+                    await asyncio.sleep(1 / self.tokens_per_s)
+                    yield {"type": "tool_call", "index": index, "arguments": arguments[start : start + third]}
+            yield llm_finish("tool_calls" if scripted.calls else "stop")
         except (asyncio.CancelledError, GeneratorExit):
             self.cancelled += 1
             raise

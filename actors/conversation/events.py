@@ -10,6 +10,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from actors.conversation.items import Item
+
 # How a response ended, as `ResponseFinished` reports it (and the wire's `response.done` carries it):
 # "incomplete" is a reply the LLM was cut short of (`max_output_tokens`, or its content filter).
 ResponseStatus = Literal["completed", "incomplete", "cancelled", "failed"]
@@ -84,6 +86,7 @@ class ResponseTextDelta:
     response_id: str
     item_id: str
     delta: str
+    output_index: int = 0  # of the message item in the response's output
 
 
 @dataclass(frozen=True)
@@ -91,6 +94,51 @@ class ResponseAudioDelta:
     response_id: str
     item_id: str
     pcm16: bytes
+    output_index: int = 0
+
+
+@dataclass(frozen=True)
+class ResponseItemAdded:
+    """A response's output gained an item after its first message: a tool call (its arguments still
+    streaming), a server tool's output, or the message of the words after a round of calls."""
+
+    response_id: str
+    output_index: int
+    item: Item
+
+
+@dataclass(frozen=True)
+class ResponseItemDone:
+    response_id: str
+    output_index: int
+    item: Item
+
+
+@dataclass(frozen=True)
+class CallArgumentsDelta:
+    response_id: str
+    item_id: str
+    output_index: int
+    call_id: str
+    delta: str
+
+
+@dataclass(frozen=True)
+class CallArgumentsDone:
+    response_id: str
+    item_id: str
+    output_index: int
+    call_id: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True)
+class ItemAdded:
+    """An item the client added that is not a user message (a tool call's output)."""
+
+    item: Item
+    previous_item_id: str | None
 
 
 @dataclass(frozen=True)
@@ -98,10 +146,12 @@ class ResponseFinished:
     response_id: str
     item_id: str
     status: ResponseStatus
-    text: str  # what the assistant said (up to the interruption point when cancelled)
+    text: str  # what the first message said (up to the interruption point when cancelled)
     reason: str | None = None  # why it was cancelled or incomplete, or the public error code when it failed
     metrics: dict[str, float] = field(default_factory=dict)
     message: str | None = None  # failed: a sentence for the user (never exception text)
+    # The items after the first message, in output order (tool calls, their outputs, later messages).
+    output: tuple[Item, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -124,6 +174,11 @@ SessionEvent = (
     | ResponseStarted
     | ResponseTextDelta
     | ResponseAudioDelta
+    | ResponseItemAdded
+    | ResponseItemDone
+    | CallArgumentsDelta
+    | CallArgumentsDone
+    | ItemAdded
     | ResponseFinished
     | SessionError
 )

@@ -1,5 +1,5 @@
-"""The conversation a session keeps: its items (user and assistant messages, with ids) and the dialogue
-the LLM sees, which is their text.
+"""The conversation a session keeps: its items (user and assistant messages, the tool calls a reply made
+and their outputs, with ids) and the dialogue the LLM sees.
 
 Clients address items by id, as OpenAI's Realtime API lets them: read one back, delete one (the LLM no
 longer sees it), or truncate an assistant reply to the audio the user actually heard, so the LLM does not
@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from actors.llm.base import ChatMessage
+from actors.llm.base import ChatMessage, ToolCall
 
 ItemStatus = Literal["in_progress", "completed", "incomplete"]
 
@@ -60,26 +60,105 @@ class ConversationItem:
 
 
 @dataclass
+class FunctionCallItem:
+    """A tool call a reply made (OpenAI's `function_call` item): `in_progress` while its arguments
+    stream, then `completed`."""
+
+    id: str
+    call_id: str
+    name: str
+    arguments: str = ""
+    status: ItemStatus = "in_progress"
+    in_dialogue: bool = True
+    server: bool = False  # run by the server (else by the client)
+
+    def call(self) -> ToolCall:
+        return {
+            "id": self.call_id,
+            "type": "function",
+            "function": {"name": self.name, "arguments": self.arguments},
+        }
+
+
+@dataclass
+class FunctionCallOutputItem:
+    """A call's result (OpenAI's `function_call_output` item): a server tool's, or one the client sent."""
+
+    id: str
+    call_id: str
+    output: str
+    in_dialogue: bool = True
+
+
+Item = ConversationItem | FunctionCallItem | FunctionCallOutputItem
+
+
+@dataclass
 class Conversation:
     """What outlives a turn: the items, in order, and the last one's id (each new item names the one
     before it)."""
 
-    items: list[ConversationItem] = field(default_factory=list)
+    items: list[Item] = field(default_factory=list)
     last_item_id: str | None = None
 
     @property
     def history(self) -> list[ChatMessage]:
-        """The dialogue the LLM sees: the finished turns' items that have text, in order."""
-        return [
-            {"role": item.role, "content": item.text} for item in self.items if item.in_dialogue and item.text
+        """The dialogue the LLM sees: the finished turns' items, in order. Calls become an assistant
+        message's `tool_calls` (with the words said just before them), each followed by its output as a
+        "tool" message; a call with no output yet (or whose output was deleted) is left out, and so is
+        an output whose call is gone, so the provider never sees half of a call."""
+        items = [item for item in self.items if item.in_dialogue]
+        outputs = {item.call_id: item.output for item in items if isinstance(item, FunctionCallOutputItem)}
+        messages: list[ChatMessage] = []
+        answered: list[str] = []  # outputs due after the assistant message being built
+        for item in items:
+            if isinstance(item, FunctionCallOutputItem):
+                continue
+            if isinstance(item, FunctionCallItem):
+                if item.call_id not in outputs or item.status != "completed":
+                    continue
+                # Calls in a row share one assistant message, which also holds the words just before.
+                if not answered and (not messages or messages[-1]["role"] != "assistant"):
+                    messages.append({"role": "assistant", "content": ""})
+                messages[-1].setdefault("tool_calls", []).append(item.call())
+                answered.append(item.call_id)
+                continue
+            messages += self._answers(answered, outputs)
+            if item.text:
+                messages.append({"role": item.role, "content": item.text})
+        return messages + self._answers(answered, outputs)
+
+    @staticmethod
+    def _answers(answered: list[str], outputs: dict[str, str]) -> list[ChatMessage]:
+        """The "tool" messages for the calls just added (emptying `answered`)."""
+        messages: list[ChatMessage] = [
+            {"role": "tool", "tool_call_id": call_id, "content": outputs[call_id]} for call_id in answered
         ]
+        answered.clear()
+        return messages
+
+    def recent(self, keep: int) -> list[ChatMessage]:
+        """The last `keep` messages of the history (about), never starting inside a call's answer."""
+        if keep <= 0:
+            return []
+        messages = self.history[-keep:]
+        while messages and messages[0]["role"] == "tool":
+            messages.pop(0)
+        return messages
+
+    def call(self, call_id: str) -> FunctionCallItem | None:
+        """The call with `call_id`, if the conversation has it."""
+        for item in reversed(self.items):
+            if isinstance(item, FunctionCallItem) and item.call_id == call_id:
+                return item
+        return None
 
     def add_user(self, item_id: str, text: str, spoken: bool) -> ConversationItem:
         """A user message as it arrives (typed, or transcribed); the LLM sees it once its turn ends.
         The same id again gives the item already there."""
-        for item in reversed(self.items):
-            if item.id == item_id:
-                return item
+        for existing in reversed(self.items):
+            if existing.id == item_id and isinstance(existing, ConversationItem):
+                return existing
         item = ConversationItem(item_id, "user", spoken, [text], in_dialogue=False)
         self.items.append(item)
         return item
@@ -88,7 +167,7 @@ class Conversation:
         """A finished message (a user's, or a reply said in full) at the end of the dialogue."""
         self.items.append(ConversationItem(item_id, role, audio=False, phrases=[text]))
 
-    def get(self, item_id: str) -> ConversationItem:
+    def get(self, item_id: str) -> Item:
         for item in self.items:
             if item.id == item_id:
                 return item
@@ -101,7 +180,7 @@ class Conversation:
     def truncate(self, item_id: str, audio_end_ms: int) -> ConversationItem:
         """Cut an assistant reply's text to its first `audio_end_ms` of audio (what was heard)."""
         item = self.get(item_id)
-        if item.role != "assistant" or not item.audio:
+        if not isinstance(item, ConversationItem) or item.role != "assistant" or not item.audio:
             raise ItemError("invalid_item", f"item {item_id[:80]!r} is not an assistant reply with audio")
         sent_ms = round(item.audio_s * 1000)
         if audio_end_ms > sent_ms:

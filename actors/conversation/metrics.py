@@ -76,6 +76,7 @@ class TurnTimeline:
     tts_start: float | None = None  # first phrase handed to TTS (later, for a reply started early)
     first_audio_out: float | None = None  # first TTS byte received
     first_audio_sent: float | None = None  # first audio byte sent to the client
+    tool_ms: float | None = None  # time spent waiting for server tool calls (None: the turn made none)
 
     def metrics_ms(self) -> dict[str, float]:
         def span(a: float | None, b: float | None) -> float | None:
@@ -92,6 +93,7 @@ class TurnTimeline:
             "e2e_latency": span(origin, self.first_audio_sent),
             # A reply prepared at a pause: how long before the turn was detected its LLM call started.
             "preemptive_lead": lead if lead is not None and lead > 0 else None,
+            "tool_ms": round(self.tool_ms, 3) if self.tool_ms is not None else None,
         }
         return {k: v for k, v in values.items() if v is not None}
 

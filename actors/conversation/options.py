@@ -6,6 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from actors.audio.vad import VadConfig
+from actors.llm.base import ToolChoice, ToolSpec
+
+FILLER_PHRASES = ("One moment.", "Let me check.", "Just a second.", "Still on it.")
 
 
 @dataclass
@@ -25,6 +28,8 @@ class SessionOptions:
     # answered.
     transcription_only: bool = False
     transcription_model: str = ""  # what transcribes (echoed to the client; the STT stage decides)
+    tools: tuple[ToolSpec, ...] = ()  # the client's tools (it runs them), offered with the server's
+    tool_choice: ToolChoice = "auto"  # chat-completions shape
 
 
 @dataclass(frozen=True)
@@ -53,3 +58,12 @@ class SessionLimits:
     # With semantic turn detection, a pause that sounds finished ends the turn only if the words before
     # it can end a sentence (`actors.llm.sentence_end`).
     end_of_turn_words: bool = True
+    # Tools in a reply: at most this many rounds of calls per turn (the next round is asked to answer
+    # without tools); a server call still running after `tool_filler_delay_ms` gets a filler phrase
+    # spoken (none when the model said words before the call), and up to `tool_filler_max` in all,
+    # `tool_filler_repeat_ms` apart.
+    tool_max_rounds: int = 3
+    tool_filler_delay_ms: int = 400
+    tool_filler_repeat_ms: int = 1500
+    tool_filler_max: int = 2
+    tool_filler_phrases: tuple[str, ...] = FILLER_PHRASES

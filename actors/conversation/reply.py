@@ -6,6 +6,12 @@ the one playing, and the audio goes out paced to real time plus `audio_lead_ms`,
 the user may be interrupting (generation goes on) and `resume` plays on from there. However it ends
 (completed, cancelled, or failed with a spoken apology) it ends with one `ResponseFinished` carrying the
 turn's metrics; what was said joins the conversation history, and the exchange goes to the memory sink.
+
+The model may call tools (the server's, `actors.conversation.server_calls`, and the client's, declared in
+`session.update`). Each call becomes a `function_call` item of the response, its arguments streamed to
+the client as they come. Server calls run inside the response; their outputs become items, go back to
+the model, and its answer streams on in a new message item, for up to `tool_max_rounds` rounds. Calls to
+the client's tools end the response: the client runs them and asks for the next one.
 """
 
 from __future__ import annotations
@@ -19,10 +25,14 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 from actors.audio.pcm import duration_ms
 from actors.conversation.early_reply import EarlyReply
 from actors.conversation.events import (
+    CallArgumentsDelta,
+    CallArgumentsDone,
     Emit,
     FinishedTurn,
     ResponseAudioDelta,
     ResponseFinished,
+    ResponseItemAdded,
+    ResponseItemDone,
     ResponseStarted,
     ResponseStatus,
     ResponseTextDelta,
@@ -30,15 +40,25 @@ from actors.conversation.events import (
     new_id,
 )
 from actors.conversation.faults import PublicError, StageError, public_error
-from actors.conversation.items import ConversationItem
+from actors.conversation.items import (
+    ConversationItem,
+    FunctionCallItem,
+    FunctionCallOutputItem,
+    Item,
+    ItemStatus,
+)
 from actors.conversation.metrics import TurnTimeline, clock, observe_turn
 from actors.conversation.options import SessionLimits, SessionOptions
 from actors.conversation.prompt import with_memory
+from actors.conversation.server_calls import ServerCalls
 from actors.conversation.stages import LLMEvent, LLMRequest, PhraseLLMClient, SynthesizerClient
 from actors.conversation.turns import CancelReason, Conversation, UserTurn
-from actors.llm.base import ChatMessage, FinishReason
+from actors.llm.base import ChatMessage, FinishReason, LLMToolCallDelta, ToolChoice
 from actors.memory.sink import MemorySink
 from actors.tasks import cancel_and_wait, close_quietly
+from actors.tools.base import ToolContext
+from actors.tools.calls import round_messages
+from actors.tools.toolbox import Toolbox
 from actors.tts.base import SpeechStyle
 
 log = logging.getLogger(__name__)
@@ -61,8 +81,11 @@ class ReplyPlayer:
         memory_sink: MemorySink | None = None,
         memory_context: Callable[[str], Awaitable[str | None]] | None = None,
         on_finished: Callable[[ResponseStatus, float], None] | None = None,
+        toolbox: Toolbox | None = None,
     ) -> None:
         self.options = options
+        self._toolbox = toolbox or Toolbox()  # server tools (the client's are in `options.tools`)
+        self._tools = ServerCalls(self._toolbox, limits, conversation, ToolContext(user_id, session_id))
         # Told each reply's status and when the client will have played all of its audio (clock time).
         self._on_finished = on_finished
         self._played_until = 0.0
@@ -149,20 +172,32 @@ class ReplyPlayer:
         with contextlib.suppress(asyncio.CancelledError):
             await task
 
-    async def _request(self, user_text: str | None) -> LLMRequest:
+    async def _request(
+        self,
+        user_text: str | None,
+        rounds: list[ChatMessage] | None = None,
+        tool_choice: ToolChoice | None = None,
+    ) -> LLMRequest:
+        """The prompt for a reply to `user_text`; `rounds`: this turn's calls and outputs so far, for the
+        round after them, asked with `tool_choice` (None: the session's)."""
         memory = await self._memory_context(self._user_id) if self._memory_context else None
-        return {
-            "messages": self._messages(user_text, memory),
+        request: LLMRequest = {
+            "messages": self._messages(user_text, memory) + (rounds or []),
             "max_tokens": self.options.max_tokens,
             "temperature": self.options.temperature,
             "user_id": self._user_id,
         }
+        tools = [definition.spec() for definition in self._toolbox.definitions()]
+        tools += [spec for spec in self.options.tools if spec["function"]["name"] not in self._toolbox]
+        if tools:  # a turn without tools sends what it always sent
+            request["tools"] = tools
+            request["tool_choice"] = self.options.tool_choice if tool_choice is None else tool_choice
+        return request
 
     def _messages(self, user_text: str | None, memory: str | None = None) -> list[ChatMessage]:
         system = with_memory(self.options.instructions, memory)
         messages: list[ChatMessage] = [{"role": "system", "content": system}]
-        keep = self._limits.history_turns * 2
-        messages += self._conversation.history[-keep:] if keep else []
+        messages += self._conversation.recent(self._limits.history_turns * 2)
         if user_text is not None:
             messages.append({"role": "user", "content": user_text})
         return messages
@@ -186,7 +221,7 @@ class ReplyPlayer:
             item_id, "assistant", audio=self.options.output_audio, status="in_progress", in_dialogue=False
         )
         self._conversation.items.append(reply)
-        spoken = reply.phrases  # phrases whose audio started playing
+        output: list[Item] = []  # the response's items after `reply`, in order
         heard: list[str] = []  # what the client got: the spoken reply, then any apology
         status: ResponseStatus = "completed"
         reason: str | None = None
@@ -196,9 +231,10 @@ class ReplyPlayer:
             await self._emit(ResponseStarted(response_id, item_id))
             try:
                 finish = await self._run_pipeline(
-                    response_id, reply, user_text, timeline, early, early_events
+                    response_id, reply, output, user_text, timeline, early, early_events
                 )
-                if finish != "stop":  # the LLM was cut short: OpenAI calls that reply incomplete
+                # A reply ending on the client's calls is complete: the client answers them.
+                if finish not in ("stop", "tool_calls"):  # the LLM was cut short: OpenAI says incomplete
                     status = "incomplete"
                     reason = "max_output_tokens" if finish == "length" else finish
             except Exception as exc:
@@ -206,7 +242,7 @@ class ReplyPlayer:
                 # The details (a traceback, a replica's pid and address) are for the log only.
                 log.warning("response %s failed (%s)", response_id, failure.code, exc_info=exc)
                 status, reason = "failed", failure.code
-                heard = [*spoken]
+                heard = [said] if (said := _said(reply, output)) else []
                 await self._apologise(response_id, item_id, failure, exc, heard)
         except asyncio.CancelledError as exc:
             # Cancelled by barge-in or response.cancel: finish the turn properly instead of propagating.
@@ -217,26 +253,38 @@ class ReplyPlayer:
                 task.uncancel()
         if early is not None:  # however the reply ended, its early LLM call ends with it
             await early.close()
-        text = reply.text  # what was said (or heard, if the client truncated it meanwhile)
+        text = _said(reply, output)  # what was said (or heard, if the client truncated it meanwhile)
         metrics = timeline.metrics_ms()
+        turn_items = {user_item, item_id, *(item.id for item in output)}
         for item in self._conversation.items:
-            if item.id in (user_item, item_id):
+            if item.id in turn_items:
                 item.in_dialogue = True
-        reply.status = "completed" if status == "completed" else "incomplete"
+        item_status: ItemStatus = "completed" if status == "completed" else "incomplete"
+        reply.status = item_status
+        for index, item in enumerate(output, start=1):
+            if isinstance(item, ConversationItem):
+                item.status = item_status
+                await self._emit(ResponseItemDone(response_id, index, item))
+            elif isinstance(item, FunctionCallItem) and item.status == "in_progress":
+                item.status = "incomplete"  # cut off while its arguments streamed
         observe_turn(metrics, status)
         await self._emit(
             ResponseFinished(
                 response_id,
                 item_id,
                 status,
-                " ".join(heard) if failure is not None else text,
+                " ".join(heard) if failure is not None else reply.text,
                 reason,
                 metrics,
                 failure.message if failure is not None else None,
+                tuple(output),
             )
         )
-        self._conversation.last_item_id = item_id
-        if self._on_finished is not None:
+        self._conversation.last_item_id = output[-1].id if output else item_id
+        # A reply that ended on the client's calls waits for their outputs: the user is not being
+        # ignored meanwhile, so no idle prompt is armed.
+        awaiting_client = any(isinstance(item, FunctionCallItem) and not item.server for item in output)
+        if self._on_finished is not None and not (awaiting_client and status == "completed"):
             self._on_finished(status, max(self._played_until, clock()))
         if self._sink is not None and (user_text or text):
             self._sink.submit(
@@ -293,13 +341,15 @@ class ReplyPlayer:
         self,
         response_id: str,
         reply: ConversationItem,
+        output: list[Item],
         user_text: str | None,
         timeline: TurnTimeline,
         early: EarlyReply | None,
         early_events: AsyncGenerator[tuple[LLMEvent, float], None] | None,
     ) -> FinishReason:
-        """Play the reply (its phrases go into `reply` as they are said); returns why the LLM stopped."""
-        item_id, spoken = reply.id, reply.phrases
+        """Play the reply (its phrases go into `reply` as they are said, and after a round of tool calls
+        into a new message item); its calls, their outputs and later messages go into `output` (and the
+        conversation). Returns why the LLM stopped."""
         if early is None or early_events is None:
             request = await self._request(user_text)
             timeline.llm_start = clock()
@@ -307,38 +357,98 @@ class ReplyPlayer:
         else:
             timeline.llm_start = early.llm_start
             events = early_events
-        phrases: asyncio.Queue[str | None] = asyncio.Queue()
+        phrases: asyncio.Queue[tuple[str, ConversationItem, int] | None] = asyncio.Queue()
         finish: FinishReason = "stop"
+        speaking = self.options.output_audio
+        message: ConversationItem | None = reply  # the message this round's words go into
 
-        async def produce(speaking: bool) -> None:
-            nonlocal finish
-            try:
-                async for event, arrived in events:
-                    if event["type"] == "first_token":
-                        timeline.first_token = arrived
-                        continue
-                    if event["type"] == "finish":
-                        finish = event["finish_reason"]
-                        continue
-                    if event["type"] == "tool_call":
-                        continue  # no tools are offered to a voice reply yet
-                    if timeline.first_phrase is None:
-                        timeline.first_phrase = arrived
-                    if not speaking:  # text-only session: the phrase is the output
-                        spoken.append(event["text"])
-                        delta = event["text"] if len(spoken) == 1 else " " + event["text"]
-                        await self._emit(ResponseTextDelta(response_id, item_id, delta))
-                    else:
-                        phrases.put_nowait(event["text"])
-            except Exception as exc:
-                raise StageError("llm") from exc
-            phrases.put_nowait(None)
+        async def say(text: str) -> None:
+            """A phrase of the reply (the LLM's, or a filler): spoken, or in a text session sent."""
+            nonlocal message
+            if message is None:  # the first words after a round of calls start a new message
+                message = ConversationItem(
+                    new_id("item"), "assistant", audio=speaking, status="in_progress", in_dialogue=False
+                )
+                await self._add_output(response_id, output, message)
+            index = 0 if message is reply else output.index(message) + 1
+            if not speaking:  # text-only session: the phrase is the output
+                message.phrases.append(text)
+                delta = text if len(message.phrases) == 1 else " " + text
+                await self._emit(ResponseTextDelta(response_id, message.id, delta, index))
+            else:
+                phrases.put_nowait((text, message, index))
+
+        async def produce() -> None:
+            nonlocal finish, events, message
+            rounds: list[ChatMessage] = []  # this turn's calls and outputs, for the next round's prompt
+            for round_no in range(1, self._limits.tool_max_rounds + 2):
+                words: list[str] = []
+                calls: dict[int, FunctionCallItem] = {}
+                try:
+                    async for event, arrived in events:
+                        if event["type"] == "first_token":
+                            if timeline.first_token is None:
+                                timeline.first_token = arrived
+                            continue
+                        if event["type"] == "finish":
+                            finish = event["finish_reason"]
+                            continue
+                        if event["type"] == "tool_call":
+                            if timeline.first_token is None:  # a call is the model's first output too
+                                timeline.first_token = arrived
+                            await self._call_piece(response_id, output, calls, event)
+                            continue
+                        if timeline.first_phrase is None:
+                            timeline.first_phrase = arrived
+                        words.append(event["text"])
+                        await say(event["text"])
+                except Exception as exc:
+                    raise StageError("llm") from exc
+                if not calls:
+                    break
+                if round_no > self._limits.tool_max_rounds:
+                    break  # told to answer without tools and called anyway: these calls are not run
+                made = [calls[index] for index in sorted(calls)]
+                for item in made:
+                    item.status = "completed"
+                    index = output.index(item) + 1
+                    await self._emit(
+                        CallArgumentsDone(
+                            response_id, item.id, index, item.call_id, item.name, item.arguments
+                        )
+                    )
+                    await self._emit(ResponseItemDone(response_id, index, item))
+                client_names = {spec["function"]["name"] for spec in self.options.tools}
+                for item in made:
+                    item.server = item.name in self._toolbox or item.name not in client_names
+                server = [item.call() for item in made if item.server]
+                results = await self._tools.run(
+                    server, timeline, say if not words else None, say if speaking else None
+                )
+                outputs = []
+                for result in results:
+                    done = FunctionCallOutputItem(
+                        new_id("item"), result.call["id"], result.output, in_dialogue=False
+                    )
+                    await self._add_output(response_id, output, done, finished=True)
+                    outputs.append((done.call_id, done.output))
+                if len(server) < len(made):
+                    break  # the client runs its calls and asks for the next response
+                # The next round hears the outputs; past the limit it must answer without tools, and a
+                # forced tool_choice applied to the first round only.
+                rounds += round_messages(" ".join(words), [item.call() for item in made], outputs)
+                choice: ToolChoice = "none" if round_no >= self._limits.tool_max_rounds else "auto"
+                request = await self._request(user_text, rounds, choice)
+                events = _arrivals(self._llm.stream_phrases(request))
+                message = None
+            if speaking:
+                phrases.put_nowait(None)
 
         # The LLM and the speaker run side by side; whichever fails first ends the reply at once
         # (a dead TTS must not wait for the whole LLM reply, nor a dead LLM for the audio queued).
-        tasks = [asyncio.create_task(produce(self.options.output_audio))]
-        if self.options.output_audio:
-            speak = self._speak(response_id, reply, phrases, timeline, early)
+        tasks = [asyncio.create_task(produce())]
+        if speaking:
+            speak = self._speak(response_id, phrases, timeline, early)
             tasks.append(asyncio.create_task(speak))
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
@@ -350,23 +460,58 @@ class ReplyPlayer:
             await close_quietly(events)
         return finish
 
+    async def _add_output(
+        self, response_id: str, output: list[Item], item: Item, finished: bool = False
+    ) -> None:
+        """A new item in the response's output (and the conversation), announced to the client."""
+        output.append(item)
+        self._conversation.items.append(item)
+        await self._emit(ResponseItemAdded(response_id, len(output), item))
+        if finished:
+            await self._emit(ResponseItemDone(response_id, len(output), item))
+
+    async def _call_piece(
+        self,
+        response_id: str,
+        output: list[Item],
+        calls: dict[int, FunctionCallItem],
+        piece: LLMToolCallDelta,
+    ) -> None:
+        """A streamed piece of a call: the first opens its item, each streams its arguments to the client."""
+        item = calls.get(piece["index"])
+        if item is None:
+            # Some OpenAI-compatible servers send no call id: the client still needs one to answer.
+            item = FunctionCallItem(new_id("item"), piece.get("id") or new_id("call"), "", in_dialogue=False)
+            item.name = piece.get("name") or ""
+            calls[piece["index"]] = item
+            await self._add_output(response_id, output, item)
+        elif piece.get("name"):
+            item.name += piece.get("name") or ""
+        if piece["arguments"]:
+            item.arguments += piece["arguments"]
+            index = output.index(item) + 1
+            await self._emit(
+                CallArgumentsDelta(response_id, item.id, index, item.call_id, piece["arguments"])
+            )
+
     async def _speak(
         self,
         response_id: str,
-        reply: ConversationItem,
-        phrases: asyncio.Queue[str | None],
+        phrases: asyncio.Queue[tuple[str, ConversationItem, int] | None],
         timeline: TurnTimeline,
         early: EarlyReply | None = None,
     ) -> None:
         """Synthesise phrases in order, one phrase ahead of the one playing, and send the audio paced
-        to real time plus `audio_lead_ms`, so a barge-in can still stop what has not been heard."""
-        item_id, spoken = reply.id, reply.phrases
+        to real time plus `audio_lead_ms`, so a barge-in can still stop what has not been heard. Each
+        phrase goes into its message item (with its output index) once its audio starts."""
         rate, style = self.options.output_sample_rate, self._style()
         lead_s = self._limits.audio_lead_ms / 1000
         # The next chunk of a phrase: the provider's own timeout plus the hop's.
         chunk_timeout_s = self._limits.tts_timeout_s + self._limits.stage_timeout_s
         slots = asyncio.Semaphore(2)  # the phrase playing + one synthesising ahead
-        ordered: asyncio.Queue[tuple[str, asyncio.Queue[bytes | Exception | None]] | None] = asyncio.Queue()
+        ordered: asyncio.Queue[
+            tuple[str, ConversationItem, int, asyncio.Queue[bytes | Exception | None]] | None
+        ] = asyncio.Queue()
         synth_tasks: list[asyncio.Task[None]] = []
 
         async def synthesize(text: str, out: asyncio.Queue[bytes | Exception | None]) -> None:
@@ -383,13 +528,14 @@ class ReplyPlayer:
                 await close_quietly(chunks)
 
         async def schedule() -> None:
-            while (text := await phrases.get()) is not None:
+            while (queued := await phrases.get()) is not None:
+                text, item, index = queued
                 await slots.acquire()
                 if timeline.tts_start is None:
                     timeline.tts_start = clock()
                 out: asyncio.Queue[bytes | Exception | None] = asyncio.Queue()
                 synth_tasks.append(asyncio.create_task(synthesize(text, out)))
-                ordered.put_nowait((text, out))
+                ordered.put_nowait((text, item, index, out))
             ordered.put_nowait(None)
 
         async def next_chunk(out: asyncio.Queue[bytes | Exception | None]) -> bytes | None:
@@ -405,9 +551,11 @@ class ReplyPlayer:
         scheduler = asyncio.create_task(schedule())
         audio_sent_s = 0.0
         origin: float | None = None  # clock time the client's playback of this reply began, for pacing
+        item_origin: dict[str, float] = {}  # where each message's audio starts in the reply's audio
         try:
-            while (item := await ordered.get()) is not None:
-                text, out = item
+            while (playing := await ordered.get()) is not None:
+                text, item, index, out = playing
+                item_id, spoken = item.id, item.phrases
                 first_chunk = True
                 while (chunk := await next_chunk(out)) is not None:
                     if timeline.first_audio_out is None:
@@ -416,16 +564,17 @@ class ReplyPlayer:
                     if first_chunk:
                         first_chunk = False
                         spoken.append(text)
-                        reply.starts_s.append(audio_sent_s)
+                        start_s = item_origin.setdefault(item_id, audio_sent_s)
+                        item.starts_s.append(audio_sent_s - start_s)
                         delta = text if len(spoken) == 1 else " " + text
-                        await self._emit(ResponseTextDelta(response_id, item_id, delta))
-                    await self._emit(ResponseAudioDelta(response_id, item_id, chunk))
+                        await self._emit(ResponseTextDelta(response_id, item_id, delta, index))
+                    await self._emit(ResponseAudioDelta(response_id, item_id, chunk, index))
                     if timeline.first_audio_sent is None:
                         timeline.first_audio_sent = clock()
                     if origin is None:
                         origin = timeline.first_audio_sent
                     audio_sent_s += duration_ms(chunk, rate) / 1000
-                    reply.audio_s = audio_sent_s
+                    item.audio_s = audio_sent_s - item_origin[item_id]
                     self._played_until = origin + audio_sent_s
                 slots.release()
             await asyncio.gather(*synth_tasks)
@@ -461,3 +610,9 @@ async def _arrivals(events: AsyncGenerator[LLMEvent, None]) -> AsyncGenerator[tu
             yield event, clock()
     finally:
         await close_quietly(events)
+
+
+def _said(reply: ConversationItem, output: list[Item]) -> str:
+    """What a response's messages said, in order."""
+    messages = [reply, *(item for item in output if isinstance(item, ConversationItem))]
+    return " ".join(text for message in messages if (text := message.text))

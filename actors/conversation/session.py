@@ -20,13 +20,14 @@ from actors.audio.end_of_turn import EndOfTurnModel, SmartTurnModel
 from actors.audio.vad import SpeechDetector
 from actors.conversation.events import Emit, new_id
 from actors.conversation.input import AudioInput
-from actors.conversation.items import ConversationItem
+from actors.conversation.items import ConversationItem, Item
 from actors.conversation.options import SessionLimits, SessionOptions
 from actors.conversation.reply import ReplyPlayer
 from actors.conversation.stages import PhraseLLMClient, SynthesizerClient, TranscriberClient
 from actors.conversation.turns import Conversation, TurnStateMachine
 from actors.llm.sentence_end import GemmaSentenceEnd, SentenceEndModel
 from actors.memory.sink import MemorySink
+from actors.tools.toolbox import Toolbox
 
 
 class VoiceSession:
@@ -54,12 +55,14 @@ class VoiceSession:
         memory_context: Callable[[str], Awaitable[str | None]] | None = None,
         user_id: str = "anonymous",
         session_id: str | None = None,
+        toolbox: Toolbox | None = None,
     ) -> None:
         self.session_id = session_id or new_id("sess")
         self.user_id = user_id
         self.options = options
         self.limits = limits or SessionLimits()
         self._sink = memory_sink
+        self.toolbox = toolbox or Toolbox()  # the server tools its replies may call
         conversation = self.conversation = Conversation()
         self._reply = ReplyPlayer(
             llm=llm,
@@ -73,6 +76,7 @@ class VoiceSession:
             memory_sink=memory_sink,
             memory_context=memory_context,
             on_finished=lambda status, heard_at: self._turns.reply_finished(status, heard_at),
+            toolbox=self.toolbox,
         )
         self._turns = TurnStateMachine(
             replies=self._reply,
@@ -136,6 +140,21 @@ class VoiceSession:
         """A typed user message; the next `create_response` answers it. Returns the item id."""
         return await self._turns.add_user_text(text)
 
+    async def add_tool_output(self, call_id: str, output: str) -> str:
+        """The client's output for a call it was asked to make; the next `create_response` hears it.
+        Returns the item id (`ItemError` if the conversation has no such call, or it has its output)."""
+        return await self._turns.add_tool_output(call_id, output)
+
+    async def add_tool_call(self, call_id: str, name: str, arguments: str) -> str:
+        """A call made earlier (a client restoring a conversation); its output may follow. Returns the
+        item id (`ItemError` if the conversation has a call with that id already)."""
+        return await self._turns.add_tool_call(call_id, name, arguments)
+
+    @property
+    def server_tool_names(self) -> frozenset[str]:
+        """The tools the server runs for this session (a client tool may not take their names)."""
+        return frozenset(definition.name for definition in self.toolbox.definitions())
+
     async def create_response(self) -> None:
         """Answer the pending user message (or continue the conversation); one response at a time."""
         await self._turns.create_response()
@@ -144,7 +163,7 @@ class VoiceSession:
         """Stop the reply in progress; it ends with `ResponseFinished(status="cancelled")`."""
         await self._turns.cancel_response()
 
-    def item(self, item_id: str) -> ConversationItem:
+    def item(self, item_id: str) -> Item:
         """A conversation item by id (`ItemError` if there is none)."""
         return self.conversation.get(item_id)
 

@@ -28,6 +28,7 @@ from actors.conversation.events import (
     AudioCommitted,
     Emit,
     InputTimedOut,
+    ItemAdded,
     ResponseStatus,
     SessionError,
     TranscriptCompleted,
@@ -36,7 +37,7 @@ from actors.conversation.events import (
 )
 from actors.conversation.faults import public_error
 from actors.conversation.input import Utterance
-from actors.conversation.items import Conversation
+from actors.conversation.items import Conversation, FunctionCallItem, FunctionCallOutputItem, ItemError
 from actors.conversation.metrics import TurnTimeline, clock
 from actors.conversation.options import SessionLimits, SessionOptions
 from actors.tasks import cancel_and_wait
@@ -258,6 +259,33 @@ class TurnStateMachine:
         await self._emit(UserItemAdded(item_id, self.conversation.last_item_id, text))
         self.conversation.last_item_id = item_id
         return item_id
+
+    async def add_tool_call(self, call_id: str, name: str, arguments: str) -> str:
+        """A call the client adds (restoring a conversation). Returns the item id."""
+        if self.conversation.call(call_id) is not None:
+            raise ItemError("invalid_call_id", f"the conversation has a call {call_id[:80]!r} already")
+        item = FunctionCallItem(new_id("item"), call_id, name, arguments, status="completed")
+        return await self._add_item(item)
+
+    async def _add_item(self, item: FunctionCallItem | FunctionCallOutputItem) -> str:
+        self._disarm_idle()
+        self.conversation.items.append(item)
+        await self._emit(ItemAdded(item, self.conversation.last_item_id))
+        self.conversation.last_item_id = item.id
+        return item.id
+
+    async def add_tool_output(self, call_id: str, output: str) -> str:
+        """The client's output for one of the calls a reply asked it to make. Returns the item id."""
+        if self.conversation.call(call_id) is None:
+            raise ItemError(
+                "invalid_call_id", f"no function_call with call_id {call_id[:80]!r} in this conversation"
+            )
+        if any(
+            isinstance(item, FunctionCallOutputItem) and item.call_id == call_id
+            for item in self.conversation.items
+        ):
+            raise ItemError("invalid_call_id", f"the call {call_id[:80]!r} already has its output")
+        return await self._add_item(FunctionCallOutputItem(new_id("item"), call_id, output))
 
     async def create_response(self) -> None:
         """Answer the pending user turn (or continue the conversation); one reply at a time."""

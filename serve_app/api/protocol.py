@@ -23,10 +23,15 @@ from actors.audio.vad import VadConfig
 from actors.config import Settings
 from actors.conversation.events import (
     AudioCommitted,
+    CallArgumentsDelta,
+    CallArgumentsDone,
     InputCleared,
     InputTimedOut,
+    ItemAdded,
     ResponseAudioDelta,
     ResponseFinished,
+    ResponseItemAdded,
+    ResponseItemDone,
     ResponseStarted,
     ResponseTextDelta,
     SessionError,
@@ -37,8 +42,9 @@ from actors.conversation.events import (
     TranscriptDelta,
     UserItemAdded,
 )
-from actors.conversation.items import ConversationItem
+from actors.conversation.items import ConversationItem, FunctionCallItem, FunctionCallOutputItem, Item
 from actors.conversation.session import SessionOptions
+from actors.llm.base import ToolChoice, ToolSpec
 from actors.tts.voices import MIN_SPEED, VoiceError, check_voice
 from serve_app.api import json_input
 
@@ -57,6 +63,7 @@ CLIENT_EVENTS = frozenset(
     }
 )
 OUTPUT_RATES = (16_000, 24_000)
+MAX_TOOLS = 128  # OpenAI's limit on a session's tools
 REALTIME_MAX_SPEED = 1.5  # OpenAI's Realtime range for audio.output.speed is 0.25-1.5
 
 
@@ -257,6 +264,29 @@ class Audio(_Strict):
     output: AudioOutput | None = None
 
 
+class FunctionTool(_Strict):
+    """A client tool in `session.tools` (the SDK's `RealtimeFunctionTool`): the client runs it. The SDK
+    leaves every field optional; a tool needs a name here, in OpenAI's charset. The SDK's union also
+    has `mcp` tools, which this server does not connect to for a client (its own MCP tools are server
+    tools)."""
+
+    type: Literal["function"]
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    description: str = ""
+    parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
+
+    def spec(self) -> ToolSpec:
+        function = {"name": self.name, "description": self.description, "parameters": self.parameters}
+        return {"type": "function", "function": function}
+
+
+class NamedFunction(_Strict):
+    """`tool_choice` forcing one function (the SDK's `ToolChoiceFunction`)."""
+
+    type: Literal["function"]
+    name: str = Field(min_length=1)
+
+
 class SessionConfig(_Strict):
     """The `session` of a session.update (the SDK's `RealtimeSessionCreateRequest`): a field that is
     present changes the session, an absent one does not. Unlike the SDK we do not require `type`.
@@ -268,6 +298,8 @@ class SessionConfig(_Strict):
     # The SDK's list, which may not ask for both at once.
     output_modalities: list[Literal["text", "audio"]] = Field(default=["audio"], min_length=1, max_length=1)
     audio: Audio | None = None
+    tools: list[FunctionTool] = Field(default_factory=list, max_length=MAX_TOOLS)
+    tool_choice: Literal["auto", "none", "required"] | NamedFunction = "auto"
 
     @field_validator("instructions")
     @classmethod
@@ -313,8 +345,18 @@ def _refusal(
 
 
 _ITEM_REFUSALS = (
-    _Refusal((), "invalid_item", "conversation.item.create needs a 'message' item", "item"),
-    _Refusal(("type",), "invalid_item", "conversation.item.create needs a 'message' item", "item"),
+    _Refusal(
+        (),
+        "invalid_item",
+        "conversation.item.create needs a 'message' or 'function_call_output' item",
+        "item",
+    ),
+    _Refusal(
+        ("type",),
+        "invalid_item",
+        "conversation.item.create needs a 'message' or 'function_call_output' item",
+        "item",
+    ),
     _Refusal(("role",), "invalid_item", "only user messages can be added", "item.role"),
     _Refusal(("content",), "invalid_item", "message needs 'content' parts", "item.content"),
     _Refusal(("content", "*"), "invalid_item", "only input_text content is supported", "item.content"),
@@ -408,6 +450,32 @@ _SESSION_REFUSALS = (
     _vad_refusal("server_vad", "prefix_padding_ms", "an integer 0..10000"),
     _vad_refusal("server_vad", "idle_timeout_ms", "an integer 5000..30000 or null"),
     _vad_refusal("semantic_vad", "eagerness", "'low', 'medium', 'high' or 'auto'"),
+    _Refusal(
+        ("tools",),
+        "invalid_session",
+        f"session.tools must be a list of at most {MAX_TOOLS} function tools",
+        "session.tools",
+    ),
+    _Refusal(
+        ("tools", "*"),
+        "invalid_session",
+        "each of session.tools must be {{'type': 'function', 'name': ..., 'description': ..., "
+        "'parameters': {{...}}}} (mcp tools are not supported: this server's own tools are configured on "
+        "the server), not {value}",
+        "session.tools",
+    ),
+    _Refusal(
+        ("tools", "*", "name"),
+        "invalid_session",
+        "a tool's name must be 1-64 letters, digits, '_' or '-', not {value}",
+        "session.tools",
+    ),
+    _Refusal(
+        ("tool_choice",),
+        "invalid_session",
+        "tool_choice must be 'auto', 'none', 'required' or {{'type': 'function', 'name': ...}}, not {value}",
+        "session.tool_choice",
+    ),
 )
 
 
@@ -445,6 +513,74 @@ def text_of_item(event: ClientEvent, limits: ProtocolLimits) -> str:
             "item.content.text",
         )
     return text
+
+
+class FunctionCallOutput(_Strict):
+    """A conversation.item.create's `function_call_output` item (the SDK's
+    `RealtimeConversationItemFunctionCallOutput`): the client's answer to a call it was asked to make."""
+
+    type: Literal["function_call_output"]
+    call_id: str = Field(min_length=1)
+    output: str
+
+
+class FunctionCall(_Strict):
+    """A conversation.item.create's `function_call` item (the SDK's
+    `RealtimeConversationItemFunctionCall`): a call made earlier, as a client restoring a conversation
+    adds it (its output follows as a `function_call_output` item). The SDK leaves `call_id` optional;
+    an output can only name a call that has one."""
+
+    type: Literal["function_call"]
+    call_id: str = Field(min_length=1)
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    arguments: str
+
+
+_CALL_REFUSALS = (
+    _Refusal((), "invalid_item", "a function_call item needs 'call_id', 'name' and 'arguments'", "item"),
+    _Refusal(("call_id",), "invalid_item", "call_id must be a non-empty string, not {value}", "item.call_id"),
+    _Refusal(
+        ("name",), "invalid_item", "name must be 1-64 letters, digits, '_' or '-', not {value}", "item.name"
+    ),
+    _Refusal(
+        ("arguments",),
+        "invalid_item",
+        "arguments must be a string (JSON text), not {value}",
+        "item.arguments",
+    ),
+)
+
+_OUTPUT_REFUSALS = (
+    _Refusal((), "invalid_item", "a function_call_output item needs 'call_id' and 'output'", "item"),
+    _Refusal(("call_id",), "invalid_item", "call_id must be the call's id, not {value}", "item.call_id"),
+    _Refusal(("output",), "invalid_item", "output must be a string, not {value}", "item.output"),
+)
+
+
+def created_item(event: ClientEvent, limits: ProtocolLimits) -> str | FunctionCall | FunctionCallOutput:
+    """What a conversation.item.create adds: a user message's text, a call, or a call's output."""
+    body = event.body.get("item")
+    kind = body.get("type") if isinstance(body, dict) else None
+    if kind not in ("function_call", "function_call_output"):
+        return text_of_item(event, limits)
+    model, refusals, field = (
+        (FunctionCall, _CALL_REFUSALS, "arguments")
+        if kind == "function_call"
+        else (FunctionCallOutput, _OUTPUT_REFUSALS, "output")
+    )
+    try:
+        item = model.model_validate(body)
+    except ValidationError as exc:
+        raise _refusal(exc, refusals, event.event_id, by_order=True) from None
+    text = getattr(item, field)
+    if len(text) > limits.max_text_chars:
+        raise ProtocolError(
+            "text_too_long",
+            f"{field} has {len(text)} characters; the limit is {limits.max_text_chars}",
+            event.event_id,
+            f"item.{field}",
+        )
+    return item
 
 
 class ItemRef(_Strict):
@@ -489,8 +625,31 @@ def item_ref(event: ClientEvent) -> ItemRef:
         raise _refusal(exc, _ITEM_REF_REFUSALS, event.event_id, by_order=True) from None
 
 
-def item_object(item: ConversationItem) -> dict[str, Any]:
+def item_object(item: Item) -> dict[str, Any]:
     """A conversation item as the SDK's `ConversationItem` models it."""
+    if isinstance(item, FunctionCallItem):
+        return {
+            "id": item.id,
+            "object": "realtime.item",
+            "type": "function_call",
+            "status": item.status,
+            "call_id": item.call_id,
+            "name": item.name,
+            "arguments": item.arguments,
+        }
+    if isinstance(item, FunctionCallOutputItem):
+        return {
+            "id": item.id,
+            "object": "realtime.item",
+            "type": "function_call_output",
+            "status": "completed",
+            "call_id": item.call_id,
+            "output": item.output,
+        }
+    return _message_object(item)
+
+
+def _message_object(item: ConversationItem) -> dict[str, Any]:
     if item.role == "user":
         part = (
             {"type": "input_audio", "transcript": item.text}
@@ -513,7 +672,7 @@ def item_object(item: ConversationItem) -> dict[str, Any]:
     }
 
 
-def item_retrieved(item: ConversationItem) -> dict[str, Any]:
+def item_retrieved(item: Item) -> dict[str, Any]:
     return {"type": "conversation.item.retrieved", "event_id": event_id(), "item": item_object(item)}
 
 
@@ -558,9 +717,13 @@ def initial_options(settings: Settings, session: dict[str, Any] | None) -> Sessi
 
 
 def apply_session_update(
-    options: SessionOptions, event: ClientEvent, limits: ProtocolLimits
+    options: SessionOptions,
+    event: ClientEvent,
+    limits: ProtocolLimits,
+    server_tools: frozenset[str] = frozenset(),
 ) -> SessionOptions:
-    """Validate a session.update and return the new options (all-or-nothing)."""
+    """Validate a session.update and return the new options (all-or-nothing); `server_tools`: the names
+    of the tools the server runs for this session, which a client tool may not take."""
     try:
         session = SessionConfig.model_validate(
             event.body.get("session"),
@@ -591,7 +754,45 @@ def apply_session_update(
         changes["speed"] = audio_out.speed
     if audio_in is not None and "turn_detection" in audio_in.model_fields_set:
         changes["turn_detection"] = _vad_config(audio_in.turn_detection, options)
-    return SessionOptions(**{**options.__dict__, **changes})
+    if "tools" in sent:
+        changes["tools"] = _client_tools(session.tools, server_tools, event.event_id)
+    if "tool_choice" in sent:
+        changes["tool_choice"] = _chat_tool_choice(session.tool_choice)
+    new = SessionOptions(**{**options.__dict__, **changes})
+    _check_tool_choice(new, server_tools, event.event_id)
+    return new
+
+
+def _client_tools(
+    tools: list[FunctionTool], server_tools: frozenset[str], client_id: str | None
+) -> tuple[ToolSpec, ...]:
+    names = [tool.name for tool in tools]
+    for name in names:
+        if name in server_tools or names.count(name) > 1:
+            why = "is a tool this server runs itself" if name in server_tools else "is declared twice"
+            raise ProtocolError("invalid_session", f"tool {name!r} {why}", client_id, "session.tools")
+    return tuple(tool.spec() for tool in tools)
+
+
+def _chat_tool_choice(choice: str | NamedFunction) -> ToolChoice:
+    """A Realtime `tool_choice` in chat-completions' shape (what the LLM request carries)."""
+    if isinstance(choice, NamedFunction):
+        return {"type": "function", "function": {"name": choice.name}}
+    return choice
+
+
+def _check_tool_choice(options: SessionOptions, server_tools: frozenset[str], client_id: str | None) -> None:
+    choice = options.tool_choice
+    if not isinstance(choice, dict):
+        return
+    name = choice["function"]["name"]
+    if name not in server_tools and name not in {tool["function"]["name"] for tool in options.tools}:
+        raise ProtocolError(
+            "invalid_session",
+            f"tool_choice names {_shown(name)}, which is not one of the session's tools",
+            client_id,
+            "session.tool_choice",
+        )
 
 
 _T = TypeVar("_T")
@@ -679,6 +880,12 @@ def session_object(session_id: str, options: SessionOptions, model: str) -> dict
         "instructions": options.instructions,
         "output_modalities": ["audio"] if options.output_audio else ["text"],
         "max_output_tokens": options.max_tokens,
+        "tools": [{"type": "function", **tool["function"]} for tool in options.tools],
+        "tool_choice": (
+            {"type": "function", "name": options.tool_choice["function"]["name"]}
+            if isinstance(options.tool_choice, dict)
+            else options.tool_choice
+        ),
         "audio": {
             "input": audio_input,
             "output": {
@@ -786,7 +993,7 @@ def server_events(event: SessionEvent, *, audio_output: bool) -> list[dict[str, 
                     },
                 }
             ]
-        case ResponseTextDelta(response_id=rid, item_id=item_id, delta=delta):
+        case ResponseTextDelta(response_id=rid, item_id=item_id, delta=delta, output_index=index):
             kind = "response.output_audio_transcript.delta" if audio_output else "response.output_text.delta"
             return [
                 {
@@ -794,21 +1001,54 @@ def server_events(event: SessionEvent, *, audio_output: bool) -> list[dict[str, 
                     "type": kind,
                     "response_id": rid,
                     "item_id": item_id,
-                    "output_index": 0,
+                    "output_index": index,
                     "content_index": 0,
                     "delta": delta,
                 }
             ]
-        case ResponseAudioDelta(response_id=rid, item_id=item_id, pcm16=pcm):
+        case ResponseAudioDelta(response_id=rid, item_id=item_id, pcm16=pcm, output_index=index):
             return [
                 {
                     **base,
                     "type": "response.output_audio.delta",
                     "response_id": rid,
                     "item_id": item_id,
-                    "output_index": 0,
+                    "output_index": index,
                     "content_index": 0,
                     "delta": encode_base64_pcm(pcm),
+                }
+            ]
+        case ResponseItemAdded(response_id=rid, output_index=index, item=item):
+            added = {"response_id": rid, "output_index": index, "item": item_object(item)}
+            return [{**base, "type": "response.output_item.added", **added}]
+        case ResponseItemDone(response_id=rid, output_index=index, item=item):
+            done = {"response_id": rid, "output_index": index, "item": item_object(item)}
+            return [{**base, "type": "response.output_item.done", **done}]
+        case CallArgumentsDelta(
+            response_id=rid, item_id=item_id, output_index=index, call_id=call_id, delta=delta
+        ):
+            piece = {"response_id": rid, "item_id": item_id, "output_index": index, "call_id": call_id}
+            return [{**base, "type": "response.function_call_arguments.delta", **piece, "delta": delta}]
+        case CallArgumentsDone(
+            response_id=rid, item_id=item_id, output_index=index, call_id=call_id, name=name, arguments=args
+        ):
+            call = {"response_id": rid, "item_id": item_id, "output_index": index, "call_id": call_id}
+            return [
+                {
+                    **base,
+                    "type": "response.function_call_arguments.done",
+                    **call,
+                    "name": name,
+                    "arguments": args,
+                }
+            ]
+        case ItemAdded(item=item, previous_item_id=prev):
+            return [
+                {
+                    **base,
+                    "type": "conversation.item.added",
+                    "item": item_object(item),
+                    "previous_item_id": prev,
                 }
             ]
         case ResponseFinished(
@@ -819,6 +1059,7 @@ def server_events(event: SessionEvent, *, audio_output: bool) -> list[dict[str, 
             reason=reason,
             metrics=metrics,
             message=message,
+            output=output,
         ):
             part = (
                 {"type": "output_audio", "transcript": text}
@@ -849,7 +1090,7 @@ def server_events(event: SessionEvent, *, audio_output: bool) -> list[dict[str, 
                         "object": "realtime.response",
                         "status": status,
                         "status_details": details,
-                        "output": [item],
+                        "output": [item, *(item_object(more) for more in output)],
                         "output_modalities": ["audio"] if audio_output else ["text"],
                         "metadata": {name: f"{value:.1f}" for name, value in metrics.items()},
                     },

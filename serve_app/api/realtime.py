@@ -23,11 +23,14 @@ from serve_app.api.admission import TokenBucket
 from serve_app.api.auth import POLICY_VIOLATION, SERVICE_RESTART, close_reason
 from serve_app.api.protocol import (
     ClientEvent,
+    FunctionCall,
+    FunctionCallOutput,
     ItemTruncate,
     ProtocolError,
     ProtocolLimits,
     apply_session_update,
     audio_of_append,
+    created_item,
     error_event,
     item_deleted,
     item_ref,
@@ -36,7 +39,6 @@ from serve_app.api.protocol import (
     parse_client_event,
     server_events,
     session_created,
-    text_of_item,
 )
 
 log = logging.getLogger(__name__)
@@ -254,7 +256,16 @@ class RealtimeConnection:
             case "input_audio_buffer.clear":
                 await session.clear_audio()
             case "conversation.item.create":
-                await session.add_user_text(text_of_item(event, self.limits))
+                item = created_item(event, self.limits)
+                try:
+                    if isinstance(item, FunctionCallOutput):
+                        await session.add_tool_output(item.call_id, item.output)
+                    elif isinstance(item, FunctionCall):
+                        await session.add_tool_call(item.call_id, item.name, item.arguments)
+                    else:
+                        await session.add_user_text(item)
+                except ItemError as exc:
+                    raise ProtocolError(exc.code, exc.message, event.event_id, "item.call_id") from exc
             case "response.create":
                 await session.create_response()
             case "response.cancel":
@@ -262,7 +273,8 @@ class RealtimeConnection:
             case "conversation.item.retrieve" | "conversation.item.delete" | "conversation.item.truncate":
                 await self._item_command(event)
             case "session.update":
-                session.update_options(apply_session_update(session.options, event, self.limits))
+                options = apply_session_update(session.options, event, self.limits, session.server_tool_names)
+                session.update_options(options)
                 await self._send(
                     session_created(session.session_id, session.options, self.model, updated=True)
                 )

@@ -95,6 +95,11 @@ def build_router_app(deps: RouterDeps) -> Starlette:
         apology=settings.failure_apology,
         preemptive_generation=settings.preemptive_generation,
         end_of_turn_words=settings.end_of_turn_words,
+        tool_max_rounds=settings.tool_max_rounds,
+        tool_filler_delay_ms=settings.tool_filler_delay_ms,
+        tool_filler_repeat_ms=settings.tool_filler_repeat_ms,
+        tool_filler_max=settings.tool_filler_max,
+        tool_filler_phrases=tuple(settings.tool_filler_phrases),
     )
     connection_limits = ConnectionLimits.from_settings(settings)
     credentials = Credentials.from_settings(settings, deps.revocations)
@@ -125,6 +130,7 @@ def build_router_app(deps: RouterDeps) -> Starlette:
             memory_sink=memory.sink,
             memory_context=memory.context,
             user_id=user_id,
+            toolbox=deps.toolbox_for(user_id),
         )
 
     async def realtime(websocket: WebSocket) -> None:
