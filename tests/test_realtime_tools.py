@@ -6,9 +6,12 @@ models (`until`); the model is the real LLM stage around a scripted engine strea
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from actors.config import Settings
+from actors.llm.base import LLMEngine
+from actors.llm.openai_engine import OpenAILLMEngine
 from actors.llm.stage import LLMStage
 from actors.stt.simulated import SimulatedSTTEngine
 from actors.tools.base import ToolContext, ToolDefinition
@@ -18,6 +21,7 @@ from actors.tts.stage import TTSStage
 from serve_app.api.deps import RouterDeps
 from serve_app.api.router_app import build_router_app
 from testkit.fakes import EnergySpeechDetector, FakeLLMEngine, ScriptedRound, served
+from testkit.sim_openai_server import SimOpenAIConfig, start_sim_openai_server
 from tests.test_openai_realtime import connected, error, typed_turn, until
 
 MAP_TOOL = {
@@ -43,7 +47,7 @@ class Weather:
         return '{"temp_c": 21}'
 
 
-def app(llm: FakeLLMEngine, tools: Toolbox | None = None) -> Any:
+def app(llm: LLMEngine, tools: Toolbox | None = None) -> Any:
     settings = Settings(stt_engine="pocketsphinx", llm_engine="openai", tts_engine="espeak").resolved()
     return build_router_app(
         RouterDeps(
@@ -282,3 +286,30 @@ async def test_a_client_restores_a_call_and_its_output() -> None:
         {"role": "tool", "tool_call_id": "call_old", "content": "sunny"},
         {"role": "user", "content": "And now?"},
     ]
+
+
+async def test_a_real_model_servers_tool_call_crosses_the_whole_voice_path() -> None:
+    """The OpenAI engine against the simulated server's real `tool_calls` stream: the words before the
+    call are spoken, the server tool runs, and the answer built from its output is spoken in the same
+    response."""
+    weather = Weather()
+    sim = start_sim_openai_server(
+        SimOpenAIConfig(reply="Plain words.", ttft_ms=2, tokens_per_s=1000, tool_preamble="Let me check.")
+    )
+    try:
+        engine = OpenAILLMEngine(base_url=sim.base_url, model="sim")
+        async with served(app(engine, Toolbox([weather]))) as url, connected(url) as conn:
+            await until(conn, "session.created")
+            events = await typed_turn(conn, 'Weather? call:get_weather{"city": "Lima"}')
+            done = events[-1]["response"]
+            assert done["status"] == "completed"
+            preamble, call, output, answer = done["output"]
+            assert preamble["content"][0]["transcript"] == "Let me check."
+            assert (call["name"], json.loads(call["arguments"])) == ("get_weather", {"city": "Lima"})
+            assert (output["call_id"], output["output"]) == (call["call_id"], '{"temp_c": 21}')
+            assert '{"temp_c": 21}' in answer["content"][0]["transcript"]
+            spoken = {e["item_id"] for e in events if e["type"] == "response.output_audio.delta"}
+            assert spoken == {preamble["id"], answer["id"]}
+            assert weather.calls[0][0] == {"city": "Lima"}
+    finally:
+        sim.stop()
