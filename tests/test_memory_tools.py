@@ -14,10 +14,12 @@ from typing import Any
 
 import httpx
 import pytest
+from openai import AsyncOpenAI
 from ray.exceptions import ActorDiedError
 
 from actors.config import Settings
 from actors.llm.base import ToolCall
+from actors.llm.openai_engine import OpenAILLMEngine
 from actors.llm.stage import LLMStage
 from actors.memory.journal import Fact
 from actors.memory.letta import (
@@ -36,10 +38,12 @@ from actors.tts.simulated import SimulatedTTSEngine
 from actors.tts.stage import TTSStage
 from serve_app.api.credentials import ANONYMOUS
 from serve_app.api.deps import RouterDeps
+from serve_app.api.router_app import build_router_app
 from serve_app.memory_actor import ActorMemorySink, ActorMemoryTools, actor_memory_tools
-from testkit.fakes import FakeLLMEngine, finished_turn
+from testkit.fakes import FakeLLMEngine, finished_turn, served
 from testkit.fault_proxy import Fault, start_fault_proxy
-from tests.letta_fixtures import LettaEnv
+from tests.letta_fixtures import SIM_MODEL, LettaEnv
+from tests.test_openai_realtime import typed_turn, until
 
 pytestmark = pytest.mark.slow
 
@@ -314,3 +318,58 @@ async def test_the_message_search_request_is_valid_and_its_answer_is_filtered_to
         MemoryHit("User said: my favourite colour is teal", "2026-11-30T10:00:00Z")
     ]
     await service.close()
+
+
+async def test_through_rest_and_realtime_each_key_reaches_only_its_users_memory(
+    letta_env: LettaEnv, tmp_path: Path
+) -> None:
+    """The whole path a client takes: its key names its user, the model (the simulated server, calling
+    the tools by marker) writes another user's id into the arguments, and still each call reaches only
+    the key's user, over the REST API with server tools and over a Realtime session."""
+    ann, ben = user("ann"), user("ben")
+    settings = settings_for(letta_env, tmp_path / "journal.db", user_keys=f"{ann}:ann-key,{ben}:ben-key")
+    service = await MemoryService.open(settings)
+    deps = RouterDeps(
+        settings=settings.resolved(),
+        stt=SimulatedSTTEngine("hello", finalize_delay_ms=1),
+        llm=LLMStage(OpenAILLMEngine(base_url=letta_env.sim.base_url, model=SIM_MODEL)),
+        tts=TTSStage(SimulatedTTSEngine(ttfb_ms=1, realtime_factor=1000)),
+        memory_tools=build_memory_tools(service),
+    )
+
+    async def chat(url: str, key: str, text: str) -> str:
+        client = AsyncOpenAI(api_key=key, base_url=f"{url}/v1")
+        reply = await client.chat.completions.create(
+            model=SIM_MODEL, messages=[{"role": "user", "content": text}], extra_body={"server_tools": True}
+        )
+        return reply.choices[0].message.content or ""
+
+    async def spoken(url: str, key: str, text: str) -> str:
+        client = AsyncOpenAI(
+            api_key=key, base_url=f"{url}/v1", websocket_base_url=url.replace("http", "ws") + "/v1"
+        )
+        async with client.realtime.connect(model="voice-agent") as conn:
+            await until(conn, "session.created")
+            done = (await typed_turn(conn, text))[-1]["response"]
+        return json.dumps([item for item in done["output"] if item["type"] == "message"])
+
+    try:
+        async with served(build_router_app(deps)) as url:
+            remembered = await chat(
+                url, "ann-key", f'call:remember{{"fact": "Ann keeps bees.", "user_id": "{ben}"}}'
+            )
+            assert "Ann keeps bees." in remembered
+            await wait_for_facts(service)
+            asked = f'call:search_memory{{"query": "bees", "user_id": "{ann}"}}'
+            assert "Ann keeps bees" in await chat(url, "ann-key", asked)
+            assert "Ann keeps bees" not in await chat(url, "ben-key", asked)
+            assert "Ann keeps bees" in await spoken(url, "ann-key", asked)
+            assert "Ann keeps bees" not in await spoken(url, "ben-key", asked)
+            await spoken(url, "ben-key", f'call:remember{{"fact": "Ben rows.", "user_id": "{ann}"}}')
+            await wait_for_facts(service)
+            found = await chat(url, "ben-key", 'call:search_memory{"query": "rows"}')
+            assert "Ben rows" in found and "Ben rows" not in await chat(
+                url, "ann-key", 'call:search_memory{"query": "rows"}'
+            )
+    finally:
+        await service.close()
