@@ -238,47 +238,52 @@ class TurnJournal:
 
     def confirm_facts(self, fact_ids: list[str]) -> None:
         """Letta has these facts: drop them from the journal."""
-        with self._lock:
-            self._db.executemany("DELETE FROM facts WHERE fact_id = ?", [(f,) for f in fact_ids])
+        self._delete("facts", "fact_id", fact_ids)
 
     def record_fact_send(self, fact_ids: list[str]) -> None:
-        with self._lock:
-            self._db.executemany(
-                "UPDATE facts SET attempts = attempts + 1 WHERE fact_id = ?", [(f,) for f in fact_ids]
-            )
+        self._count_attempt("facts", "fact_id", fact_ids)
 
     def record_fact_failure(self, fact_ids: list[str], error: str) -> None:
-        with self._lock:
-            self._db.executemany(
-                "UPDATE facts SET last_error = ? WHERE fact_id = ?", [(error[:500], f) for f in fact_ids]
-            )
+        self._note_error("facts", "fact_id", fact_ids, error)
 
     def fact_count(self) -> int:
         """Facts waiting for Letta (`len` counts turns)."""
-        with self._lock:
-            return int(self._db.execute("SELECT COUNT(*) FROM facts").fetchone()[0])
+        return self._count("facts")
 
     def confirm(self, turn_ids: list[str]) -> None:
         """Letta has these turns: drop them from the journal."""
-        with self._lock:
-            self._db.executemany("DELETE FROM turns WHERE turn_id = ?", [(t,) for t in turn_ids])
+        self._delete("turns", "turn_id", turn_ids)
 
     def record_send(self, turn_ids: list[str]) -> None:
         """These turns are about to be sent: from now on a replay must check before resending them."""
-        with self._lock:
-            self._db.executemany(
-                "UPDATE turns SET attempts = attempts + 1 WHERE turn_id = ?", [(t,) for t in turn_ids]
-            )
+        self._count_attempt("turns", "turn_id", turn_ids)
 
     def record_failure(self, turn_ids: list[str], error: str) -> None:
-        with self._lock:
-            self._db.executemany(
-                "UPDATE turns SET last_error = ? WHERE turn_id = ?", [(error[:500], t) for t in turn_ids]
-            )
+        self._note_error("turns", "turn_id", turn_ids, error)
 
     def __len__(self) -> int:
+        return self._count("turns")
+
+    # Turns and facts are kept alike; `table` and `key` are this module's own names, never input.
+    def _delete(self, table: str, key: str, ids: list[str]) -> None:
         with self._lock:
-            return int(self._db.execute("SELECT COUNT(*) FROM turns").fetchone()[0])
+            self._db.executemany(f"DELETE FROM {table} WHERE {key} = ?", [(i,) for i in ids])
+
+    def _count_attempt(self, table: str, key: str, ids: list[str]) -> None:
+        with self._lock:
+            self._db.executemany(
+                f"UPDATE {table} SET attempts = attempts + 1 WHERE {key} = ?", [(i,) for i in ids]
+            )
+
+    def _note_error(self, table: str, key: str, ids: list[str], error: str) -> None:
+        with self._lock:
+            self._db.executemany(
+                f"UPDATE {table} SET last_error = ? WHERE {key} = ?", [(error[:500], i) for i in ids]
+            )
+
+    def _count(self, table: str) -> int:
+        with self._lock:
+            return int(self._db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
 
     def size_bytes(self) -> int:
         return sum(p.stat().st_size for p in (self.path, Path(f"{self.path}-wal")) if p.exists())
