@@ -1,13 +1,16 @@
 """Per-turn latency and orchestration overhead, side by side in one run.
 
-    .venv/bin/python -m bench.latency               # everything (~6 min on 2 cores)
+    .venv/bin/python -m bench.latency               # everything (~9 min on 2 cores)
     .venv/bin/python -m bench.latency --quick       # fewer turns
 
 Scenarios (each a real server process, driven over `WS /v1/realtime` by clients that stream an eSpeak
 utterance in 20 ms frames in real time, then silence):
 - `single-process`: the router app with in-process stages under uvicorn (no Ray): the no-hop baseline;
+- `single-process, 3 tools offered`: the same with three webhook tools offered to the model on every turn
+  and never called: what a turn that calls no tool pays for tools;
 - `ray-serve`: `serve run serve_config.yaml` on a private Ray cluster (router + 3 stage deployments);
-- `offline`: `serve run` with the real offline engines (pocketsphinx, llama.cpp Gemma 3 270M, eSpeak);
+- `offline`: `serve run` with the real offline engines (pocketsphinx, llama.cpp Gemma 3 270M, eSpeak),
+  once with replies started at the confirmed turn and once with the defaults (preemptive generation);
 - `phone (Twilio)`: the single-process server again, reached as a phone call: the signed-less webhook of an
   open router, then a simulated Twilio (`testkit.twilio_peer`) streaming the same utterance as 8 kHz μ-law
   in 20 ms `media` messages and playing the reply at real time (client e2e only: a phone call carries no
@@ -63,6 +66,20 @@ QUESTION = "What is the weather like tomorrow?"
 PROVIDERS_AFTER_TURN_MS = (
     STT_DELAY_MS + TTFT_MS + (FIRST_PHRASE_TOKENS - 1) * 1000 / TOKENS_PER_S + TTS_TTFB_MS
 )
+
+# Server tools offered to the model on every turn and never called (the simulated model calls a tool only
+# when the user's words name it): what a turn that calls no tool pays for having tools.
+OFFERED_TOOLS = [
+    {
+        "name": name,
+        "description": f"The {name.replace('_', ' ')} for a place.",
+        "parameters": {"type": "object", "properties": {"place": {"type": "string"}}, "required": ["place"]},
+        "url": "http://127.0.0.1:9/never-called",
+    }
+    for name in ("get_weather", "get_time", "get_news")
+]
+
+TOOLS_OFFERED = "single-process, 3 tools offered"
 
 SIM_ARGS = {
     "stt_engine": "simulated",
@@ -214,10 +231,11 @@ def endpointing_lag_ms(turn: TurnResult) -> float:
     return turn.e2e_client_ms - turn.server["e2e_latency"] + turn.server["end_of_turn_delay"] - SILENCE_MS
 
 
-def summarize(result: ScenarioResult, simulated: bool) -> dict[str, Any]:
+def summarize(result: ScenarioResult, simulated: bool, overhead: bool = True) -> dict[str, Any]:
+    """The scenario's row; `overhead=False` where the stages' times overlap and no overhead is separable."""
     e2e = [t.e2e_client_ms for t in result.turns]
     measured = [t for t in result.turns if "e2e_latency" in t.server]  # a phone call has no server figures
-    over = [overhead_ms(t, simulated) for t in measured]
+    over = [overhead_ms(t, simulated) for t in measured] if overhead else []
     server_e2e = [t.server["e2e_latency"] for t in measured]
     lag = [endpointing_lag_ms(t) for t in measured]
     parts = {
@@ -282,13 +300,16 @@ def wait_http(url: str, process: subprocess.Popen, timeout: float = 60) -> None:
     raise TimeoutError(url)
 
 
-def start_single_process(workdir: Path, llm_base: str) -> tuple[subprocess.Popen, str]:
+def start_single_process(
+    workdir: Path, llm_base: str, extra_env: dict[str, str] | None = None, log_name: str = "single.log"
+) -> tuple[subprocess.Popen, str]:
     port = free_port()
     env = {
         **os.environ,
         "OPENAI_API_KEY": "sim",
         "VOICE_LLM_BASE_URL": llm_base,
         **{f"VOICE_{k.upper()}": str(v) for k, v in SIM_ARGS.items()},
+        **(extra_env or {}),
     }
     process = subprocess.Popen(
         [
@@ -306,7 +327,7 @@ def start_single_process(workdir: Path, llm_base: str) -> tuple[subprocess.Popen
         ],
         cwd=ROOT,
         env=env,
-        stdout=(workdir / "single.log").open("wb"),
+        stdout=(workdir / log_name).open("wb"),
         stderr=subprocess.STDOUT,
         start_new_session=True,  # its own process group: the load benchmark counts its CPU by session
     )
@@ -349,7 +370,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     labels = [f"{r['scenario']}\n{r['sessions']} session{'s' if r['sessions'] > 1 else ''}" for r in rows]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(15, 4.5))
     x = range(len(rows))
     ax1.bar([i - 0.2 for i in x], [r["overhead_p50"] for r in rows], 0.4, label="p50")
     ax1.bar([i + 0.2 for i in x], [r["overhead_p95"] for r in rows], 0.4, label="p95")
@@ -391,6 +412,16 @@ async def main_async(args: argparse.Namespace) -> None:
         finally:
             single.terminate()
             single.wait()
+        tooled, url = start_single_process(
+            workdir, llm_base, {"VOICE_TOOLS": json.dumps(OFFERED_TOOLS)}, "single-tools.log"
+        )
+        try:
+            for sessions, turns in ((1, turns_1), (10, turns_10)):
+                scenario = await run_scenario(TOOLS_OFFERED, url, sessions, turns, utterance)
+                rows.append(summarize(scenario, True))
+        finally:
+            tooled.terminate()
+            tooled.wait()
         if not args.skip_serve:
             serve_dir = workdir / "serve-sim"
             serve_dir.mkdir()
@@ -411,19 +442,21 @@ async def main_async(args: argparse.Namespace) -> None:
         sim_llm.terminate()
         sim_llm.wait()
     if not args.skip_offline:
-        offline_dir = workdir / "serve-offline"
-        offline_dir.mkdir()
-        run = ServeRun(offline_dir)
-        try:
-            run.wait_ready()
-            rows.append(
-                summarize(
-                    await run_scenario("offline engines", run.ws_url, 1, 4 if args.quick else 8, utterance),
-                    False,
-                )
-            )
-        finally:
-            run.stop()
+        # Once as the overhead is measured (replies started at the confirmed turn), once with the defaults,
+        # where preemptive generation starts the reply at the pause: the stages' times then overlap the
+        # end-of-turn wait, so no hand-off figure can be taken from them.
+        for name, offline_args in (
+            ("offline engines", {"preemptive_generation": False}),
+            ("offline engines, defaults (preemptive)", None),
+        ):
+            offline_dir = Path(tempfile.mkdtemp(prefix="serve-offline-", dir=workdir))
+            run = ServeRun(offline_dir, args=offline_args)
+            try:
+                run.wait_ready()
+                scenario = await run_scenario(name, run.ws_url, 1, 4 if args.quick else 8, utterance)
+                rows.append(summarize(scenario, False, overhead=offline_args is not None))
+            finally:
+                run.stop()
     table = print_table(rows)
     (out / "latency.json").write_text(json.dumps(rows, indent=2))
     (out / "latency.md").write_text(table + "\n")
