@@ -41,6 +41,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -369,20 +370,25 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = [f"{r['scenario']}\n{r['sessions']} session{'s' if r['sessions'] > 1 else ''}" for r in rows]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(15, 4.5))
+    labels = [
+        "\n".join(
+            [*textwrap.wrap(r["scenario"], 16), f"{r['sessions']} session{'s' if r['sessions'] > 1 else ''}"]
+        )
+        for r in rows
+    ]
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(12, 9))
     x = range(len(rows))
     ax1.bar([i - 0.2 for i in x], [r["overhead_p50"] for r in rows], 0.4, label="p50")
     ax1.bar([i + 0.2 for i in x], [r["overhead_p95"] for r in rows], 0.4, label="p95")
     ax1.axhline(10, color="green", ls="--", lw=1, label="target p50 10 ms")
     ax1.axhline(25, color="red", ls="--", lw=1, label="target p95 25 ms")
-    ax1.set_xticks(list(x), labels, fontsize=8)
+    ax1.set_xticks(list(x), labels, fontsize=7)
     ax1.set_ylabel("ms")
     ax1.set_title("orchestration overhead: turn detected → first audio, above providers (ms)")
     ax1.legend(fontsize=8)
     ax2.bar([i - 0.2 for i in x], [r["e2e_p50"] for r in rows], 0.4, label="p50")
     ax2.bar([i + 0.2 for i in x], [r["e2e_p95"] for r in rows], 0.4, label="p95")
-    ax2.set_xticks(list(x), labels, fontsize=8)
+    ax2.set_xticks(list(x), labels, fontsize=7)
     ax2.set_title("end of speech → first reply audio (ms, client side)")
     ax2.legend(fontsize=8)
     fig.tight_layout()
