@@ -139,8 +139,9 @@ def haproxy(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], int, Path
         process.wait()
 
 
-def test_the_launcher_becomes_haproxy_with_the_timeout(haproxy) -> None:
+def test_the_launcher_becomes_haproxy_with_the_timeout(haproxy, monkeypatch: pytest.MonkeyPatch) -> None:
     process, port, config = haproxy
+    monkeypatch.delenv(BINARY_PATH_ENV, raising=False)  # the bundled binary's path
     # Same PID (what Serve signals on reload and scans /proc for), now the bundled binary, config path kept.
     assert Path(f"/proc/{process.pid}/exe").resolve() == Path(get_haproxy_binary()).resolve()
     assert str(config).encode() in Path(f"/proc/{process.pid}/cmdline").read_bytes().split(b"\0")

