@@ -13,7 +13,8 @@ routers' RSS before, during and after.
 - `push-to-talk-flood`: a session without turn detection appends audio as fast as it is accepted for
   10 s, never committing.
 - `slow-bodies`: 300 REST requests declaring a 100 kB body and sending one byte every 5 s.
-- `slow-headers`: 1000 connections sending a request's headers one byte every 5 s (slowloris).
+- `slow-headers`: 1000 connections sending a request's headers one byte every 5 s (slowloris); what
+  they were answered, and after how long.
 - `idle-sockets`: 200 WebSockets opened and left silent for 20 s, then closed.
 - `stalled-reader`: a session asks for a long spoken reply and never reads a byte of it.
 """
@@ -191,9 +192,11 @@ async def slow_bodies(target: Target, count: int = 300) -> str:
 
 
 async def slow_headers(target: Target, count: int = 1000, seconds: float = 90.0) -> str:
-    """Connections that never finish their request headers: what each was answered within `seconds`."""
+    """Connections that never finish their request headers: what each was answered within `seconds`,
+    and how long after connecting the answers came."""
     host, port = target.ws_url.removeprefix("ws://").split("/")[0].split(":")
     statuses: list[str] = []
+    answered_after: list[float] = []
 
     async def one() -> None:
         try:
@@ -201,6 +204,7 @@ async def slow_headers(target: Target, count: int = 1000, seconds: float = 90.0)
         except OSError:
             statuses.append("refused")
             return
+        started = time.monotonic()
         writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
         try:
             async with asyncio.timeout(seconds):
@@ -210,17 +214,22 @@ async def slow_headers(target: Target, count: int = 1000, seconds: float = 90.0)
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(5):
                             line = await reader.readline()
+                            answered_after.append(time.monotonic() - started)
                             statuses.append(line.decode().split(" ")[1] if line else "closed")
                             return
         except TimeoutError:
             statuses.append(f"still open after {seconds:.0f} s")
         except OSError:
+            answered_after.append(time.monotonic() - started)
             statuses.append("closed")
         finally:
             writer.close()
 
     await asyncio.gather(*(one() for _ in range(count)))
-    return counted([f"HTTP {s}" if s.isdigit() else s for s in statuses])
+    answers = counted([f"HTTP {s}" if s.isdigit() else s for s in statuses])
+    if answered_after:
+        answers += f" (after {min(answered_after):.1f}–{max(answered_after):.1f} s)"
+    return answers
 
 
 async def idle_sockets(target: Target, count: int = 200) -> str:

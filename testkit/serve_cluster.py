@@ -125,7 +125,9 @@ class ServeRun:
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.ws_url = f"ws://127.0.0.1:{self.port}/v1"
         self.address = f"127.0.0.1:{gcs_port}"
-        self._env = run_env
+        # Where Serve writes its HAProxy ingress's files, one folder per node (`<node id>/haproxy.cfg`).
+        self.haproxy_dir = Path(run_env["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"]).parent
+        self.env = run_env  # the environment of the Ray processes (and so of HAProxy)
 
     def run_driver(self, code: str, timeout: float = 120.0) -> str:
         """Run Python `code` as a Ray driver on this cluster (`ray` imported and connected); returns
@@ -134,7 +136,7 @@ class ServeRun:
         result = subprocess.run(
             [sys.executable, "-c", prologue + code],
             cwd=ROOT,
-            env=self._env,
+            env=self.env,
             capture_output=True,
             text=True,
             timeout=timeout,

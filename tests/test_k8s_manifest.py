@@ -25,7 +25,7 @@ from ray.serve.schema import ServeDeploySchema
 from actors.config import Settings
 from serve_app.programs import k8s_manifests
 from serve_app.programs.config_check import check_serve_config, unknown_keys
-from serve_app.serve_env import SERVE_ENV
+from serve_app.serve_env import BINARY_PATH_ENV, HAPROXY_LAUNCHER, SERVE_ENV, haproxy_launcher
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "k8s"
@@ -35,6 +35,7 @@ PODMONITOR_CRD = K8S / "crd" / "monitoring.coreos.com_podmonitors.v0.93.0.yaml"
 OVERLAYS = ("base", "overlays/dev", "overlays/prod", "overlays/prod-self-hosted-llm")
 SERVE_CONFIG = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
 IMAGE_UID = 1000  # the Dockerfile's USER
+IMAGE_VENV = Path("/app/.venv")  # where the Dockerfile installs the project
 
 
 def kustomize_command() -> list[str]:
@@ -231,7 +232,9 @@ def test_every_pod_gets_the_serve_environment_and_the_secret(overlay: str) -> No
         (config_map,) = [s["configMapRef"]["name"] for s in sources if "configMapRef" in s]
         assert config_map.startswith("voice-agent-env-"), "the generated name, with its content hash"
         env = maps[config_map]
-        assert {k: env.get(k) for k in SERVE_ENV} == SERVE_ENV, name
+        # SERVE_ENV names the launcher in the venv running it; the pods run the image's.
+        expected = {**SERVE_ENV, BINARY_PATH_ENV: haproxy_launcher(IMAGE_VENV / "bin")}
+        assert {k: env.get(k) for k in expected} == expected, name
         (secret,) = [s["secretRef"] for s in sources if "secretRef" in s]
         assert secret == {"name": "voice-agent", "optional": True}
 
@@ -457,6 +460,10 @@ def test_the_dockerfile_builds_from_the_lock_with_what_the_pods_run() -> None:
     assert all(tool in text for tool in ("procps", "wget"))
     pyproject = (ROOT / "pyproject.toml").read_text()
     assert "offline-llm = [" in pyproject and "EXTRAS=offline-llm" in text
+    # The HAProxy launcher serve.env names: a script of the project, installed in the venv the image keeps.
+    assert f'{HAPROXY_LAUNCHER} = "serve_app.ingress_haproxy:main"' in pyproject
+    assert f"COPY --from=build {IMAGE_VENV} {IMAGE_VENV}" in text
+    assert text.index("COPY serve_app ./serve_app") < text.rindex("uv sync --frozen --no-dev --no-editable")
 
 
 def test_the_generator_runs_as_a_program() -> None:
