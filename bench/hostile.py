@@ -156,44 +156,9 @@ async def push_to_talk_flood(target: Target) -> str:
         return counted(await collector)
 
 
-async def slow_bodies(target: Target, count: int = 300) -> str:
-    host, port = target.ws_url.removeprefix("ws://").split("/")[0].split(":")
-    statuses: list[str] = []
-
-    async def one() -> None:
-        try:
-            reader, writer = await asyncio.open_connection(host, int(port))
-        except OSError:
-            statuses.append("refused")
-            return
-        head = (
-            "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            "Content-Length: 100000\r\n\r\n"
-        )
-        writer.write(head.encode())
-        try:
-            async with asyncio.timeout(90):
-                for _ in range(100):
-                    writer.write(b" ")
-                    await writer.drain()
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(5):
-                            line = await reader.readline()
-                            statuses.append(line.decode().split(" ")[1] if line else "closed")
-                            return
-            statuses.append("still open")
-        except (OSError, TimeoutError):
-            statuses.append("closed")
-        finally:
-            writer.close()
-
-    await asyncio.gather(*(one() for _ in range(count)))
-    return counted([f"HTTP {s}" if s.isdigit() else s for s in statuses])
-
-
-async def slow_headers(target: Target, count: int = 1000, seconds: float = 90.0) -> str:
-    """Connections that never finish their request headers: what each was answered within `seconds`,
-    and how long after connecting the answers came."""
+async def trickle(target: Target, count: int, head: bytes, byte: bytes, seconds: float) -> str:
+    """`count` connections that send `head`, then one `byte` every 5 s for `seconds`: what each was
+    answered (its status line, or a close), and how long after connecting the answers came."""
     host, port = target.ws_url.removeprefix("ws://").split("/")[0].split(":")
     statuses: list[str] = []
     answered_after: list[float] = []
@@ -205,11 +170,11 @@ async def slow_headers(target: Target, count: int = 1000, seconds: float = 90.0)
             statuses.append("refused")
             return
         started = time.monotonic()
-        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        writer.write(head)
         try:
             async with asyncio.timeout(seconds):
                 while True:
-                    writer.write(b"a")
+                    writer.write(byte)
                     await writer.drain()
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(5):
@@ -230,6 +195,20 @@ async def slow_headers(target: Target, count: int = 1000, seconds: float = 90.0)
     if answered_after:
         answers += f" (after {min(answered_after):.1f}–{max(answered_after):.1f} s)"
     return answers
+
+
+async def slow_bodies(target: Target, count: int = 300) -> str:
+    """REST requests whose 100 kB body comes a byte at a time."""
+    head = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 100000\r\n\r\n"
+    )
+    return await trickle(target, count, head, b" ", 90.0)
+
+
+async def slow_headers(target: Target, count: int = 1000, seconds: float = 90.0) -> str:
+    """Connections that never finish their request headers."""
+    return await trickle(target, count, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ", b"a", seconds)
 
 
 async def idle_sockets(target: Target, count: int = 200) -> str:

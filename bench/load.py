@@ -714,9 +714,7 @@ async def main_async(args: argparse.Namespace) -> None:
     print(f"{len(material)} questions: {', '.join(u.name for u in material)}; work dir {workdir}")
     rows: list[dict[str, Any]] = []
     startups: dict[str, float] = {}
-    turn_detection = (
-        {"type": "semantic_vad", "eagerness": "auto"} if args.turn_detection == "semantic_vad" else None
-    )
+    modes = list(dict.fromkeys(args.turn_detection))
     sim_llm, llm_base = start_sim_llm(workdir)
     try:
         for name in args.targets:
@@ -726,14 +724,20 @@ async def main_async(args: argparse.Namespace) -> None:
                 # One unmeasured turn first: every framework's first reply pays one-time costs (the
                 # OpenAI client's lazy setup, imports, connection pools) that a serving agent has paid.
                 await measure(target, 1, 1, material, noise)
-                for n in args.sessions:
-                    profile = Path(args.py_spy) if args.py_spy and n == args.py_spy_sessions else None
-                    result = await measure(target, n, args.turns, material, noise, profile, turn_detection)
-                    row = summarize(result)
-                    rows.append(row)
-                    print(table([row]).splitlines()[-1], flush=True)
-                    if row["errors"]:
-                        print(f"  errors: {row['error_kinds']}")
+                for mode in modes:
+                    detection = (
+                        {"type": "semantic_vad", "eagerness": "auto"} if mode == "semantic_vad" else None
+                    )
+                    for n in args.sessions:
+                        profile = Path(args.py_spy) if args.py_spy and n == args.py_spy_sessions else None
+                        result = await measure(target, n, args.turns, material, noise, profile, detection)
+                        row = summarize(result)
+                        if len(modes) > 1:  # the modes side by side: each its own line in the tables
+                            row["target"] = f"{name}, {mode}"
+                        rows.append(row)
+                        print(table([row]).splitlines()[-1], flush=True)
+                        if row["errors"]:
+                            print(f"  errors: {row['error_kinds']}")
             finally:
                 target.stop()
     finally:
@@ -773,14 +777,16 @@ def main() -> None:
     )
     parser.add_argument(
         "--turn-detection",
+        nargs="+",
         choices=["server_vad", "semantic_vad"],
-        default="server_vad",
-        help="semantic_vad (eagerness auto): each session asks for it with session.update; our targets only",
+        default=["server_vad"],
+        help="semantic_vad (eagerness auto): each session asks for it with session.update; our targets only;"
+        " both: each N measured with each, side by side",
     )
     parser.add_argument("--name", default="load", help="result file stem")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
     args = parser.parse_args()
-    if args.turn_detection != "server_vad" and set(args.targets) - set(OURS):
+    if set(args.turn_detection) != {"server_vad"} and set(args.targets) - set(OURS):
         parser.error(
             "--turn-detection semantic_vad drives our targets only: pass --targets from " + ", ".join(OURS)
         )
