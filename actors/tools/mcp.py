@@ -234,17 +234,13 @@ class McpTool:
         config = connection.config
         schema = dict(tool.input_schema or {})
         schema.setdefault("type", "object")
-        self._definition = ToolDefinition(
+        self.definition = ToolDefinition(
             name=model_name(config.server_label, tool.name),
             description=tool.description or tool.title or "",
             parameters=schema,
             timeout_s=config.timeout_s,
             cancel_safe=config.cancel_safe,
         )
-
-    @property
-    def definition(self) -> ToolDefinition:
-        return self._definition
 
     async def call(self, arguments: dict[str, Any], context: ToolContext) -> str:
         return await self._connection.call(self._name, arguments)

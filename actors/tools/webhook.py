@@ -35,17 +35,13 @@ class WebhookTool:
         self._config = config
         self._headers = dict(headers)
         self._client = client
-        self._definition = ToolDefinition(
+        self.definition = ToolDefinition(
             name=config.name,
             description=config.description,
             parameters=config.parameters,
             timeout_s=config.timeout_s,
             cancel_safe=config.cancel_safe,
         )
-
-    @property
-    def definition(self) -> ToolDefinition:
-        return self._definition
 
     async def call(self, arguments: dict[str, Any], context: ToolContext) -> str:
         name = self._config.name
