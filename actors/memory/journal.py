@@ -24,6 +24,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from actors.conversation.events import FinishedTurn
 
@@ -188,13 +189,7 @@ class TurnJournal:
 
     def pending(self, user_id: str | None = None, limit: int = 1000) -> list[JournalEntry]:
         """Unconfirmed turns in the order they were journaled (per user when `user_id` is given)."""
-        query = "SELECT seq, body, journaled_at, attempts, last_error FROM turns"
-        args: tuple[object, ...] = ()
-        if user_id is not None:
-            query += " WHERE user_id = ?"
-            args = (user_id,)
-        with self._lock:
-            rows = self._db.execute(f"{query} ORDER BY seq LIMIT ?", (*args, limit)).fetchall()
+        rows = self._oldest("seq, body, journaled_at, attempts, last_error FROM turns", user_id, limit)
         return [
             JournalEntry(seq, FinishedTurn(**json.loads(body)), at, attempts, error)
             for seq, body, at, attempts, error in rows
@@ -224,13 +219,8 @@ class TurnJournal:
 
     def pending_facts(self, user_id: str | None = None, limit: int = 1000) -> list[FactEntry]:
         """Unconfirmed facts in the order they were journaled (per user when `user_id` is given)."""
-        query = "SELECT seq, fact_id, user_id, text, journaled_at, attempts, last_error FROM facts"
-        args: tuple[object, ...] = ()
-        if user_id is not None:
-            query += " WHERE user_id = ?"
-            args = (user_id,)
-        with self._lock:
-            rows = self._db.execute(f"{query} ORDER BY seq LIMIT ?", (*args, limit)).fetchall()
+        columns = "seq, fact_id, user_id, text, journaled_at, attempts, last_error FROM facts"
+        rows = self._oldest(columns, user_id, limit)
         return [
             FactEntry(seq, Fact(fact_id, user, text), at, attempts, error)
             for seq, fact_id, user, text, at, attempts, error in rows
@@ -264,7 +254,15 @@ class TurnJournal:
     def __len__(self) -> int:
         return self._count("turns")
 
-    # Turns and facts are kept alike; `table` and `key` are this module's own names, never input.
+    # Turns and facts are kept alike; `table`, `key` and `columns` are this module's own names, never input.
+    def _oldest(self, columns: str, user_id: str | None, limit: int) -> list[Any]:
+        """`SELECT columns` in journal order, of one user's rows when `user_id` is given."""
+        where, args = (" WHERE user_id = ?", (user_id,)) if user_id is not None else ("", ())
+        with self._lock:
+            return self._db.execute(
+                f"SELECT {columns}{where} ORDER BY seq LIMIT ?", (*args, limit)
+            ).fetchall()
+
     def _delete(self, table: str, key: str, ids: list[str]) -> None:
         with self._lock:
             self._db.executemany(f"DELETE FROM {table} WHERE {key} = ?", [(i,) for i in ids])
