@@ -102,6 +102,25 @@ async def measure(letta: LettaServer, sim_url: str, journal: Path, calls: int) -
     ]
 
 
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4))
+    x = range(len(rows))
+    ax.bar([i - 0.2 for i in x], [r["p50_ms"] for r in rows], 0.4, label="p50")
+    ax.bar([i + 0.2 for i in x], [r["p95_ms"] for r in rows], 0.4, label="p95")
+    ax.set_xticks(list(x), [str(r["row"]) for r in rows], fontsize=8)
+    ax.set_yscale("log")  # from a journal write (under a millisecond) to Letta's searches (~100 ms)
+    ax.set_ylabel("ms")
+    ax.set_title("memory tools against a real Letta: time per call")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--calls", type=int, default=40)
@@ -122,6 +141,7 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "memory_tools.md").write_text(table + "\n")
     (RESULTS / "memory_tools.json").write_text(json.dumps(rows, indent=2) + "\n")
+    plot(rows, RESULTS / "memory_tools.png")
 
 
 if __name__ == "__main__":
