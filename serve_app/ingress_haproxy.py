@@ -10,7 +10,9 @@ replaces itself (`os.execv`, same PID, same arguments) with the HAProxy binary S
 Serve signals and tracks that PID, and recognises its HAProxy processes by the config path in their
 command line. Any other invocation (`-v`, a check with `-c`, ...) goes straight to HAProxy.
 
-The limit runs from a request's first byte to the end of its head, so it never touches a request body,
+A connection that sends nothing at all is closed silently at the limit (`option http-ignore-probes`,
+added with it: browsers open such connections speculatively). The limit runs from a request's first
+byte to the end of its head, so it never touches a request body,
 an answer being streamed, a WebSocket once upgraded (a tunnel), or an idle keep-alive connection (Serve
 sets `timeout http-keep-alive`). On expiry HAProxy answers 408 and closes the connection.
 
@@ -57,6 +59,7 @@ _SECTIONS = frozenset(
     }
 )
 _HEADER_TIMEOUT = re.compile(r"^\s*timeout\s+http-request\b")
+_IGNORE_PROBES = re.compile(r"^\s*(no\s+)?option\s+http-ignore-probes\b")
 
 
 def header_timeout_s(environ: Mapping[str, str] = os.environ) -> float:
@@ -82,9 +85,12 @@ def haproxy_duration(seconds: float) -> str:
 
 
 def with_header_timeout(config: str, seconds: float) -> str:
-    """`config` with `timeout http-request` set in every `defaults` section that lacks one; a section
-    that already sets it, and every other section, are kept as they are. Applying it twice changes
-    nothing more."""
+    """`config` with `timeout http-request` set in every `defaults` section that lacks one, together with
+    `option http-ignore-probes` (unless the section says either way): a connection that never sent a
+    byte, as browsers open speculatively ahead of requests, is then closed silently at the timeout
+    instead of answered 408, which a browser could take for the answer to the request it sends next. A
+    section that already sets the timeout, and every other section, are kept as they are. Applying it
+    twice changes nothing more."""
     lines = config.splitlines(keepends=True)
     out: list[str] = []
     pending: list[str] = []  # the defaults section being read, held until its end
@@ -95,8 +101,10 @@ def with_header_timeout(config: str, seconds: float) -> str:
         if pending and not has_timeout:
             header = pending[0] if pending[0].endswith("\n") else pending[0] + "\n"
             indent = _indent_of(pending[1:]) or "    "
-            added = f"{indent}timeout http-request {haproxy_duration(seconds)}\n"
-            pending = [header, added, *pending[1:]]
+            added = [f"{indent}timeout http-request {haproxy_duration(seconds)}\n"]
+            if not any(_IGNORE_PROBES.match(line) for line in pending):
+                added.append(f"{indent}option http-ignore-probes\n")
+            pending = [header, *added, *pending[1:]]
         out.extend(pending)
         pending = []
 

@@ -60,11 +60,12 @@ def test_the_timeout_goes_into_the_defaults_section_only() -> None:
     before = serve_like()
     after = with_header_timeout(before, 10)
     added = [line for line in after.splitlines() if line not in before.splitlines()]
-    assert added == ["    timeout http-request 10s"]
+    assert added == ["    timeout http-request 10s", "    option http-ignore-probes"]
     lines = after.splitlines()
-    assert lines[lines.index("defaults") + 1] == "    timeout http-request 10s"
+    start = lines.index("defaults") + 1
+    assert lines[start : start + 2] == added
     # Everything else is as Serve wrote it, in order: the backend's own timeout untouched.
-    assert [line for line in lines if line != added[0]] == before.splitlines()
+    assert [line for line in lines if line not in added] == before.splitlines()
 
 
 def test_rewriting_twice_changes_nothing_more_and_an_existing_timeout_is_kept() -> None:
@@ -78,8 +79,15 @@ def test_rewriting_twice_changes_nothing_more_and_an_existing_timeout_is_kept() 
 def test_every_defaults_section_gets_one_and_a_fraction_is_written_in_ms() -> None:
     config = "defaults\n\tmode http\nfrontend a\n\tbind :1\ndefaults named\n\tmode tcp"  # no final newline
     assert with_header_timeout(config, 2.5) == (
-        "defaults\n\ttimeout http-request 2500ms\n\tmode http\nfrontend a\n\tbind :1\n"
-        "defaults named\n\ttimeout http-request 2500ms\n\tmode tcp"
+        "defaults\n\ttimeout http-request 2500ms\n\toption http-ignore-probes\n\tmode http\n"
+        "frontend a\n\tbind :1\n"
+        "defaults named\n\ttimeout http-request 2500ms\n\toption http-ignore-probes\n\tmode tcp"
+    )
+    # A section that says either way about probes keeps its word; the timeout still goes in.
+    said = "defaults\n\tno option http-ignore-probes\n"
+    assert (
+        with_header_timeout(said, 1)
+        == "defaults\n\ttimeout http-request 1s\n\tno option http-ignore-probes\n"
     )
     assert with_header_timeout("global\n    maxconn 1\n", 10) == "global\n    maxconn 1\n"
 
@@ -157,6 +165,11 @@ def test_the_launcher_becomes_haproxy_with_the_timeout(haproxy, monkeypatch: pyt
         assert answer.startswith(b"HTTP/1.1 408"), answer
         assert half.recv(4096) == b""  # then closed
     assert 0.9 <= waited < 8, waited
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as silent:
+        # A connection that never sends a byte (a browser's preconnect) is closed without a 408.
+        started = time.monotonic()
+        assert silent.recv(4096) == b""
+        assert 0.9 <= time.monotonic() - started < 8
 
 
 def test_other_invocations_pass_straight_through(tmp_path: Path) -> None:
