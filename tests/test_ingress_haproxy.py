@@ -165,6 +165,13 @@ def test_the_launcher_becomes_haproxy_with_the_timeout(haproxy, monkeypatch: pyt
         assert answer.startswith(b"HTTP/1.1 408"), answer
         assert half.recv(4096) == b""  # then closed
     assert 0.9 <= waited < 8, waited
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as kept:
+        # Idle between requests for longer than the limit: the keep-alive timeout applies, not this one.
+        kept.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert kept.recv(4096).startswith(b"HTTP/1.1 200")
+        time.sleep(2.5)
+        kept.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert kept.recv(4096).startswith(b"HTTP/1.1 200")
     with socket.create_connection(("127.0.0.1", port), timeout=10) as silent:
         # A connection that never sends a byte (a browser's preconnect) is closed without a 408.
         started = time.monotonic()

@@ -117,6 +117,13 @@ async def test_an_unfinished_request_head_gets_408_while_sessions_and_requests_g
         (status, waited), (first, second) = await asyncio.gather(
             trickled_head(host, int(port)), idle_keep_alive(host, int(port), timeout_s + 2)
         )
+        for _ in range(2):
+            if second:
+                break
+            # A server may close an idle connection between requests (HTTP lets it; this shared cluster's
+            # HAProxy reloads as Serve adds or drops replicas), so a cut try is repeated: the header
+            # timeout would cut every one (`tests/test_ingress_haproxy.py` checks that on HAProxy alone).
+            first, second = await idle_keep_alive(host, int(port), timeout_s + 2)
         assert status.startswith(b"HTTP/1.1 408"), status
         # From the first byte, however steadily more arrive (unlike an inactivity timeout); the configured
         # value, not the 10 s default.
