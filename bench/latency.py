@@ -402,14 +402,17 @@ async def main_async(args: argparse.Namespace) -> None:
     utterance = espeak_speech(QUESTION)
     turns_1, turns_10 = (4, 2) if args.quick else (15, 5)
     rows: list[dict[str, Any]] = []
+
+    async def one_then_ten(name: str, url: str) -> None:
+        """The scenario at one session, then at ten: a row each, on the simulated providers."""
+        for sessions, turns in ((1, turns_1), (10, turns_10)):
+            rows.append(summarize(await run_scenario(name, url, sessions, turns, utterance), True))
+
     sim_llm, llm_base = start_sim_llm(workdir)
     try:
         single, url = start_single_process(workdir, llm_base)
         try:
-            for sessions, turns in ((1, turns_1), (10, turns_10)):
-                rows.append(
-                    summarize(await run_scenario("single-process", url, sessions, turns, utterance), True)
-                )
+            await one_then_ten("single-process", url)
             phone = ScenarioResult("phone (Twilio)", 1)
             await run_phone_session(
                 url.replace("ws://", "http://").removesuffix("/v1"), turns_1, utterance, phone
@@ -422,9 +425,7 @@ async def main_async(args: argparse.Namespace) -> None:
             workdir, llm_base, {"VOICE_TOOLS": json.dumps(OFFERED_TOOLS)}, "single-tools.log"
         )
         try:
-            for sessions, turns in ((1, turns_1), (10, turns_10)):
-                scenario = await run_scenario(TOOLS_OFFERED, url, sessions, turns, utterance)
-                rows.append(summarize(scenario, True))
+            await one_then_ten(TOOLS_OFFERED, url)
         finally:
             tooled.terminate()
             tooled.wait()
@@ -436,12 +437,7 @@ async def main_async(args: argparse.Namespace) -> None:
             )
             try:
                 run.wait_ready()
-                for sessions, turns in ((1, turns_1), (10, turns_10)):
-                    rows.append(
-                        summarize(
-                            await run_scenario("ray-serve", run.ws_url, sessions, turns, utterance), True
-                        )
-                    )
+                await one_then_ten("ray-serve", run.ws_url)
             finally:
                 run.stop()
     finally:

@@ -212,7 +212,7 @@ class MemoryWriter:
             now = time.time()
             for t in turns:
                 LAG_SECONDS.observe(max(now - t.ended_at, 0.0))
-            await asyncio.to_thread(self.journal.confirm, [t.turn_id for t in turns])
+            await asyncio.to_thread(self.journal.confirm, ids)
             await asyncio.to_thread(self._update_gauges)
             if self.on_delivered is not None:
                 self.on_delivered(user_id)
