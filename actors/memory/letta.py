@@ -194,17 +194,21 @@ class LettaMemory:
                 return
         await self.client.agents.passages.create(agent, text=fact.text, tags=[tag])
 
+    def _search_client(self) -> AsyncLetta:
+        """The client for searches: one attempt, bounded by `search_timeout_s`."""
+        return self.client.with_options(max_retries=0, timeout=self.config.search_timeout_s)
+
     async def search_archival(self, user_id: str, query: str, limit: int) -> list[MemoryHit]:
         """The user's archival memory passages nearest in meaning to `query`."""
         agent = await self.agent_id(user_id)
-        client = self.client.with_options(max_retries=0, timeout=self.config.search_timeout_s)
+        client = self._search_client()
         found = await client.agents.passages.search(agent, query=query, top_k=limit)
         return [MemoryHit(r.content, r.timestamp) for r in found.results]
 
     async def search_conversation(self, user_id: str, query: str, limit: int) -> list[MemoryHit]:
         """The user's past conversation (their turns as written to the agent) matching `query`."""
         agent = await self.agent_id(user_id)
-        client = self.client.with_options(max_retries=0, timeout=self.config.search_timeout_s)
+        client = self._search_client()
         if self.message_search:
             try:
                 found = await client.post(
