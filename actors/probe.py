@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING
 
-import openai
+if TYPE_CHECKING:
+    import openai
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +48,8 @@ async def openai_server_problem(client: openai.AsyncOpenAI, what: str, timeout_s
     `what` server. Any HTTP answer but a 5xx means the server is there (some compatible servers have no
     `/models`, and a refused key is no outage); a refused or silent connection, or a 5xx, means it is
     not. One attempt, whatever the client's own retries: a probe must answer within `timeout_s`."""
+    import openai  # only the OpenAI engines call this; importing the SDK costs a replica ~0.6 s at start
+
     try:
         async with asyncio.timeout(timeout_s):
             await client.with_options(max_retries=0).models.list()

@@ -8,15 +8,18 @@ import asyncio
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import httpx
 
 from actors.config import Settings
 from actors.tools.base import ServerTool
-from actors.tools.mcp import McpConnection
 from actors.tools.settings import McpServerConfig, WebhookToolConfig, expand_secrets
 from actors.tools.toolbox import Toolbox
 from actors.tools.webhook import WebhookTool
+
+if TYPE_CHECKING:
+    from actors.tools.mcp import McpConnection
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +42,12 @@ class ServerTools:
             )
             for hook in webhooks
         ]
-        self._servers = [McpConnection(server, environ) for server in mcp_servers]
+        self._servers: list[McpConnection] = []
+        if mcp_servers:
+            # The MCP SDK costs every replica ~0.5 s to import: only where MCP servers are configured.
+            from actors.tools.mcp import McpConnection
+
+            self._servers = [McpConnection(server, environ) for server in mcp_servers]
         for server in self._servers:
             server.on_change = self._rebuild
         self._listeners: list[Callable[[Toolbox], None]] = []
