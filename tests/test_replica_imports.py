@@ -18,9 +18,11 @@ from actors.tools.servers import ServerTools
 import serve_app.app  # what `import_path` makes every replica import
 
 settings = load_settings()
-engines = [type(make(settings)).__name__ for make in (create_stt_engine, create_tts_engine, create_llm_engine)]
+makers = (create_stt_engine, create_tts_engine, create_llm_engine)
+engines = [type(make(settings)).__name__ for make in makers]
 ServerTools.from_settings(settings)
-print(json.dumps({"engines": engines, "loaded": sorted(m for m in ("openai", "mcp") if m in sys.modules)}))
+loaded = sorted(name for name in ("openai", "mcp") if name in sys.modules)
+print(json.dumps({"engines": engines, "loaded": loaded}))
 """
 
 
