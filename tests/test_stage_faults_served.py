@@ -287,9 +287,11 @@ async def test_tts_replica_killed_mid_reply(served: ServeRun) -> None:
             if event["type"] != "response.output_audio.delta":
                 assert not INTERNALS.search(json.dumps(event)), event
         errors = [e["error"]["code"] for e in seen if e["type"] == "error"]
-        # Two plain outcomes, depending on whether a synthesis call was in flight when the process died
+        # Plain outcomes, depending on whether a synthesis call was in flight when the process died
         # and on how soon Serve's replacement takes calls: the reply goes on (phrases wait in the handle
-        # for the new replica while the audio already received keeps playing), or it fails at once.
+        # for the new replica while the audio already received keeps playing), it fails at once (a call
+        # was in flight), or it fails once a phrase has waited for a replacement longer than the chunk
+        # timeout (a replacement slow to start on a busy machine).
         if done["status"] != "failed":
             # The reply went on to its end: REPLY's first llm_max_tokens (120) of its 180 tokens.
             assert done["status_details"] == {"type": "incomplete", "reason": "max_output_tokens"}, done
@@ -298,9 +300,12 @@ async def test_tts_replica_killed_mid_reply(served: ServeRun) -> None:
             assert spoken_after, "no reply audio from the replacement replica"
         else:
             assert done["status"] == "failed", done
-            assert done["status_details"]["error"]["code"] == "tts_unavailable"
-            assert errors == ["tts_unavailable"]
-            assert time.time() - killed_at < 3.0 + 5.0 + 2.0  # stage + chunk timeouts, not a hang
+            code = done["status_details"]["error"]["code"]
+            assert code in ("tts_unavailable", "tts_timeout"), done
+            assert errors == [code]
+            # Not a hang: the reply fails within the chunk timeout (stage + TTS timeouts) of the last
+            # audio that came, or of the kill if none came after it.
+            assert time.time() - max([killed_at, *audio_at]) < 3.0 + 5.0 + 2.0
 
         # The session goes on: the next turn is spoken.
         seen = []
