@@ -47,8 +47,14 @@ def test_serve_starts_and_reloads_haproxy_through_the_launcher(
     # A reload may be under way (the launcher still Python for a moment): look again until settled.
     deadline = time.monotonic() + 30
     while True:
-        commands = haproxy_commands(agent.haproxy_dir)
-        executables = {pid: Path(f"/proc/{pid}/exe").resolve() for pid in commands}
+        commands: dict[int, list[bytes]] = {}
+        executables: dict[int, Path] = {}
+        for pid, command in haproxy_commands(agent.haproxy_dir).items():
+            try:  # an old process may exit between the two looks: a reload finishing
+                executables[pid] = Path(f"/proc/{pid}/exe").resolve(strict=True)
+            except OSError:
+                continue
+            commands[pid] = command
         settled = bool(commands) and set(executables.values()) == {haproxy}
         if (settled and any(b"-sf" in c for c in commands.values())) or time.monotonic() > deadline:
             break
