@@ -21,19 +21,21 @@ from testkit.serve_cluster import ServeRun
 pytestmark = pytest.mark.slow
 
 
-def haproxy_commands(directory: Path) -> dict[int, list[bytes]]:
-    """The command lines of the live processes whose `-f` configuration is under `directory`."""
+def haproxy_processes(directory: Path) -> dict[int, tuple[list[bytes], Path]]:
+    """The command line and executable of each live process whose `-f` configuration is under
+    `directory`. A process that exits while it is looked at (an old HAProxy at the end of a reload) is
+    left out."""
     found = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             command = (entry / "cmdline").read_bytes().split(b"\0")
+            config = command[command.index(b"-f") + 1] if b"-f" in command[:-1] else b""
+            if config.startswith(str(directory).encode()):
+                found[int(entry.name)] = (command, (entry / "exe").resolve(strict=True))
         except OSError:
             continue
-        config = command[command.index(b"-f") + 1] if b"-f" in command[:-1] else b""
-        if config.startswith(str(directory).encode()):
-            found[int(entry.name)] = command
     return found
 
 
@@ -47,14 +49,9 @@ def test_serve_starts_and_reloads_haproxy_through_the_launcher(
     # A reload may be under way (the launcher still Python for a moment): look again until settled.
     deadline = time.monotonic() + 30
     while True:
-        commands: dict[int, list[bytes]] = {}
-        executables: dict[int, Path] = {}
-        for pid, command in haproxy_commands(agent.haproxy_dir).items():
-            try:  # an old process may exit between the two looks: a reload finishing
-                executables[pid] = Path(f"/proc/{pid}/exe").resolve(strict=True)
-            except OSError:
-                continue
-            commands[pid] = command
+        processes = haproxy_processes(agent.haproxy_dir)
+        commands = {pid: command for pid, (command, _) in processes.items()}
+        executables = {pid: executable for pid, (_, executable) in processes.items()}
         settled = bool(commands) and set(executables.values()) == {haproxy}
         if (settled and any(b"-sf" in c for c in commands.values())) or time.monotonic() > deadline:
             break
