@@ -60,7 +60,7 @@ import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
-from actors.audio.end_of_turn import MAX_WAIT_MS, SmartTurnModel
+from actors.audio.end_of_turn import MAX_WAIT_MS, WORDS_OPEN_BELOW, SmartTurnModel
 from actors.audio.pcm import STT_SAMPLE_RATE
 from actors.audio.vad import SileroSpeechDetector, VadConfig
 from actors.conversation.events import (
@@ -589,6 +589,51 @@ def sentence_model_cost_ms() -> tuple[float, float]:
     return statistics.median(times), max(times)
 
 
+# Typed words, not recordings: the agent's question, a whole short answer to it, and the same answer cut
+# where it cannot end. Answers like these read as fragments without the question.
+ANSWERS = [
+    ("What can I get you today?", "a large coffee", "i would like a"),
+    ("When should I book it for?", "tomorrow at noon", "tomorrow at"),
+    ("Who is the appointment for?", "my daughter", "it is for my"),
+    ("Which one would you like?", "the second option", "i think the"),
+    ("Which card did you pick?", "ten of clubs", "the ten of"),
+    ("How many tickets do you need?", "two tickets", "we will need"),
+    ("When is your flight?", "next tuesday", "it is on"),
+    ("Anything else on the pizza?", "extra cheese", "some extra"),
+    ("Where did you leave it?", "in the kitchen", "in the"),
+    ("What is the name on the booking?", "john smith", "it is under the name of"),
+    ("Which room are you in?", "room four twelve", "i am in room"),
+    ("How can I help you?", "my card was declined", "my card was"),
+]
+
+
+def answers_check() -> dict[str, Any]:
+    """How the words check judges short answers and cut ones, alone and after the agent's question."""
+    model = GemmaSentenceEnd()
+    counts: dict[str, Any] = {}
+    for context, asked in (("alone", False), ("after the question", True)):
+        answers = [model.probability_sentence_ends(a, q if asked else "") for q, a, _ in ANSWERS]
+        cuts = [model.probability_sentence_ends(c, q if asked else "") for q, _, c in ANSWERS]
+        counts[context] = {
+            "answers_held": sum(p < WORDS_OPEN_BELOW for p in answers),
+            "cut_let_end": sum(p >= WORDS_OPEN_BELOW for p in cuts),
+        }
+    counts["pairs"] = len(ANSWERS)
+    return counts
+
+
+def answers_table(counts: dict[str, Any]) -> str:
+    n = counts["pairs"]
+    lines = [
+        "| words judged | whole answers held as unfinished | cut answers let end |",
+        "|---|---|---|",
+    ]
+    for context in ("alone", "after the question"):
+        c = counts[context]
+        lines.append(f"| {context} | {c['answers_held']} of {n} | {c['cut_let_end']} of {n} |")
+    return "\n".join(lines)
+
+
 def table(rows: list[dict[str, Any]], cost: tuple[float, float], words_cost: tuple[float, float]) -> str:
     lines = [
         "| mode | end-of-turn delay p50 (ms) | p95 | complete turns never ended | false cut-offs |",
@@ -658,7 +703,8 @@ def main() -> None:
     # Barge-in trials run on a virtual clock: a reply, a sound over it, the silence window after it.
     with asyncio.Runner(loop_factory=looptime.new_event_loop) as runner:
         barge_in = runner.run(barge_in_rows())
-    text = table(rows, cost, words_cost) + "\n\n" + barge_in_table(barge_in)
+    answers = answers_check()
+    text = table(rows, cost, words_cost) + "\n\n" + answers_table(answers) + "\n\n" + barge_in_table(barge_in)
     print(text)
     (out / "turn_taking.md").write_text(text + "\n")
     (out / "turn_taking.json").write_text(
@@ -668,6 +714,7 @@ def main() -> None:
                 "model_ms_per_call": cost[0],
                 "sentence_model_ms_per_call": words_cost[0],
                 "paused": paused,
+                "answers": answers,
                 "barge_in": barge_in,
             },
             indent=2,

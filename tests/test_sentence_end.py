@@ -32,6 +32,14 @@ FINISHED = [
 ]
 
 
+# (the agent's question, a whole answer, an answer cut where it cannot end)
+ANSWERS = [
+    ("What can I get you today?", "a large coffee", "i would like a"),
+    ("Who is the appointment for?", "my daughter", "it is for my"),
+    ("Which one would you like?", "the second option", "i think the"),
+]
+
+
 @pytest.fixture(scope="module")
 def model() -> GemmaSentenceEnd:
     return GemmaSentenceEnd()
@@ -58,3 +66,13 @@ def test_the_answer_does_not_depend_on_earlier_calls_or_on_the_transcripts_punct
     punctuated = model.probability_sentence_ends("He might even have been made amiable himself.")
     assert punctuated >= WORDS_OPEN_BELOW
     assert model.probability_sentence_ends("  ...  ") == 0.0
+
+
+def test_a_short_answer_can_end_after_the_agents_question_and_a_cut_one_still_cannot(
+    model: GemmaSentenceEnd,
+) -> None:
+    for question, answer, cut in ANSWERS:
+        assert model.probability_sentence_ends(answer, question) >= WORDS_OPEN_BELOW, (question, answer)
+        assert model.probability_sentence_ends(cut, question) < WORDS_OPEN_BELOW, (question, cut)
+    # Without the question, "a large coffee" reads as a fragment: the turn would wait.
+    assert model.probability_sentence_ends("a large coffee") < WORDS_OPEN_BELOW

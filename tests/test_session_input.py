@@ -82,9 +82,11 @@ class ScriptedSentenceEnd:
     def __init__(self, probability: float) -> None:
         self.probability = probability
         self.asked: list[str] = []
+        self.answering: list[str] = []  # what the agent had said, per call
 
-    def probability_sentence_ends(self, words: str) -> float:
+    def probability_sentence_ends(self, words: str, answering: str = "") -> float:
         self.asked.append(words)
+        self.answering.append(answering)
         return self.probability
 
 
@@ -99,6 +101,7 @@ class Input:
         sentence_end: ScriptedSentenceEnd | None = None,
         checkpoint_at_pauses: bool = False,  # as a session preparing replies at pauses does
         transcript: str = "hello there",
+        agent_said: str = "",
     ) -> None:
         self.stt = RecordingSTT(feed_ms, transcript)
         self.events: list[object] = []
@@ -121,6 +124,7 @@ class Input:
             on_speech_stopped=self._on_stopped,
             end_of_turn=(lambda: semantic) if semantic else SmartTurnModel,
             sentence_end=(lambda: sentence_end) if sentence_end else None,
+            agent_said=lambda: agent_said,
             on_speech_paused=self._on_paused if checkpoint_at_pauses else None,
             on_interim_transcript=self._on_interim,
             on_speech_dropped=self._on_dropped,
@@ -316,6 +320,20 @@ async def test_semantic_words_that_can_end_a_sentence_let_a_finished_sound_end_t
     )
     await i.stream(tone(1500, RATE) + silence(400, RATE))
     assert len(i.stopped) == 1 and words.asked == [WORDS]
+
+
+async def test_semantic_words_are_judged_as_an_answer_to_what_the_agent_said_last() -> None:
+    words = ScriptedSentenceEnd(0.3)
+    i = Input(
+        semantic=ScriptedTurnModel([0.9]),
+        sentence_end=words,
+        checkpoint_at_pauses=True,
+        transcript="my daughter",
+        agent_said="Who is the appointment for?",
+    )
+    await i.stream(tone(1500, RATE) + silence(400, RATE))
+    assert words.asked == ["my daughter"]
+    assert words.answering == ["Who is the appointment for?"]
 
 
 async def test_semantic_words_are_not_consulted_when_the_sound_is_in_doubt_or_they_are_too_few() -> None:

@@ -15,6 +15,7 @@ from actors.conversation.events import (
     ResponseStarted,
     ResponseTextDelta,
 )
+from actors.conversation.items import ConversationItem
 from actors.conversation.metrics import TurnTimeline
 from actors.conversation.options import SessionLimits, SessionOptions
 from actors.conversation.reply import ReplyPlayer
@@ -216,3 +217,18 @@ async def test_a_paused_reply_can_be_cancelled_and_the_next_one_is_not_paused() 
     p.player.start(UserTurn("item_2", "again"), TurnTimeline())
     await p.wait_for(ResponseFinished, 2)
     assert p.of(ResponseFinished)[1].status == "completed"
+
+
+def test_the_last_reply_is_the_last_finished_one_as_the_user_heard_it() -> None:
+    conversation = Conversation()
+    assert conversation.last_reply() == ""
+    conversation.add_message("assistant", "Hello. Who is the appointment for?")
+    conversation.add_message("user", "my daughter")
+    assert conversation.last_reply() == "Hello. Who is the appointment for?"
+    # A reply still being spoken is not in the dialogue yet; one cut short counts as far as it was heard.
+    playing = ConversationItem("i2", "assistant", audio=True, phrases=["On which day?"], in_dialogue=False)
+    conversation.items.append(playing)
+    assert conversation.last_reply() == "Hello. Who is the appointment for?"
+    playing.phrases, playing.starts_s, playing.audio_s = ["On which day?", "Or next week?"], [0.0, 1.0], 2.0
+    playing.in_dialogue, playing.heard_ms = True, 1000
+    assert conversation.last_reply() == "On which day?"

@@ -8,9 +8,9 @@ It decides nothing about turns: it says where speech starts and stops (`on_speec
 Where speech stops: after the silence window (server VAD), or with semantic turn detection at a pause
 the end-of-turn model judges finished, else after a wait that grows with its doubt
 (`actors.audio.end_of_turn`). Unless the model is already in doubt, the words said so far have the
-last say (`actors.llm.sentence_end`): after words no sentence ends on, the turn is waited for as if the
-model were in doubt. Both models run in a worker thread; audio keeps flowing meanwhile, and a verdict
-that arrives after the user spoke again is dropped.
+last say (`actors.llm.sentence_end`, read as an answer to the agent's last reply): after words no
+sentence ends on, the turn is waited for as if the model were in doubt. Both models run in a worker
+thread; audio keeps flowing meanwhile, and a verdict that arrives after the user spoke again is dropped.
 """
 
 from __future__ import annotations
@@ -277,6 +277,7 @@ class AudioInput:
         on_speech_resumed: Callable[[], Awaitable[None]] | None = None,
         end_of_turn: Callable[[], EndOfTurnModel] = SmartTurnModel,
         sentence_end: Callable[[], SentenceEndModel] | None = None,
+        agent_said: Callable[[], str] = lambda: "",
         on_interim_transcript: Callable[[str], Awaitable[None]] | None = None,
         on_speech_dropped: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
@@ -303,6 +304,7 @@ class AudioInput:
         self._speech_start = 0  # sample where the speech being spoken (if any) started
         self._make_end_of_turn = end_of_turn
         self._make_sentence_end = sentence_end  # None: the sound of a pause alone decides
+        self._agent_said = agent_said  # what the user is answering: the agent's last reply, as heard
         # Semantic detection's models, loaded in a worker thread as soon as it is switched on.
         self._turn_models: asyncio.Future[tuple[EndOfTurnModel, SentenceEndModel | None]] | None = None
         self._pauses = 0  # pauses seen: a verdict applies only to the pause it was asked about
@@ -456,7 +458,7 @@ class AudioInput:
         if len(words.split()) < WORDS_MIN:
             return None
         try:
-            return await asyncio.to_thread(model.probability_sentence_ends, words)
+            return await asyncio.to_thread(model.probability_sentence_ends, words, self._agent_said())
         except Exception:
             log.exception("the sentence-end model failed; the sound of the pause alone decides")
             return None

@@ -137,6 +137,12 @@ class Conversation:
         answered.clear()
         return messages
 
+    def last_reply(self) -> str:
+        """What the user heard of the agent's last finished reply ("" before the first)."""
+        replies = [i for i in self.items if isinstance(i, ConversationItem) and i.role == "assistant"]
+        heard = [reply.text for reply in replies if reply.in_dialogue]
+        return next((text for text in reversed(heard) if text), "")
+
     def recent(self, keep: int) -> list[ChatMessage]:
         """The last `keep` messages of the history (about), never starting inside a call's answer."""
         if keep <= 0:

@@ -95,6 +95,7 @@ class VoiceSession:
             speech_detector=speech_detector,
             end_of_turn=end_of_turn,
             sentence_end=sentence_end if self.limits.end_of_turn_words else None,
+            agent_said=conversation.last_reply,
             on_speech_started=self._turns.speech_started,
             on_speech_stopped=self._turns.commit,
             on_speech_paused=self._turns.speech_paused,

@@ -8,6 +8,11 @@ break) is near 0 after such words (≤ 0.04 on the recordings' sentences cut mid
 where a sentence can end (0.1–0.7, stranded prepositions in questions such as "who did you go with"
 included).
 
+Whether a turn can end also depends on what it answers: "a large coffee" or "my daughter" alone read as
+fragments (0.01–0.05), but after the agent's "What can I get you today?" or "Who is the appointment for?"
+they are whole answers (0.14–0.54 on a set of such pairs), while "i would like a" stays near 0. So the
+agent's last words, when there are any, go before the user's, in the same turn format.
+
 The model is the offline LLM's Gemma 3 270M (a base model, so its next-token probabilities are those of
 plain text), run by llama.cpp on one thread: ~50–100 ms per call on this project's 2-core machines,
 once per pause, in a worker thread. Its weights are memory-mapped, so processes on one node share them.
@@ -24,13 +29,16 @@ import numpy as np
 
 SENTENCE_ENDS = (".", "?", "!", "\n")
 PROMPT = "User: "  # the offline LLM's own turn format: the words read as something a user said
+AGENT = "Assistant: "
 MAX_WORDS = 60  # the end of a long turn is what decides; older words only cost time
+MAX_AGENT_WORDS = 30  # the end of the agent's reply (its question, usually) is what the user answers
 TRAILING_PUNCTUATION = ".,;:!?…\"' "
 
 
 class SentenceEndModel(Protocol):
-    def probability_sentence_ends(self, words: str) -> float:
-        """Probability (0–1) that a sentence ends right after `words`."""
+    def probability_sentence_ends(self, words: str, answering: str = "") -> float:
+        """Probability (0–1) that a sentence ends right after `words`, said in reply to the agent's
+        `answering` (empty: nothing said before)."""
         ...
 
 
@@ -44,12 +52,15 @@ class GemmaSentenceEnd:
             {self._llm.tokenize(end.encode(), add_bos=False, special=False)[0] for end in SENTENCE_ENDS}
         )
 
-    def probability_sentence_ends(self, words: str) -> float:
+    def probability_sentence_ends(self, words: str, answering: str = "") -> float:
         # A transcript's own final punctuation is the STT's guess at the same question: left out.
         text = " ".join(words.split()[-MAX_WORDS:]).rstrip(TRAILING_PUNCTUATION)
         if not text:
             return 0.0
-        tokens = self._llm.tokenize((PROMPT + text).encode(), add_bos=True)
+        # One line each: a newline inside a turn would read as the turn's end.
+        agent = " ".join(answering.split()[-MAX_AGENT_WORDS:])
+        prompt = (AGENT + agent + "\n" if agent else "") + PROMPT + text
+        tokens = self._llm.tokenize(prompt.encode(), add_bos=True)
         with _LOCK:
             logits = self._last_logits(tokens)
         probabilities = np.exp(logits - logits.max())
