@@ -606,6 +606,28 @@ ANSWERS = [
     ("How can I help you?", "my card was declined", "my card was"),
 ]
 
+# Stumbles transcribed as said, cut after the repeated article: no sentence ends there.
+STUMBLES = [
+    "had he married a more a",
+    "i want a more a",
+    "could you give me a a",
+    "i need the the",
+    "book me a uh a",
+    "it was a really a",
+    "we went to the to the",
+    "she is a very a",
+    "can i get a large a",
+    "he bought a new a",
+    "send it to my to my",
+    "give me a bigger a",
+    "find a cheaper a",
+    "it is a much more a",
+    "tell me about the uh the",
+    "i would like a less a",
+    "is there a a",
+    "we need a faster a",
+]
+
 
 def answers_check() -> dict[str, Any]:
     """How the words check judges short answers and cut ones, alone and after the agent's question."""
@@ -619,6 +641,8 @@ def answers_check() -> dict[str, Any]:
             "cut_let_end": sum(p >= WORDS_OPEN_BELOW for p in cuts),
         }
     counts["pairs"] = len(ANSWERS)
+    counts["stumbles"] = len(STUMBLES)
+    counts["stumbles_let_end"] = sum(model.probability_sentence_ends(w) >= WORDS_OPEN_BELOW for w in STUMBLES)
     return counts
 
 
@@ -631,6 +655,11 @@ def answers_table(counts: dict[str, Any]) -> str:
     for context in ("alone", "after the question"):
         c = counts[context]
         lines.append(f"| {context} | {c['answers_held']} of {n} | {c['cut_let_end']} of {n} |")
+    lines.append("")
+    lines.append(
+        f'Stumbles cut after a repeated article ("find a cheaper a"): {counts["stumbles_let_end"]} of'
+        f" {counts['stumbles']} let end."
+    )
     return "\n".join(lines)
 
 
