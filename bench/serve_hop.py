@@ -32,6 +32,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from bench.latency import percentile
 from serve_app.serve_env import SERVE_ENV
 from testkit.serve_cluster import ROOT, free_port
 
@@ -85,11 +86,6 @@ class Caller:
             times.append(1000 * (time.perf_counter() - started))
             await asyncio.sleep(GAP_S)
         return times
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
 
 
 def run(calls: int) -> list[dict[str, Any]]:
