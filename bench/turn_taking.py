@@ -60,7 +60,7 @@ import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
-from actors.audio.end_of_turn import MAX_WAIT_MS, WORDS_OPEN_BELOW, SmartTurnModel
+from actors.audio.end_of_turn import MAX_WAIT_MS, SmartTurnModel, wait_after_pause_ms, with_words
 from actors.audio.pcm import STT_SAMPLE_RATE
 from actors.audio.vad import SileroSpeechDetector, VadConfig
 from actors.conversation.events import (
@@ -630,36 +630,34 @@ STUMBLES = [
 
 
 def answers_check() -> dict[str, Any]:
-    """How the words check judges short answers and cut ones, alone and after the agent's question."""
+    """What the words add to the wait at a pause that sounds finished (the end-of-turn model at 0.9,
+    auto eagerness): short answers and cut ones, alone and after the agent's question, and stumbles."""
     model = GemmaSentenceEnd()
-    counts: dict[str, Any] = {}
-    for context, asked in (("alone", False), ("after the question", True)):
-        answers = [model.probability_sentence_ends(a, q if asked else "") for q, a, _ in ANSWERS]
-        cuts = [model.probability_sentence_ends(c, q if asked else "") for q, _, c in ANSWERS]
-        counts[context] = {
-            "answers_held": sum(p < WORDS_OPEN_BELOW for p in answers),
-            "cut_let_end": sum(p >= WORDS_OPEN_BELOW for p in cuts),
-        }
-    counts["pairs"] = len(ANSWERS)
-    counts["stumbles"] = len(STUMBLES)
-    counts["stumbles_let_end"] = sum(model.probability_sentence_ends(w) >= WORDS_OPEN_BELOW for w in STUMBLES)
-    return counts
+
+    def waits(words: list[tuple[str, str]]) -> list[int]:
+        return [
+            wait_after_pause_ms(with_words(0.9, model.probability_sentence_ends(w, asked)), "auto")
+            for w, asked in words
+        ]
+
+    return {
+        "whole answers, alone": waits([(a, "") for _, a, _ in ANSWERS]),
+        "whole answers, after the question": waits([(a, q) for q, a, _ in ANSWERS]),
+        "cut answers, alone": waits([(c, "") for _, _, c in ANSWERS]),
+        "cut answers, after the question": waits([(c, q) for q, _, c in ANSWERS]),
+        "stumbles cut after a repeated article": waits([(w, "") for w in STUMBLES]),
+    }
 
 
-def answers_table(counts: dict[str, Any]) -> str:
-    n = counts["pairs"]
+def answers_table(waits: dict[str, list[int]]) -> str:
     lines = [
-        "| words judged | whole answers held as unfinished | cut answers let end |",
+        "| words at a pause that sounds finished | ended at once | extra wait min / p50 / max (ms) |",
         "|---|---|---|",
     ]
-    for context in ("alone", "after the question"):
-        c = counts[context]
-        lines.append(f"| {context} | {c['answers_held']} of {n} | {c['cut_let_end']} of {n} |")
-    lines.append("")
-    lines.append(
-        f'Stumbles cut after a repeated article ("find a cheaper a"): {counts["stumbles_let_end"]} of'
-        f" {counts['stumbles']} let end."
-    )
+    for name, ms in waits.items():
+        at_once = sum(w == 0 for w in ms)
+        spread = f"{min(ms)} / {statistics.median(ms):.0f} / {max(ms)}"
+        lines.append(f"| {name} | {at_once} of {len(ms)} | {spread} |")
     return "\n".join(lines)
 
 

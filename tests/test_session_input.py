@@ -322,6 +322,18 @@ async def test_semantic_words_that_can_end_a_sentence_let_a_finished_sound_end_t
     assert len(i.stopped) == 1 and words.asked == [WORDS]
 
 
+async def test_semantic_words_a_sentence_could_but_seldom_does_end_on_wait_less_than_open_ones() -> None:
+    # 0.10: between "no sentence ends here" (< 0.05: half the cap) and "one can" (≥ 0.15: no wait).
+    words = ScriptedSentenceEnd(0.10)
+    i = Input(
+        semantic=ScriptedTurnModel([0.9]), sentence_end=words, checkpoint_at_pauses=True, transcript=WORDS
+    )
+    await i.stream(tone(1500, RATE) + silence(800, RATE))
+    assert i.stopped == []  # the sound alone would have ended the turn within 600 ms of the pause
+    await i.stream(silence(800, RATE))
+    assert len(i.stopped) == 1  # a quarter of the 4 s cap, where open words wait half of it
+
+
 async def test_semantic_words_are_judged_as_an_answer_to_what_the_agent_said_last() -> None:
     words = ScriptedSentenceEnd(0.3)
     i = Input(

@@ -36,10 +36,13 @@ COMPLETE_THRESHOLD = 0.5
 # The words said so far can overrule a verdict of "finished" or "barely unfinished": after words no
 # sentence ends on (a language model's probability of a sentence end after them below
 # `WORDS_OPEN_BELOW`: "to", "the", "and", "have been"; `actors.llm.sentence_end`), the pause is waited
-# for as if the model were in doubt: half the eagerness cap. Words never shorten a wait: a sentence that
-# can end may still go on. Only turns of `WORDS_MIN` words or more: one word ("yes", "thanks", a name)
-# says little about where a sentence ends, and is judged by its sound.
+# for as if the model were in doubt: half the eagerness cap. Between that and `WORDS_SURE_ABOVE` the
+# words leave some doubt (a sentence could end there, but the model thinks it unlikely: "… a more a"),
+# and the wait shrinks from half the cap to nothing as the probability rises. Words never shorten a
+# wait: a sentence that can end may still go on. Only turns of `WORDS_MIN` words or more: one word
+# ("yes", "thanks", a name) says little about where a sentence ends, and is judged by its sound.
 WORDS_OPEN_BELOW = 0.05
+WORDS_SURE_ABOVE = 0.15
 WORDS_OPEN_PROBABILITY = COMPLETE_THRESHOLD / 2
 WORDS_MIN = 2
 
@@ -52,9 +55,12 @@ def words_can_matter(probability: float) -> bool:
 def with_words(probability: float, sentence_end: float | None) -> float:
     """The model's verdict at a pause, given the probability that a sentence ends after the words so
     far (None: no words known, or too few)."""
-    if sentence_end is None or sentence_end >= WORDS_OPEN_BELOW:
+    if sentence_end is None or sentence_end >= WORDS_SURE_ABOVE:
         return probability
-    return min(probability, WORDS_OPEN_PROBABILITY)
+    if sentence_end < WORDS_OPEN_BELOW:
+        return min(probability, WORDS_OPEN_PROBABILITY)
+    share = (sentence_end - WORDS_OPEN_BELOW) / (WORDS_SURE_ABOVE - WORDS_OPEN_BELOW)
+    return min(probability, WORDS_OPEN_PROBABILITY + share * (COMPLETE_THRESHOLD - WORDS_OPEN_PROBABILITY))
 
 
 def wait_after_pause_ms(probability: float, eagerness: Eagerness) -> int:
