@@ -59,6 +59,7 @@ class Settings(BaseSettings):
     # Latency-faithful stand-ins, for benchmarks only (engine "simulated"; never chosen by "auto").
     sim_stt_transcript: str = "what is the weather like tomorrow"
     sim_stt_delay_ms: float = Field(default=150.0, ge=0)
+    sim_stt_interim_results: bool = True
     sim_tts_ttfb_ms: float = Field(default=100.0, ge=0)
 
     # --- conversation --------------------------------------------------------------------------------
@@ -155,7 +156,9 @@ class Settings(BaseSettings):
     memory_tools: bool = True
 
     # --- transport and limits -------------------------------------------------------------------------
-    stt_chunk_ms: int = Field(default=100, ge=20, le=1000)  # audio per STT call (≥100 ms: a hop costs ~3 ms)
+    # Audio per STT call (≥100 ms: a hop costs ~3 ms); unset: 100 ms for an engine with interim results,
+    # 1 s for one without (`actors.conversation.input`).
+    stt_chunk_ms: int | None = Field(default=None, ge=20, le=1000)
     audio_lead_ms: int = Field(default=500, ge=0, le=60_000)  # reply audio sent ahead of real time
     max_append_bytes: int = Field(default=1024 * 1024, ge=1024)
     max_text_chars: int = Field(default=4000, ge=1)

@@ -34,8 +34,22 @@ def create_stt_engine(settings: Settings) -> STTEngine:
     if engine == "simulated":
         from actors.stt.simulated import SimulatedSTTEngine
 
-        return SimulatedSTTEngine(settings.sim_stt_transcript, finalize_delay_ms=settings.sim_stt_delay_ms)
+        return SimulatedSTTEngine(
+            settings.sim_stt_transcript,
+            finalize_delay_ms=settings.sim_stt_delay_ms,
+            interim_results=settings.sim_stt_interim_results,
+        )
     raise ValueError(f"unknown stt_engine {engine!r} (expected 'pocketsphinx', 'openai' or 'simulated')")
+
+
+def stt_interim_results(settings: Settings) -> bool:
+    """`STTEngine.interim_results` of the engine `settings` names, without loading it (the router needs
+    it; the engine runs in the STT deployment)."""
+    if settings.stt_engine == "openai":
+        return False
+    if settings.stt_engine == "simulated":
+        return settings.sim_stt_interim_results
+    return True
 
 
 def create_tts_engine(settings: Settings) -> TTSEngine:

@@ -89,6 +89,9 @@ SIM_ARGS = {
     "sim_stt_delay_ms": STT_DELAY_MS,
     "sim_tts_ttfb_ms": TTS_TTFB_MS,
     "sim_stt_transcript": QUESTION,
+    # A final transcript only, as OpenAI's transcription endpoint gives and the peers' simulated STTs
+    # (bench/peers/) do: the same provider for every framework.
+    "sim_stt_interim_results": False,
     # Overhead is measured on replies started when the turn is confirmed: a reply prepared at the pause
     # hides the providers' latency instead (bench.turn_replies measures what preemption saves).
     "preemptive_generation": False,

@@ -233,6 +233,7 @@ class ReferenceSTT(STTEngine):
     within the audio it was sent, final `final_s` after its end."""
 
     name = "reference"
+    interim_results = False
 
     def __init__(
         self, words: list[tuple[str, float]], position: Callable[[], float], final_s: float = STT_FINAL_S

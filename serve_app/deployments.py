@@ -14,7 +14,7 @@ from ray.serve.handle import DeploymentHandle
 from starlette.types import ASGIApp
 
 from actors.config import load_settings
-from actors.engines import create_llm_engine, create_stt_engine, create_tts_engine
+from actors.engines import create_llm_engine, create_stt_engine, create_tts_engine, stt_interim_results
 from actors.llm.base import LLMDelta, LLMEvent, LLMRequest
 from actors.llm.stage import LLMStage
 from actors.memory.sink import RecentTurnsSink
@@ -189,7 +189,7 @@ class Router:
         self._app = build_router_app(
             RouterDeps(
                 settings=settings,
-                stt=RemoteSTTStage(stt),
+                stt=RemoteSTTStage(stt, stt_interim_results(settings)),
                 llm=RemoteLLMStage(llm),
                 tts=RemoteTTSStage(tts),
                 memory_sink=memory_sink,

@@ -3,7 +3,8 @@
 (`STTClient`, `LLMClient`, `TTSClient`) and call the deployment that runs that stage.
 
 Hop design (measured on these machines: ~3 ms per call, ~0.6 ms per streamed item):
-- STT: one call per ≥100 ms of utterance audio (the session batches), routed to the same replica with
+- STT: one call per ≥100 ms of utterance audio (the session batches; ≥1 s for an engine without interim
+  results), routed to the same replica with
   Serve model multiplexing keyed by the stream id; a replica without the stream asks for a resync.
 - LLM: one streaming call per response; items are phrases (plus one first-token marker), not tokens,
   and tool-call pieces as the model streams them. REST chat streams tokens (its client asked for them);
@@ -58,8 +59,9 @@ class RemoteSTTStream(STTStream):
 class RemoteSTTStage:
     """The STT stage on `STTDeployment` (an `STTClient`)."""
 
-    def __init__(self, handle: DeploymentHandle) -> None:
+    def __init__(self, handle: DeploymentHandle, interim_results: bool) -> None:
         self._handle = handle
+        self.interim_results = interim_results
 
     def open_stream(self) -> STTStream:
         """A stream for one utterance, routed to one replica while it holds the stream."""

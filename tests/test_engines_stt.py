@@ -15,7 +15,7 @@ import pytest
 
 from actors.audio.pcm import STT_SAMPLE_RATE, resample
 from actors.config import Settings
-from actors.engines import create_stt_engine
+from actors.engines import create_stt_engine, stt_interim_results
 from actors.stt.openai_engine import OpenAISTTEngine
 from actors.stt.pocketsphinx_engine import PocketsphinxEngine
 from testkit.sim_openai_server import SimOpenAIConfig, SimOpenAIServer, start_sim_openai_server
@@ -226,3 +226,26 @@ def test_create_stt_engine() -> None:
     assert isinstance(engine, OpenAISTTEngine) and engine.model == "whisper-1"
     with pytest.raises(ValueError):
         create_stt_engine(settings.model_copy(update={"stt_engine": "vosk"}))
+
+
+@pytest.mark.parametrize(
+    "update",
+    [
+        {"stt_engine": "pocketsphinx"},
+        {"stt_engine": "openai", "openai_base_url": "http://127.0.0.1:9/v1"},
+        {"stt_engine": "simulated"},
+        {"stt_engine": "simulated", "sim_stt_interim_results": False},
+    ],
+)
+async def test_the_router_knows_whether_the_engine_gives_interim_results_without_loading_it(
+    update: dict,
+) -> None:
+    # The router sizes its STT calls by this; the engine itself runs in the STT deployment.
+    settings = Settings(stt_model="en-us").model_copy(update=update)
+    engine = create_stt_engine(settings)
+    assert stt_interim_results(settings) == engine.interim_results
+    stream = engine.open_stream()
+    interims = [await stream.feed(bytes(STT_SAMPLE_RATE * 2)) for _ in range(3)]
+    if not engine.interim_results:
+        assert interims == [None, None, None]
+    await stream.aclose()

@@ -53,9 +53,12 @@ class RecordingStream(STTStream):
 
 
 class RecordingSTT:
-    def __init__(self, feed_ms: float = 5, transcript: str = "hello there") -> None:
+    def __init__(
+        self, feed_ms: float = 5, transcript: str = "hello there", interim_results: bool = True
+    ) -> None:
         self.feed_ms = feed_ms
         self.transcript = transcript
+        self.interim_results = interim_results
         self.fail = False
         self.streams: list[RecordingStream] = []
 
@@ -102,8 +105,10 @@ class Input:
         checkpoint_at_pauses: bool = False,  # as a session preparing replies at pauses does
         transcript: str = "hello there",
         agent_said: str = "",
+        interim_results: bool = True,
+        stt_chunk_ms: int | None = CHUNK_MS,
     ) -> None:
-        self.stt = RecordingSTT(feed_ms, transcript)
+        self.stt = RecordingSTT(feed_ms, transcript, interim_results)
         self.events: list[object] = []
         self.started = 0
         self.began: list[float] = []  # clock time each speech began
@@ -118,7 +123,7 @@ class Input:
                 input_sample_rate=RATE,
                 turn_detection=(VadConfig.semantic() if semantic else VadConfig()) if vad else None,
             ),
-            limits=SessionLimits(stt_chunk_ms=CHUNK_MS, max_utterance_s=max_utterance_s),
+            limits=SessionLimits(stt_chunk_ms=stt_chunk_ms, max_utterance_s=max_utterance_s),
             speech_detector=EnergySpeechDetector,
             on_speech_started=self._on_started,
             on_speech_stopped=self._on_stopped,
@@ -171,6 +176,29 @@ async def test_stt_gets_the_utterance_in_chunks_of_at_least_the_configured_size(
     assert sum(stream.fed) + (stream.tail or 0) == len(tone(2000, RATE))  # every byte, once
     if feed_ms > CHUNK_MS:  # a slow STT gets fewer, bigger calls rather than a queue of them
         assert len(stream.fed) <= 2000 / feed_ms + 1
+
+
+@pytest.mark.parametrize("interim_results", [True, False])
+async def test_unless_configured_the_chunk_size_follows_whether_the_stt_gives_interim_results(
+    interim_results: bool,
+) -> None:
+    # Without interim results, feeding often would only cost calls: the finished utterance is what it
+    # transcribes. With them, 100 ms keeps the interim text close behind the speech.
+    i = Input(vad=False, interim_results=interim_results, stt_chunk_ms=None)
+    await i.stream(tone(2500, RATE))
+    utterance = i.input.take_utterance()
+    assert utterance is not None and await utterance.finish() == "hello there"
+    stream = i.stt.streams[0]
+    chunk = RATE * 2 * (100 if interim_results else 1000) // 1000
+    assert all(size >= chunk for size in stream.fed)
+    if not interim_results:
+        assert len(stream.fed) == 2  # 2.5 s: two calls of 1 s, the rest with the finish
+    assert sum(stream.fed) + (stream.tail or 0) == len(tone(2500, RATE))  # every byte, once
+    # A configured size applies whatever the STT.
+    i = Input(vad=False, interim_results=interim_results, stt_chunk_ms=200)
+    await i.stream(tone(1000, RATE))
+    assert all(size >= RATE * 2 * 200 // 1000 for size in i.stt.streams[0].fed)
+    assert len(i.stt.streams[0].fed) >= 3
 
 
 async def test_speech_opens_an_utterance_with_the_prefix_padding_and_silence_hands_it_over() -> None:

@@ -57,6 +57,12 @@ log = logging.getLogger(__name__)
 # Audio chunks longer than this are scored by the VAD in a worker thread (ONNX Runtime releases the GIL),
 # so a client sending seconds of audio at once never holds up the event loop other sessions share.
 VAD_INLINE_MAX_MS = 200
+# Audio per STT call unless `stt_chunk_ms` says otherwise: often enough for interim results to follow the
+# speech; an STT without them gains nothing from being fed often (each call is a hop), and the finish
+# call (on the turn's critical path) carries at most this much.
+CHUNK_MS_WITH_INTERIM = 100
+CHUNK_MS_WITHOUT_INTERIM = 1000
+
 # How long a pause's verdict waits for the transcript of the words before it: past this, the sound alone
 # decides (a slow STT must not hold a finished turn up).
 WORDS_WAIT_S = 1.0
@@ -527,7 +533,10 @@ class AudioInput:
         return audio[max(sample - first, 0) * PCM_SAMPLE_WIDTH :]
 
     def _open_utterance(self) -> Utterance:
-        chunk_bytes = STT_SAMPLE_RATE * PCM_SAMPLE_WIDTH * self._limits.stt_chunk_ms // 1000
+        chunk_ms = self._limits.stt_chunk_ms or (
+            CHUNK_MS_WITH_INTERIM if self._stt.interim_results else CHUNK_MS_WITHOUT_INTERIM
+        )
+        chunk_bytes = STT_SAMPLE_RATE * PCM_SAMPLE_WIDTH * chunk_ms // 1000
         sent: list[str] = []  # words already sent as deltas
 
         async def on_interim(text: str) -> None:

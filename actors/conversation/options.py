@@ -36,7 +36,7 @@ class SessionOptions:
 class SessionLimits:
     """What the server allows one session: chunk sizes, buffers, history, and its guards on stage calls."""
 
-    stt_chunk_ms: int = 100
+    stt_chunk_ms: int | None = None  # None: by whether the STT gives interim results
     audio_lead_ms: int = 500
     # User speech over a reply pauses its audio at once, but cancels the reply only once it has lasted
     # this long and (as far as the STT has heard) has this many words; shorter speech, or fewer

@@ -33,6 +33,9 @@ class STTEngine(ABC):
 
     name: str
     model: str
+    # Whether its streams return interim transcripts as audio comes. One that only transcribes a finished
+    # utterance (a provider that takes a file) gains nothing from being fed often, so it is fed seldom.
+    interim_results: bool = True
 
     @abstractmethod
     def open_stream(self) -> STTStream: ...
@@ -49,5 +52,10 @@ class STTEngine(ABC):
 class STTClient(Protocol):
     """The STT stage as its callers hold it: one stream per utterance. `STTStage` in process,
     `RemoteSTTStage` over a Serve handle (an engine itself fits too)."""
+
+    @property
+    def interim_results(self) -> bool:
+        """Whether the engine behind it gives interim transcripts (`STTEngine.interim_results`)."""
+        ...
 
     def open_stream(self) -> STTStream: ...

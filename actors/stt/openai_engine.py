@@ -52,6 +52,7 @@ class OpenAISTTStream(STTStream):
 
 class OpenAISTTEngine(STTEngine):
     name = "openai"
+    interim_results = False  # the transcriptions endpoint takes a finished file
 
     def __init__(
         self,

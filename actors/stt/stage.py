@@ -53,6 +53,10 @@ class STTStage:
         self.load = LoadMeter()
 
     @property
+    def interim_results(self) -> bool:
+        return self.engine.interim_results
+
+    @property
     def streams_held(self) -> int:
         """Streams held by id (not `__len__`: a stage holding none must not be falsy)."""
         return len(self._streams)
