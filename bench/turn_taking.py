@@ -630,7 +630,7 @@ STUMBLES = [
 ]
 
 
-def answers_check() -> dict[str, Any]:
+def answers_check() -> dict[str, list[int]]:
     """What the words add to the wait at a pause that sounds finished (the end-of-turn model at 0.9,
     auto eagerness): short answers and cut ones, alone and after the agent's question, and stumbles."""
     model = GemmaSentenceEnd()
